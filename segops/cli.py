@@ -1,0 +1,57 @@
+"""`segops` command line. Thin: each subcommand lives in ``segops.commands.<name>`` and is
+imported only when it runs, so ``segops --help`` stays fast (no TensorFlow import)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import click
+
+from segops import __version__
+
+# name -> (module, one-line help shown by `segops --help`)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("segops.commands.synth", "Generate the built-in synthetic dataset in the Cityscapes layout."),
+    "prepare": ("segops.commands.prepare", "Raw Cityscapes layout -> sharded TFRecords, statistics, class weights (Beam)."),
+    "train": ("segops.commands.train", "Train U-Net or FCN-8s on prepared TFRecords; export for inference."),
+    "infer": ("segops.commands.infer", "Batch inference with dense-CRF refinement: masks, Parquet metrics (Beam)."),
+    "report": ("segops.commands.report", "Self-contained HTML quality report with plots for a run directory."),
+    "demo": ("segops.commands.demo", "Run synth -> prepare -> train -> infer -> report end to end."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module = importlib.import_module(COMMANDS[name][0])
+        return module.command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, help_) for name, (_, help_) in COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="segops")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """segops: Cityscapes-style semantic segmentation, from raw PNGs to relabelled archives.
+
+    Typical flow: synth (or a real Cityscapes download) -> prepare -> train -> infer -> report.
+    Beam pipeline options go after `--`, e.g. `segops prepare IN OUT -- --direct_num_workers=2`.
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    cli(prog_name="segops")
+
+
+if __name__ == "__main__":
+    main()

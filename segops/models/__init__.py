@@ -1,0 +1,1 @@
+"""Segmentation networks (Keras 3, backend-neutral)."""

