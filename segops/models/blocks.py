@@ -1,0 +1,75 @@
+"""Building blocks shared by the segmentation models (keras.layers only: backend-neutral)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+from keras import layers
+
+
+def conv_bn_relu(
+    x: keras.KerasTensor,
+    filters: int,
+    kernel_size: int = 3,
+    *,
+    batch_norm: bool = True,
+    dilation_rate: int = 1,
+    name: str,
+) -> keras.KerasTensor:
+    """Conv -> (BatchNorm) -> ReLU. The conv has no bias when batch norm follows (BN's beta is one)."""
+    x = layers.Conv2D(
+        filters,
+        kernel_size,
+        padding="same",
+        dilation_rate=dilation_rate,
+        use_bias=not batch_norm,
+        kernel_initializer="he_normal",
+        name=f"{name}_conv",
+    )(x)
+    if batch_norm:
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def dilated_block(
+    x: keras.KerasTensor,
+    filters: int,
+    rates: Sequence[int] = (1, 2, 4, 8),
+    *,
+    batch_norm: bool = True,
+    name: str,
+) -> keras.KerasTensor:
+    """Atrous block (ASPP-like): parallel 3x3 convs at several dilation rates, concatenated and
+    projected back to ``filters`` with a 1x1 conv. Widens the receptive field at the coarsest
+    resolution without further downsampling (the stride of the model is unchanged)."""
+    branches = [
+        conv_bn_relu(x, filters, 3, batch_norm=batch_norm, dilation_rate=r, name=f"{name}_d{r}") for r in rates
+    ]
+    x = layers.Concatenate(name=f"{name}_concat")(branches)
+    return conv_bn_relu(x, filters, 1, batch_norm=batch_norm, name=f"{name}_project")
+
+
+def normalize_input(inputs: keras.KerasTensor) -> keras.KerasTensor:
+    """Images arrive as float 0..255; the model maps them to -1..1 itself so exports need no
+    preprocessing code."""
+    return layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize")(inputs)
+
+
+def logits_head(x: keras.KerasTensor) -> keras.KerasTensor:
+    """Identity in float32: under a mixed-precision policy the logits (and so the loss) stay float32."""
+    return layers.Activation("linear", dtype="float32", name="logits")(x)
+
+
+def bilinear_kernel(kernel_size: int, channels: int) -> np.ndarray:
+    """Conv2DTranspose kernel (k, k, channels, channels) that performs bilinear upsampling
+    channel by channel (the FCN paper's initialisation of its learnable upsampling)."""
+    factor = (kernel_size + 1) // 2
+    center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
+    og = np.ogrid[:kernel_size, :kernel_size]
+    filt = (1 - abs(og[0] - center) / factor) * (1 - abs(og[1] - center) / factor)
+    kernel = np.zeros((kernel_size, kernel_size, channels, channels), dtype=np.float32)
+    for c in range(channels):
+        kernel[:, :, c, c] = filt
+    return kernel
