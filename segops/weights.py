@@ -1,0 +1,236 @@
+"""Class-frequency weights and U-Net per-pixel weight maps.
+
+Class weights (one float per trainId, computed from a split's pixel statistics):
+
+``median_frequency``  SegNet's median-frequency balancing. ``freq(c) = pixels of c / total pixels
+                      of the images that contain c`` and ``w(c) = median(freq) / freq(c)``, the
+                      median taken over the classes present.
+``enet``              ENet's ``w(c) = 1 / ln(1.02 + p(c))`` with ``p(c)`` the class's share of the
+                      labelled (non-ignore) pixels; bounded by ``1/ln(1.02) ~ 50.5``.
+``inverse_frequency`` ``w(c) = 1 / p(c)``, normalised so that the mean weight over the present
+                      classes is 1 (so the overall loss scale stays that of the unweighted loss).
+
+A class absent from the source split gets weight :data:`ABSENT_CLASS_WEIGHT` (0) in every scheme:
+with no pixels there is no frequency to balance, and 0 is finite and makes such pixels (which
+can only occur in other splits) drop out of a weighted loss instead of dominating it.
+
+Per-pixel weight maps follow the U-Net paper:
+``w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))^2 / (2 sigma^2))`` with ``d1``/``d2`` the distances
+to the nearest and second-nearest object instance. The border term is computed once per image
+without the class weights (:func:`unet_border_term`), kept sparse, and added to the class-weight
+lookup later (:func:`weight_map`). Ignored pixels (trainId 255) get weight 0.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+from segops.labels import IGNORE_ID, LABELS, NUM_CLASSES
+
+SCHEMES: tuple[str, ...] = ("median_frequency", "enet", "inverse_frequency")
+DEFAULT_SCHEME = "median_frequency"
+ENET_C = 1.02
+ABSENT_CLASS_WEIGHT = 0.0
+#: Border terms below this are dropped; it bounds the search radius around each instance.
+BORDER_TOLERANCE = 1e-4
+
+#: labelIds of "thing" classes, whose connected components stand in for instances when no
+#: instanceIds image is available.
+THING_LABEL_IDS: tuple[int, ...] = tuple(lb.id for lb in LABELS if lb.has_instances and lb.id >= 0)
+
+
+# --- class weights -----------------------------------------------------------------------------
+
+
+def median_frequency_weights(pixel_counts: np.ndarray, image_pixels: np.ndarray) -> np.ndarray:
+    """SegNet: ``median(freq) / freq(c)``, ``freq(c) = pixels(c) / pixels of images containing c``."""
+    counts = np.asarray(pixel_counts, dtype=np.float64)
+    denom = np.asarray(image_pixels, dtype=np.float64)
+    present = (counts > 0) & (denom > 0)
+    out = np.full(counts.shape, ABSENT_CLASS_WEIGHT, dtype=np.float64)
+    if present.any():
+        freq = counts[present] / denom[present]
+        out[present] = np.median(freq) / freq
+    return out
+
+
+def enet_weights(pixel_counts: np.ndarray, c: float = ENET_C) -> np.ndarray:
+    """ENet: ``1 / ln(c + p(c))`` with ``p(c)`` the share of labelled pixels."""
+    counts = np.asarray(pixel_counts, dtype=np.float64)
+    total = counts.sum()
+    out = np.full(counts.shape, ABSENT_CLASS_WEIGHT, dtype=np.float64)
+    present = counts > 0
+    if total > 0:
+        out[present] = 1.0 / np.log(c + counts[present] / total)
+    return out
+
+
+def inverse_frequency_weights(pixel_counts: np.ndarray) -> np.ndarray:
+    """``1 / p(c)`` normalised to a mean of 1 over the present classes."""
+    counts = np.asarray(pixel_counts, dtype=np.float64)
+    out = np.full(counts.shape, ABSENT_CLASS_WEIGHT, dtype=np.float64)
+    present = counts > 0
+    if present.any():
+        inv = counts.sum() / counts[present]
+        out[present] = inv / inv.mean()
+    return out
+
+
+def class_weights(pixel_counts: np.ndarray, image_pixels: np.ndarray) -> dict[str, list[float]]:
+    """All schemes, name -> list of NUM_CLASSES floats (finite, >= 0)."""
+    schemes = {
+        "median_frequency": median_frequency_weights(pixel_counts, image_pixels),
+        "enet": enet_weights(pixel_counts),
+        "inverse_frequency": inverse_frequency_weights(pixel_counts),
+    }
+    assert list(schemes) == list(SCHEMES)
+    return {name: [float(v) for v in w] for name, w in schemes.items()}
+
+
+def class_weight_lut(weights: list[float] | np.ndarray) -> np.ndarray:
+    """trainId (0..255) -> weight, float32; ignore and ids >= NUM_CLASSES map to 0."""
+    lut = np.zeros(256, dtype=np.float32)
+    lut[:NUM_CLASSES] = np.asarray(weights, dtype=np.float32)
+    lut[IGNORE_ID] = 0.0
+    return lut
+
+
+# --- instances -------------------------------------------------------------------------------
+
+
+def instances_from_ids(instance_ids: np.ndarray) -> np.ndarray:
+    """Cityscapes instanceIds (``labelId*1000 + k`` for instances) -> int32 map, 0 = none, 1..K.
+
+    Values below 1000 are stuff or crowd regions ("car group"), not instances.
+    """
+    inst = np.asarray(instance_ids)
+    mask = inst >= 1000
+    out = np.zeros(inst.shape, dtype=np.int32)
+    if not mask.any():
+        return out
+    values = inst[mask].astype(np.int64) - 1000
+    if values.max() < (1 << 22):  # the usual case: dense ids, a bincount beats a sort
+        present = np.flatnonzero(np.bincount(values))
+        lut = np.zeros(int(present[-1]) + 1, dtype=np.int32)
+        lut[present] = np.arange(1, present.size + 1, dtype=np.int32)
+        out[mask] = lut[values]
+    else:
+        out[mask] = np.unique(values, return_inverse=True)[1].astype(np.int32) + 1
+    return out
+
+
+def instances_from_label(label_ids: np.ndarray) -> np.ndarray:
+    """Connected components (8-connected) of each thing class in a labelIds map, numbered 1..K."""
+    out = np.zeros(label_ids.shape, dtype=np.int32)
+    present = np.flatnonzero(np.bincount(label_ids.ravel(), minlength=256))
+    offset = 0
+    for lid in THING_LABEL_IDS:
+        if lid not in present:
+            continue
+        n, comp = cv2.connectedComponents((label_ids == lid).astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        if n > 1:
+            sel = comp > 0
+            out[sel] = comp[sel] + offset
+            offset += n - 1
+    return out
+
+
+def _bounding_boxes(instances: np.ndarray) -> tuple[int, np.ndarray]:
+    """(K, boxes[K, 4] = row0, row1, col0, col1 inclusive) for labels 1..K, via projections."""
+    rows, cols = np.nonzero(instances)
+    if rows.size == 0:
+        return 0, np.zeros((0, 4), dtype=np.int64)
+    lab = instances[rows, cols].astype(np.int64) - 1
+    k = int(lab.max()) + 1
+    h, w = instances.shape
+    row_hits = np.bincount(lab * h + rows, minlength=k * h).reshape(k, h) > 0
+    col_hits = np.bincount(lab * w + cols, minlength=k * w).reshape(k, w) > 0
+    boxes = np.stack(
+        [
+            row_hits.argmax(axis=1),
+            h - 1 - row_hits[:, ::-1].argmax(axis=1),
+            col_hits.argmax(axis=1),
+            w - 1 - col_hits[:, ::-1].argmax(axis=1),
+        ],
+        axis=1,
+    )
+    return k, boxes
+
+
+# --- U-Net border term -----------------------------------------------------------------------
+
+
+class BorderTerm(NamedTuple):
+    """Sparse U-Net border term: flat pixel indices and values (float32); zero elsewhere."""
+
+    index: np.ndarray  # int32, ascending
+    value: np.ndarray  # float32
+    height: int
+    width: int
+
+    def to_dense(self) -> np.ndarray:
+        out = np.zeros(self.height * self.width, dtype=np.float32)
+        out[self.index] = self.value
+        return out.reshape(self.height, self.width)
+
+
+def border_radius(w0: float, sigma: float, tol: float = BORDER_TOLERANCE) -> float:
+    """Largest ``d1 + d2`` whose term ``w0*exp(-(d1+d2)^2/(2 sigma^2))`` is still >= tol."""
+    if w0 <= tol:
+        return 0.0
+    return sigma * math.sqrt(2.0 * math.log(w0 / tol))
+
+
+def unet_border_term(
+    instances: np.ndarray, w0: float, sigma: float, tol: float = BORDER_TOLERANCE
+) -> BorderTerm:
+    """``w0 * exp(-(d1+d2)^2 / (2 sigma^2))`` for an instance map (0 = none, 1..K).
+
+    One exact Euclidean distance transform per instance, restricted to the instance's bounding
+    box grown by the radius R beyond which the term is below ``tol``: a pixel farther than R
+    from an instance cannot have that instance among its two nearest with ``d1 + d2 <= R``.
+    Pixels with fewer than two instances within R get no term (``d2 = inf``).
+    """
+    h, w = instances.shape
+    k, boxes = _bounding_boxes(instances)
+    radius = border_radius(w0, sigma, tol)
+    empty = BorderTerm(np.zeros(0, np.int32), np.zeros(0, np.float32), h, w)
+    if k < 2 or radius <= 0:
+        return empty
+    pad = int(math.ceil(radius))
+    big = np.float32(radius + 1.0)  # "farther than R": enough, and keeps sums finite
+    d1 = np.full((h, w), big, dtype=np.float32)
+    d2 = np.full((h, w), big, dtype=np.float32)
+    for label, (r0, r1, c0, c1) in enumerate(boxes, start=1):
+        r0, c0 = max(r0 - pad, 0), max(c0 - pad, 0)
+        r1, c1 = min(r1 + pad + 1, h), min(c1 + pad + 1, w)
+        outside = (instances[r0:r1, c0:c1] != label).astype(np.uint8)
+        dist = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        win1, win2 = d1[r0:r1, c0:c1], d2[r0:r1, c0:c1]
+        np.minimum(win2, np.maximum(win1, dist), out=win2)
+        np.minimum(win1, dist, out=win1)
+    index = np.flatnonzero(d2.ravel() <= radius)
+    total = d1.ravel()[index] + d2.ravel()[index]
+    keep = total <= radius
+    index, total = index[keep], total[keep]
+    value = (w0 * np.exp(-(total.astype(np.float64) ** 2) / (2.0 * sigma * sigma))).astype(np.float32)
+    return BorderTerm(index.astype(np.int32), value, h, w)
+
+
+def effective_sigma(sigma: float, height: int, reference_height: int | None) -> float:
+    """sigma in pixels of this image: as given, or scaled by ``height / reference_height``."""
+    return sigma if not reference_height else sigma * height / reference_height
+
+
+def weight_map(train_ids: np.ndarray, lut: np.ndarray, border: BorderTerm | None) -> np.ndarray:
+    """Per-pixel weights float32 (H, W): class weight + border term; 0 on ignored pixels."""
+    weights = cv2.LUT(train_ids, lut) if train_ids.dtype == np.uint8 else lut[train_ids]
+    if border is not None and border.index.size:
+        flat = weights.reshape(-1)
+        labelled = train_ids.reshape(-1)[border.index] != IGNORE_ID
+        flat[border.index[labelled]] += border.value[labelled]
+    return weights

@@ -1,0 +1,93 @@
+"""Shared fixtures: tiny hand-made datasets in the Cityscapes layout (numpy + cv2.imwrite)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+
+@dataclass
+class Frame:
+    """One frame's source arrays, as written to disk."""
+
+    split: str
+    city: str
+    frame_id: str
+    image: np.ndarray | None  # RGB uint8
+    label: np.ndarray | None  # labelIds uint8
+    instance: np.ndarray | None  # instanceIds uint16
+
+    @property
+    def image_rel(self) -> str:
+        return f"leftImg8bit/{self.split}/{self.city}/{self.frame_id}_leftImg8bit.png"
+
+    @property
+    def label_rel(self) -> str:
+        return f"gtFine/{self.split}/{self.city}/{self.frame_id}_gtFine_labelIds.png"
+
+    @property
+    def instance_rel(self) -> str:
+        return f"gtFine/{self.split}/{self.city}/{self.frame_id}_gtFine_instanceIds.png"
+
+
+def tiny_scene(seed: int, height: int = 32, width: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(RGB image, labelIds, instanceIds) of a toy street: sky, building, road, cars, a person."""
+    rng = np.random.default_rng(seed)
+    label = np.full((height, width), 23, np.uint8)  # sky
+    label[height // 4 : height // 2] = 11  # building
+    label[height // 2 :] = 7  # road
+    label[height // 2 :, : width // 8] = 8  # sidewalk
+    label[: height // 8, : width // 8] = 1  # ego vehicle (void -> ignore)
+    instance = label.astype(np.uint16)
+    for k in range(int(rng.integers(2, 4))):  # cars, possibly touching
+        r0 = int(rng.integers(height // 2, height - 6))
+        c0 = int(rng.integers(width // 8, width - 12))
+        h, w = int(rng.integers(3, 6)), int(rng.integers(6, 12))
+        label[r0 : r0 + h, c0 : c0 + w] = 26
+        instance[r0 : r0 + h, c0 : c0 + w] = 26000 + k
+    label[2:8, width - 6 : width - 3] = 24  # one person
+    instance[2:8, width - 6 : width - 3] = 24000
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return image, label, instance
+
+
+def write_png(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if arr.ndim == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    assert cv2.imwrite(str(path), arr)
+
+
+def write_frame(root: Path, frame: Frame) -> Frame:
+    if frame.image is not None:
+        write_png(root / frame.image_rel, frame.image)
+    if frame.label is not None:
+        write_png(root / frame.label_rel, frame.label)
+    if frame.instance is not None:
+        write_png(root / frame.instance_rel, frame.instance)
+    return frame
+
+
+def make_dataset(root: Path, counts: dict[str, int], height: int = 32, width: int = 64, seed: int = 0) -> list[Frame]:
+    """A clean dataset: ``counts`` frames per split; the ``test`` split gets all-void labels."""
+    frames = []
+    for split, n in counts.items():
+        for i in range(n):
+            city = ("aachen", "bochum")[i % 2]
+            image, label, instance = tiny_scene(seed * 1000 + len(frames), height, width)
+            if split == "test":  # like real Cityscapes: labels exist but carry only void ids
+                label = np.zeros_like(label)
+                instance = np.zeros_like(instance)
+            frame = Frame(split, city, f"{city}_{len(frames):06d}_000019", image, label, instance)
+            frames.append(write_frame(root, frame))
+    return frames
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> tuple[Path, list[Frame]]:
+    root = tmp_path / "raw"
+    return root, make_dataset(root, {"train": 3, "val": 1, "test": 1})
