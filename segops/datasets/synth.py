@@ -55,7 +55,7 @@ import cv2
 import numpy as np
 
 from segops import __version__
-from segops.imageio import encode_png, write_bytes_atomic
+from segops.imageio import encode_mask_png, encode_png, write_bytes_atomic
 from segops.labels import LABEL_ID_TO_COLOR, NAME_TO_LABEL
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -1053,7 +1053,7 @@ def _write_one(args: tuple[str, str, int, int, int, int]) -> tuple[str, int, int
     gt_dir = os.path.join(out_dir, "gtFine", split, city)
     files = {
         os.path.join(img_dir, f"{stem}_leftImg8bit.png"): encode_png(r.image),
-        os.path.join(gt_dir, f"{stem}_gtFine_labelIds.png"): encode_png(r.label_ids),
+        os.path.join(gt_dir, f"{stem}_gtFine_labelIds.png"): encode_mask_png(r.label_ids),
         os.path.join(gt_dir, f"{stem}_gtFine_instanceIds.png"): encode_png(r.instance_ids),
         os.path.join(gt_dir, f"{stem}_gtFine_color.png"): encode_png(LABEL_ID_TO_COLOR[r.label_ids]),
         os.path.join(gt_dir, f"{stem}_gtFine_polygons.json"): json.dumps(r.polygons, indent="\t").encode(),
