@@ -2,6 +2,7 @@
 
 Reads top to bottom::
 
+    CleanOutput        remove manifest.json and earlier shards (before any input is read)
     pairs (listed with FileSystems.match at construction; problems -> dead letter)
       | Analyze        per image: validate the image PNG from its structure only (never decoded,
       |                its bytes are copied as-is), decode the label, labelId -> trainId LUT, class
@@ -12,8 +13,8 @@ Reads top to bottom::
       | Encode         Prepared + class weights (side input, same run) -> weight map -> Example,
       |                one tagged output per split
       | WriteToTFRecord  OUT/<split>/<split>-SSSSS-of-NNNNN.tfrecord
-      | Finalize       stats.json, class_weights.json, dead_letter.jsonl, stale shard removal,
-                       manifest.json (last, so a manifest means a complete run)
+      | Finalize       stats.json, class_weights.json, dead_letter.jsonl, then manifest.json
+                       (last: a manifest means a complete run)
 
 Without weight maps the Encode step needs no side input and fuses with Analyze, so the image
 bytes read in Analyze go straight into the record. With weight maps the Prepared elements are
@@ -192,36 +193,36 @@ class AnalyzeFn(beam.DoFn):
         self._blank_labels: dict[tuple[int, int], bytes] = {}
 
     def process(self, pair: Pair):
-        stage = "read"
+        stage = ["read"]  # where a BadInput came from, for the dead letter
         try:
-            image = _read(pair.image, pair.source)
-            stage = "image"
-            hdr = check_image_png(image, self.options.max_pixels)
-            keep_image = not self.options.weight_maps  # see the module docstring
-            common = dict(
-                split=pair.split,
-                source=pair.source,
-                city=pair.city,
-                frame_id=pair.frame_id,
-                image_path=pair.image,
-                image_len=len(image),
-                image_crc=zlib.crc32(image),
-                image_png=image if keep_image else None,
-                height=hdr.height,
-                width=hdr.width,
-            )
-            if not pair.labelled:
-                yield Prepared(label_png=self._blank(hdr.height, hdr.width), labelled=False,
-                               pixel_counts=None, border=None, **common)  # fmt: skip
-                return
-            stage = "label"
-            prepared = self._labelled(pair, hdr, common)
-            stage = "instances"
-            border = self._border(pair, prepared[1], hdr) if self.options.weight_maps else None
-            label_png, counts = prepared[0], prepared[2]
-            yield Prepared(label_png=label_png, labelled=True, pixel_counts=counts, border=border, **common)
+            yield self._analyze(pair, stage)
         except BadInput as exc:
-            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(exc.path or pair.source, stage, exc.reason, pair.split))
+            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(exc.path or pair.source, stage[0], exc.reason, pair.split))
+
+    def _analyze(self, pair: Pair, stage: list[str]) -> Prepared:
+        image = _read(pair.image, pair.source)
+        stage[0] = "image"
+        hdr = check_image_png(image, self.options.max_pixels)
+        common = dict(
+            split=pair.split,
+            source=pair.source,
+            city=pair.city,
+            frame_id=pair.frame_id,
+            image_path=pair.image,
+            image_len=len(image),
+            image_crc=zlib.crc32(image),
+            image_png=None if self.options.weight_maps else image,  # see the module docstring
+            height=hdr.height,
+            width=hdr.width,
+        )
+        if not pair.labelled:
+            blank = self._blank(hdr.height, hdr.width)
+            return Prepared(label_png=blank, labelled=False, pixel_counts=None, border=None, **common)
+        stage[0] = "label"
+        label_png, label, counts = self._labelled(pair, hdr)
+        stage[0] = "instances"
+        border = self._border(pair, label, hdr) if self.options.weight_maps else None
+        return Prepared(label_png=label_png, labelled=True, pixel_counts=counts, border=border, **common)
 
     def _blank(self, height: int, width: int) -> bytes:
         from segops.imageio import encode_mask_png
@@ -231,7 +232,7 @@ class AnalyzeFn(beam.DoFn):
             self._blank_labels[key] = encode_mask_png(np.full(key, IGNORE_ID, dtype=np.uint8))
         return self._blank_labels[key]
 
-    def _labelled(self, pair: Pair, hdr: PngHeader, common: dict) -> tuple[bytes, np.ndarray, np.ndarray]:
+    def _labelled(self, pair: Pair, hdr: PngHeader) -> tuple[bytes, np.ndarray, np.ndarray]:
         """(trainId PNG, labelIds array, trainId pixel counts)."""
         from segops.imageio import decode_label_png, encode_mask_png
 
@@ -408,22 +409,21 @@ class EncodeFn(beam.DoFn):
         self._lut: np.ndarray | None = None
 
     def process(self, item: Prepared, class_weights: dict[str, Any] | None = None):
-        from segops.imageio import decode_label_png, read_bytes
+        try:
+            yield beam.pvalue.TaggedOutput(split_tag(item.split), self._encode(item, class_weights))
+        except BadInput as exc:
+            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(item.source, "encode", exc.reason, item.split))
+
+    def _encode(self, item: Prepared, class_weights: dict[str, Any] | None) -> bytes:
+        from segops.imageio import decode_label_png
         from segops.records import ExampleFields, encode_example
         from segops.weights import weight_map
 
         image = item.image_png
         if image is None:
-            try:
-                image = read_bytes(item.image_path)
-            except OSError as exc:
-                yield beam.pvalue.TaggedOutput(
-                    DEAD, dead_letter(item.source, "encode", f"cannot read: {exc}", item.split))
-                return  # fmt: skip
+            image = _read(item.image_path, item.source)
             if len(image) != item.image_len or zlib.crc32(image) != item.image_crc:
-                yield beam.pvalue.TaggedOutput(
-                    DEAD, dead_letter(item.source, "encode", "image changed while the pipeline ran", item.split))
-                return  # fmt: skip
+                raise BadInput("image file changed while the pipeline ran")
         weights = None
         if self.options.weight_maps and item.labelled and class_weights is not None:
             train_ids = decode_label_png(item.label_png, item.height * item.width)
@@ -439,7 +439,7 @@ class EncodeFn(beam.DoFn):
             split=item.split,
             weight_map=weights,
         )
-        yield beam.pvalue.TaggedOutput(split_tag(item.split), encode_example(fields))
+        return encode_example(fields)
 
     def _class_lut(self, class_weights: dict[str, Any]) -> np.ndarray:
         from segops.weights import class_weight_lut
@@ -465,20 +465,37 @@ def _write_json(path: str, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
 
 
-def _remove_stale_shards(output: str, written: set[str]) -> list[str]:
-    """Delete OUT/<dir>/<dir>-NNNNN-of-NNNNN.tfrecord files this run did not write."""
+def shard_paths(output: str, split: str, num_shards: int) -> list[str]:
+    """The files WriteToTFRecord writes for ``split`` (OUT/<split>/<split>-SSSSS-of-NNNNN.tfrecord)."""
     from apache_beam.io.filesystems import FileSystems
 
-    pattern = FileSystems.join(output, "*", f"*-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]{SHARD_SUFFIX}")
-    (result,) = FileSystems.match([pattern])
-    stale = []
+    return [FileSystems.join(output, split, f"{split}-{i:05d}-of-{num_shards:05d}{SHARD_SUFFIX}")
+            for i in range(num_shards)]  # fmt: skip
+
+
+def clean_output(_, output: str) -> list[str]:
+    """Runs before any input is read: remove manifest.json (the directory counts as incomplete
+    until this run writes a new one) and the shards of earlier runs (any shard count).
+
+    Why not let the sink overwrite: Beam's FileBasedSink skips renaming a shard when a file of the
+    same name and *size* exists (size is the local "checksum"), and then leaves it out of the
+    names it reports; removing old shards first makes every shard this run's own.
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    manifest = FileSystems.join(output, "manifest.json")
+    if FileSystems.exists(manifest):
+        FileSystems.delete([manifest])
+    digits = "[0-9]" * 5
+    (result,) = FileSystems.match([FileSystems.join(output, "*", f"*-{digits}-of-{digits}{SHARD_SUFFIX}")])
+    old = []
     for m in result.metadata_list:
         parent, name = FileSystems.split(m.path)
-        if m.path not in written and name.startswith(FileSystems.split(parent)[1] + "-"):
-            stale.append(m.path)
-    if stale:
-        FileSystems.delete(stale)
-    return sorted(stale)
+        if name.startswith(FileSystems.split(parent)[1] + "-"):  # OUT/<split>/<split>-...
+            old.append(m.path)
+    if old:
+        FileSystems.delete(old)
+    return sorted(old)
 
 
 @dataclass(frozen=True)
@@ -497,8 +514,11 @@ class RunInfo:
     skipped: dict[str, str]
 
 
-def finalize(_, info: RunInfo, stats, class_weights, dead, written, records):
-    """Write stats.json, class_weights.json, dead_letter.jsonl, drop stale shards, then manifest."""
+def finalize(_, info: RunInfo, stats, class_weights, dead, written, records, removed):
+    """Write stats.json, class_weights.json, dead_letter.jsonl, then manifest.json.
+
+    ``written`` (the sinks' outputs) only orders this step after every shard is final.
+    """
     from apache_beam.io.filesystems import FileSystems
 
     from segops.imageio import write_bytes_atomic
@@ -511,9 +531,16 @@ def finalize(_, info: RunInfo, stats, class_weights, dead, written, records):
     _write_json(FileSystems.join(out, "class_weights.json"), class_weights)
     write_bytes_atomic(FileSystems.join(out, "dead_letter.jsonl"),
                        "".join(json.dumps(d, sort_keys=True) + "\n" for d in dead).encode())  # fmt: skip
-    written = sorted(set(written))
-    stale = _remove_stale_shards(out, set(written))
+    del written
+    expected = {s: shard_paths(out, s, info.shards[s]) for s in info.splits}
+    missing = [path for paths in expected.values() for path in paths if not FileSystems.exists(path)]
+    if missing:
+        raise RuntimeError(f"shards missing after the write: {missing}")
+    current = {path for paths in expected.values() for path in paths}
     prefix = out.rstrip("/") + "/"
+
+    def rel(path: str) -> str:
+        return path[len(prefix) :] if path.startswith(prefix) else path
     records = dict(records)
     o = info.options
     manifest = {
@@ -530,8 +557,7 @@ def finalize(_, info: RunInfo, stats, class_weights, dead, written, records):
                 "records": int(records.get(s, 0)),
                 "dead_lettered": sum(1 for d in dead if d["split"] == s),
                 "num_shards": info.shards[s],
-                "shards": [w[len(prefix) :] if w.startswith(prefix) else w for w in written
-                           if FileSystems.split(FileSystems.split(w)[0])[1] == s],
+                "shards": [rel(path) for path in expected[s]],
             }  # fmt: skip
             for s in info.splits
         },
@@ -558,7 +584,7 @@ def finalize(_, info: RunInfo, stats, class_weights, dead, written, records):
             "encoding": "zlib(float16 little-endian, H*W); empty for unlabeled splits and --no-weight-maps",
         },  # fmt: skip
         "label_encoding": "8-bit PNG of trainIds (0..18, 255 = ignore)",
-        "removed_stale_shards": [w[len(prefix) :] if w.startswith(prefix) else w for w in stale],
+        "removed_stale_shards": [rel(path) for path in removed if path not in current],
         "fingerprint": {"sha256": info.fingerprint, "files": info.files,
                         "of": "sorted '<path relative to input>\\t<size>' lines of the listed inputs"},  # fmt: skip
     }
@@ -575,7 +601,6 @@ class PrepareOutputs(NamedTuple):
     stats: beam.PCollection  # singleton dict
     class_weights: beam.PCollection  # singleton dict
     dead_letters: beam.PCollection  # dicts {"path","stage","reason","split"}
-    shards: beam.PCollection  # written shard paths
     manifest: beam.PCollection  # singleton dict, written last
 
 
@@ -591,7 +616,12 @@ def build_prepare_pipeline(p: beam.Pipeline, options: PrepareOptions, listing: L
     splits, unlabeled = listing.splits, listing.unlabeled_splits
     shards = {s: options.shards or auto_shards(len(listing.pairs_in(s)), listing.bytes_in(s)) for s in splits}
 
-    pairs = p | "ListedPairs" >> beam.Create(listing.pairs)
+    removed = p | "Start" >> beam.Create([None]) | "CleanOutput" >> beam.Map(clean_output, options.output)
+    pairs = (
+        p
+        | "ListedPairs" >> beam.Create(listing.pairs)
+        | "AfterCleanOutput" >> beam.Map(lambda pair, _: pair, AsSingleton(removed))
+    )
     listed_problems = p | "ListingProblems" >> beam.Create([pr.to_dict() for pr in listing.problems])
     analyzed = pairs | "Analyze" >> beam.ParDo(AnalyzeFn(options)).with_outputs(DEAD, main="prepared")
     prepared = analyzed.prepared
@@ -615,7 +645,7 @@ def build_prepare_pipeline(p: beam.Pipeline, options: PrepareOptions, listing: L
                       | f"Key[{s}]" >> beam.Map(lambda n, s=s: (s, n)))  # fmt: skip
 
     dead = (listed_problems, analyzed[DEAD], encoded[DEAD]) | "DeadLetters" >> beam.Flatten()
-    shard_paths = written | "Shards" >> beam.Flatten()
+    written_paths = written | "Shards" >> beam.Flatten()
     record_counts = counts | "RecordCounts" >> beam.Flatten()
     info = RunInfo(options, listing.root, splits, unlabeled, shards, weights_split, listing.fingerprint,
                    listing.files, len(listing.pairs), listing.skipped)  # fmt: skip
@@ -623,9 +653,9 @@ def build_prepare_pipeline(p: beam.Pipeline, options: PrepareOptions, listing: L
         p
         | "Once" >> beam.Create([None])
         | "Finalize" >> beam.FlatMap(finalize, info, AsSingleton(stats), AsSingleton(class_weights), AsList(dead),
-                                     AsList(shard_paths), AsDict(record_counts))  # fmt: skip
+                                     AsList(written_paths), AsDict(record_counts), AsSingleton(removed))  # fmt: skip
     )
-    return PrepareOutputs(listing, records, stats, class_weights, dead, shard_paths, manifest)
+    return PrepareOutputs(listing, records, stats, class_weights, dead, manifest)
 
 
 def run_prepare(options: PrepareOptions, beam_args: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:

@@ -183,7 +183,7 @@ def discover(
         used.append((rel, size))
         if first_of[frame_id] != rel:
             listing.problems.append(
-                Problem(rel, split, f"duplicate frame id {frame_id}: also at {first_of[frame_id]}, which is kept")
+                Problem(rel, split, f"duplicate frame id: {frame_id} is also at {first_of[frame_id]}, which is kept")
             )
             continue
         if split in unlabeled:

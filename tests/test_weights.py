@@ -1,0 +1,154 @@
+"""Class weights against hand-computed numbers; U-Net border term against brute force."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from segops import weights as W
+from segops.labels import IGNORE_ID, NUM_CLASSES
+
+
+def _counts(values: dict[int, int]) -> np.ndarray:
+    out = np.zeros(NUM_CLASSES, dtype=np.int64)
+    for c, v in values.items():
+        out[c] = v
+    return out
+
+
+# Two images of 100 pixels. Class pixels: road 60, sidewalk 30, building 10 (100 labelled in all);
+# road is in both images (200 px), sidewalk and building each in one image (100 px).
+PIXELS = _counts({0: 60, 1: 30, 2: 10})
+IMAGE_PIXELS = _counts({0: 200, 1: 100, 2: 100})
+
+
+def test_median_frequency_by_hand():
+    # freq = 60/200 = 0.3, 30/100 = 0.3, 10/100 = 0.1; median 0.3 -> weights 1, 1, 3
+    w = W.median_frequency_weights(PIXELS, IMAGE_PIXELS)
+    np.testing.assert_allclose(w[:3], [1.0, 1.0, 3.0])
+    assert (w[3:] == W.ABSENT_CLASS_WEIGHT).all()
+
+
+def test_enet_by_hand():
+    # p = 0.6, 0.3, 0.1 -> 1/ln(1.62), 1/ln(1.32), 1/ln(1.12)
+    w = W.enet_weights(PIXELS)
+    np.testing.assert_allclose(w[:3], [2.0728561, 3.6018937, 8.8238913], rtol=1e-6)
+    assert (w[3:] == 0).all()
+
+
+def test_inverse_frequency_by_hand():
+    # 1/p = 5/3, 10/3, 10; mean 5 -> 1/3, 2/3, 2 (mean over present classes is 1)
+    w = W.inverse_frequency_weights(PIXELS)
+    np.testing.assert_allclose(w[:3], [1 / 3, 2 / 3, 2.0])
+    assert w[:3].mean() == pytest.approx(1.0)
+    assert (w[3:] == 0).all()
+
+
+def test_all_schemes_named_finite_and_empty_stats_give_zeros():
+    all_w = W.class_weights(PIXELS, IMAGE_PIXELS)
+    assert list(all_w) == list(W.SCHEMES)
+    assert all(len(v) == NUM_CLASSES and all(math.isfinite(x) for x in v) for v in all_w.values())
+    empty = W.class_weights(np.zeros(NUM_CLASSES, np.int64), np.zeros(NUM_CLASSES, np.int64))
+    assert all(v == [0.0] * NUM_CLASSES for v in empty.values())
+
+
+def test_class_weight_lut_maps_ignore_to_zero():
+    lut = W.class_weight_lut(np.arange(1, NUM_CLASSES + 1))
+    assert lut[0] == 1 and lut[18] == 19 and lut[IGNORE_ID] == 0 and lut[19] == 0
+
+
+# --- instances -------------------------------------------------------------------------------
+
+
+def test_instances_from_ids_numbers_instances_and_skips_stuff_and_crowds():
+    ids = np.array(
+        [
+            [7, 7, 26000, 26000],
+            [26, 26, 26001, 24000],  # 26 = a "car group" (crowd), not an instance
+            [7, 24000, 24000, 24000],
+        ],
+        dtype=np.int32,
+    )
+    inst = W.instances_from_ids(ids)
+    assert inst[0, 0] == 0 and inst[1, 0] == 0
+    assert len({inst[0, 2], inst[1, 2], inst[1, 3]}) == 3  # three distinct instances
+    assert (inst[ids == 24000] == inst[1, 3]).all()
+    assert sorted(np.unique(inst)) == [0, 1, 2, 3]
+
+
+def test_instances_from_label_uses_8_connected_components_of_thing_classes():
+    label = np.full((6, 8), 7, np.uint8)  # road (stuff: never an instance)
+    label[0:2, 0:2] = 26  # car A
+    label[2, 2] = 26  # touches A diagonally -> same component
+    label[4:6, 5:8] = 26  # car B
+    label[0:2, 6:8] = 24  # person
+    inst = W.instances_from_label(label)
+    assert inst[0, 0] == inst[2, 2] != 0
+    assert len({inst[0, 0], inst[5, 7], inst[0, 7]}) == 3
+    assert (inst[label == 7] == 0).all()
+
+
+# --- border term -----------------------------------------------------------------------------
+
+
+def brute_force_border(instances: np.ndarray, w0: float, sigma: float) -> np.ndarray:
+    """d1, d2 from the distances of every pixel to every pixel of every instance."""
+    h, w = instances.shape
+    pix = np.argwhere(np.ones((h, w), bool)).astype(np.float64)
+    per_instance = []
+    for k in np.unique(instances[instances > 0]):
+        pts = np.argwhere(instances == k).astype(np.float64)
+        d = np.sqrt(((pix[:, None, :] - pts[None, :, :]) ** 2).sum(-1)).min(axis=1)
+        per_instance.append(d)
+    if len(per_instance) < 2:
+        return np.zeros((h, w))
+    d = np.sort(np.stack(per_instance, axis=1), axis=1)
+    return (w0 * np.exp(-((d[:, 0] + d[:, 1]) ** 2) / (2 * sigma**2))).reshape(h, w)
+
+
+def _toy_instances() -> np.ndarray:
+    inst = np.zeros((30, 44), np.int32)
+    inst[3:9, 4:14] = 1
+    inst[9:14, 6:20] = 2  # touches instance 1
+    inst[20:27, 28:40] = 3
+    inst[1:4, 36:41] = 4
+    inst[24, 2] = 5  # a single pixel
+    return inst
+
+
+@pytest.mark.parametrize(("w0", "sigma"), [(10.0, 5.0), (10.0, 2.0), (3.0, 8.0)])
+def test_border_term_matches_brute_force(w0, sigma):
+    inst = _toy_instances()
+    got = W.unet_border_term(inst, w0, sigma).to_dense()
+    expected = brute_force_border(inst, w0, sigma)
+    # the only approximation: terms below the tolerance are dropped
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=W.BORDER_TOLERANCE)
+    assert got.max() == pytest.approx(expected.max(), rel=1e-5)
+    assert (expected > 1.0).sum() > 20  # the fixture does exercise the term
+
+
+def test_border_term_is_zero_with_fewer_than_two_instances():
+    inst = np.zeros((10, 10), np.int32)
+    inst[2:4, 2:4] = 1
+    assert W.unet_border_term(inst, 10, 5).index.size == 0
+    assert W.unet_border_term(np.zeros((10, 10), np.int32), 10, 5).index.size == 0
+
+
+def test_weight_map_adds_border_and_zeroes_ignore():
+    inst = _toy_instances()
+    train_ids = np.zeros(inst.shape, np.uint8)
+    train_ids[inst > 0] = 13
+    train_ids[:, :3] = IGNORE_ID
+    cw = np.linspace(0.5, 2.0, NUM_CLASSES)
+    border = W.unet_border_term(inst, 10, 5)
+    got = W.weight_map(train_ids, W.class_weight_lut(cw), border)
+    expected = np.where(train_ids == IGNORE_ID, 0.0, cw[np.minimum(train_ids, 18)] + border.to_dense())
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert got.dtype == np.float32
+
+
+def test_effective_sigma_scales_with_height_only_when_asked():
+    assert W.effective_sigma(5.0, 256, None) == 5.0
+    assert W.effective_sigma(5.0, 256, 1024) == 1.25
