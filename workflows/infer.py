@@ -1,0 +1,327 @@
+"""The `segops infer` Beam pipeline: images -> RunInference -> dense CRF -> masks + Parquet rows.
+
+Reads as a sentence of transforms::
+
+    work items (listed on the driver, already-done images skipped)
+      | Reshuffle                       spread over workers
+      | Decode                          read + validate image and ground truth (dead-letter bad ones)
+      | RunInference(SegmentationModelHandler)   one model per worker process, same-size batches
+      | DenseCRF  (or Argmax with --no-crf)      its own stage; drops the probabilities after
+      | WriteMasks                      trainIds / labelIds / colour PNGs (+ overlay), atomic
+      | Metrics                         one row per image: before/after-CRF IoU, Dice, confusion
+      | WriteToParquet                  OUT/metrics.parquet/run=<run_id>/part-*.parquet
+    dead letters of every stage | WriteToText   OUT/dead_letter.jsonl
+
+:func:`run_infer` adds the driver-side steps around it (model check, listing, skip plan,
+pruning rows this run replaces, summary.json, manifest.json).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.inference.base import RunInference
+
+from segops import __version__, export, imageio
+from segops import inference as inf
+from segops.crf import CRFParams, refine
+
+LOG = logging.getLogger(__name__)
+DEAD = "dead_letter"
+
+
+def _dead(path: str, stage: str, reason: str) -> beam.pvalue.TaggedOutput:
+    return beam.pvalue.TaggedOutput(DEAD, {"path": path, "stage": stage, "reason": reason})
+
+
+class DecodeFn(beam.DoFn):
+    """WorkItem -> ImageExample; unreadable/corrupt/oversized images and bad labels dead-lettered."""
+
+    def __init__(self, max_pixels: int) -> None:
+        self._max_pixels = max_pixels
+
+    def process(self, item: inf.WorkItem):
+        try:
+            yield inf.load_example(item, self._max_pixels)
+        except imageio.BadInput as exc:
+            yield _dead(item.path, "decode", exc.reason)
+        except OSError as exc:  # missing/unreadable file (FileSystems raises IOError subclasses)
+            yield _dead(item.path, "read", f"cannot read file ({exc})")
+
+
+@dataclass
+class Segmented:
+    """What survives the CRF stage: the masks and the numbers, not the probabilities."""
+
+    example: inf.ImageExample
+    pred_before: np.ndarray
+    pred_after: np.ndarray | None
+    mean_confidence: float
+    low_confidence_fraction: float
+    inference_ms: float
+    crf_ms: float | None
+
+
+def _argmax(pred: inf.Prediction) -> Segmented:
+    labels, conf, low = inf.confidence_stats(pred.probabilities)
+    return Segmented(pred.example, labels, None, conf, low, pred.inference_ms, None)
+
+
+class DenseCRFFn(beam.DoFn):
+    """Prediction -> Segmented with the dense-CRF labels (segops.crf.refine)."""
+
+    def __init__(self, params: CRFParams) -> None:
+        self._params = params
+
+    def setup(self) -> None:
+        import pydensecrf.densecrf  # noqa: F401  fail in setup, not on the first element
+
+    def process(self, pred: inf.Prediction):
+        seg = _argmax(pred)
+        try:
+            start = time.perf_counter()
+            result = refine(pred.probabilities, pred.example.rgb, self._params)
+            seg.crf_ms = (time.perf_counter() - start) * 1e3
+            seg.pred_after = result.labels
+        except Exception as exc:  # noqa: BLE001 - one bad image must not fail the batch
+            yield _dead(pred.example.item.path, "crf", f"{type(exc).__name__}: {exc}")
+            return
+        yield seg
+
+
+class WriteMasksFn(beam.DoFn):
+    """Write the masks (the CRF result when there is one) atomically; pass the record on."""
+
+    def __init__(self, output: str, overlay: bool) -> None:
+        self._output = output
+        self._overlay = overlay
+
+    def process(self, seg: Segmented):
+        item = seg.example.item
+        mask = seg.pred_after if seg.pred_after is not None else seg.pred_before
+        try:
+            encoded = inf.encode_masks(seg.example.rgb, mask, self._overlay)
+            paths = inf.mask_paths(self._output, item, self._overlay)
+            for kind, data in encoded.items():
+                imageio.write_bytes_atomic(paths[kind], data)
+        except Exception as exc:  # noqa: BLE001 - e.g. a full disk for this one file
+            yield _dead(item.path, "write", f"{type(exc).__name__}: {exc}")
+            return
+        yield seg
+
+
+class MetricsFn(beam.DoFn):
+    def __init__(self, model_id: str, run_id: str) -> None:
+        self._model_id = model_id
+        self._run_id = run_id
+
+    def process(self, seg: Segmented):
+        yield inf.metrics_row(
+            seg.example,
+            model_id=self._model_id,
+            run_id=self._run_id,
+            pred_before=seg.pred_before,
+            pred_after=seg.pred_after,
+            mean_confidence=seg.mean_confidence,
+            low_confidence_fraction=seg.low_confidence_fraction,
+            inference_ms=seg.inference_ms,
+            crf_ms=seg.crf_ms,
+        )
+
+
+def _failed_batch_to_dead(bad: tuple[Any, Any]) -> list[dict[str, str]]:
+    batch, (exc_type, exc_repr, _tb) = bad
+    examples = batch if isinstance(batch, list | tuple) else [batch]
+    return [
+        {"path": ex.item.path, "stage": "inference", "reason": f"model call failed for its batch: {exc_repr}"}
+        for ex in examples
+        if isinstance(ex, inf.ImageExample)
+    ]
+
+
+@dataclass
+class RunContext:
+    """Driver-side facts a pipeline is built from."""
+
+    info: export.ModelInfo
+    items: list[inf.WorkItem]
+    plan: inf.Plan
+
+
+@dataclass
+class InferOutputs:
+    rows: beam.PCollection
+    dead_letters: beam.PCollection
+    context: RunContext
+
+
+def prepare_context(options: inf.InferOptions) -> RunContext:
+    """Check the model, list inputs and decide what to skip; raises ModelError / ValueError."""
+    info = export.load_info(options.model_dir)
+    export.check_compatible(info)
+    items = inf.discover_inputs(options)
+    if not items:
+        raise ValueError(f"no PNG/JPEG images found under {options.input}")
+    return RunContext(info, items, inf.plan(items, options, info.model_id))
+
+
+def model_handler(options: inf.InferOptions, info: export.ModelInfo) -> inf.SegmentationModelHandler:
+    return inf.SegmentationModelHandler(
+        export.resolve_export_dir(options.model_dir),
+        info.stride,
+        batch_size=options.batch_size,
+        max_batch_pixels=options.max_batch_pixels,
+        tile=options.tile,
+        tile_overlap=options.tile_overlap,
+        threads=options.tf_threads,
+        share_across_processes=options.share_model_across_processes,
+    )
+
+
+def build_infer_pipeline(p: beam.Pipeline, options: inf.InferOptions, context: RunContext | None = None) -> InferOutputs:
+    """Add the inference pipeline for ``options`` to ``p``; returns rows and dead letters."""
+    context = context or prepare_context(options)
+    model_id = context.info.model_id
+    decoded = (
+        p
+        | "ListInputs" >> beam.Create(context.plan.todo, reshuffle=False)
+        | "Spread" >> beam.Reshuffle()
+        | "Decode" >> beam.ParDo(DecodeFn(options.max_pixels)).with_outputs(DEAD, main="ok")
+    )
+    predictions, failed = (
+        decoded.ok
+        | "RunInference" >> RunInference(model_handler(options, context.info)).with_exception_handling()
+    )
+    failed_inference = failed.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch_to_dead)
+    if options.crf:
+        refined = predictions | "DenseCRF" >> beam.ParDo(DenseCRFFn(options.crf_params)).with_outputs(DEAD, main="ok")
+        segmented, crf_dead = refined.ok, refined[DEAD]
+    else:
+        segmented = predictions | "Argmax" >> beam.Map(_argmax)
+        crf_dead = p | "NoCRFDeadLetters" >> beam.Create([])
+    written = segmented | "WriteMasks" >> beam.ParDo(WriteMasksFn(options.output, options.overlay)).with_outputs(DEAD, main="ok")
+    rows = written.ok | "Metrics" >> beam.ParDo(MetricsFn(model_id, options.run_id))
+    _ = rows | "WriteParquet" >> beam.io.WriteToParquet(
+        inf._join(options.output, inf.METRICS_DIR, f"run={options.run_id}", "part"),
+        schema=inf.metrics_schema(),
+        file_name_suffix=".parquet",
+    )
+    dead = (decoded[DEAD], failed_inference, crf_dead, written[DEAD]) | "AllDeadLetters" >> beam.Flatten()
+    _ = (
+        dead
+        | "DeadLetterJson" >> beam.Map(lambda d: json.dumps(d, sort_keys=True))
+        | "WriteDeadLetters" >> beam.io.WriteToText(
+            inf._join(options.output, inf.DEAD_LETTER_FILE), shard_name_template="", num_shards=1
+        )
+    )
+    return InferOutputs(rows, dead, context)
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    model_id: str
+    found: int
+    processed: int
+    skipped: int
+    dead_lettered: int
+    pruned_rows: int
+    summary: dict[str, Any]
+    output: str
+    seconds: float
+    paths: dict[str, str] = field(default_factory=dict)
+
+
+def _count_lines(path: str) -> int:
+    try:
+        return sum(1 for line in imageio.read_bytes(path).decode().splitlines() if line.strip())
+    except OSError:
+        return 0
+
+
+def run_infer(options: inf.InferOptions, beam_args: list[str] | None = None) -> RunReport:
+    """Everything `segops infer` does: check, plan, run the pipeline, summarise, write the manifest."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    start = time.perf_counter()
+    options.validate()
+    context = prepare_context(options)  # before any pipeline: a bad model fails here
+    model_id = context.info.model_id
+    inf.clean_stale_temp(options.output)
+    # Rows about to be replaced go first: if this run dies, those images have no row and the
+    # next run redoes them; the table never holds two rows for one (image, model).
+    pruned = inf.prune_rows(options.output, model_id, [it.path for it in context.plan.todo])
+    dead_path = inf._join(options.output, inf.DEAD_LETTER_FILE)
+    if context.plan.todo:
+        with beam.Pipeline(options=PipelineOptions(beam_args or [])) as p:
+            build_infer_pipeline(p, options, context)
+    else:
+        imageio.write_bytes_atomic(dead_path, b"")  # rewritten on every run, like the pipeline does
+    run_rows = inf.read_metrics(options.output, ["run_id", "model_id"])
+    processed = sum(
+        1
+        for r, m in zip(run_rows.column("run_id").to_pylist(), run_rows.column("model_id").to_pylist(), strict=True)
+        if r == options.run_id and m == model_id
+    )
+    summary = inf.summarize(options.output, model_id)
+    summary["run_id"] = options.run_id
+    inf.write_json_atomic(inf._join(options.output, inf.SUMMARY_FILE), summary)
+    report = RunReport(
+        run_id=options.run_id,
+        model_id=model_id,
+        found=len(context.items),
+        processed=processed,
+        skipped=len(context.plan.skipped),
+        dead_lettered=_count_lines(dead_path),
+        pruned_rows=pruned,
+        summary=summary,
+        output=options.output,
+        seconds=time.perf_counter() - start,
+        paths={
+            "masks": inf._join(options.output, inf.MASKS_DIR),
+            "metrics": inf._join(options.output, inf.METRICS_DIR),
+            "summary": inf._join(options.output, inf.SUMMARY_FILE),
+            "dead_letter": dead_path,
+        },
+    )
+    _write_manifest(options, report, context)
+    return report
+
+
+def _write_manifest(options: inf.InferOptions, report: RunReport, context: RunContext) -> None:
+    path = inf._join(options.output, inf.MANIFEST_FILE)
+    runs: list[dict[str, Any]] = []
+    with contextlib.suppress(OSError, ValueError):  # first run, or an unreadable old manifest
+        runs = json.loads(imageio.read_bytes(path)).get("runs", [])
+    opts = {k: v for k, v in asdict(options).items() if not k.startswith("_")}
+    runs.append(
+        {
+            "run_id": report.run_id,
+            "model_id": report.model_id,
+            "found": report.found,
+            "processed": report.processed,
+            "skipped": report.skipped,
+            "dead_lettered": report.dead_lettered,
+            "pruned_rows": report.pruned_rows,
+            "seconds": round(report.seconds, 3),
+        }
+    )
+    inf.write_json_atomic(
+        path,
+        {
+            "stage": "infer",
+            "segops_version": __version__,
+            "model_id": report.model_id,
+            "model_dir": options.model_dir,
+            "input": options.input,
+            "options": opts,
+            "runs": runs,
+        },
+    )
