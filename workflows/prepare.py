@@ -677,7 +677,8 @@ def run_prepare(options: PrepareOptions, beam_args: list[str] | tuple[str, ...] 
 
 
 def summarize(manifest: dict[str, Any], stats: dict[str, Any], class_weights: dict[str, Any]) -> str:
-    lines = [f"prepared {manifest['pairs']} image(s) from {manifest['input']} -> {manifest['output']}"]
+    lines = [f"read {manifest['pairs']} image(s) with their labels from {manifest['input']}, "
+             f"wrote {manifest['output']}"]
     for split, s in manifest["splits"].items():
         kind = "" if s["labeled"] else ", image-only (no usable labels)"
         lines.append(f"  {split:<8} {s['records']:>7} record(s) in {s['num_shards']} shard(s), "

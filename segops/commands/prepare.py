@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -15,12 +16,16 @@ def _names(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(n.strip() for v in values for n in v.split(",") if n.strip())
 
 
-def _check_input(path: str) -> None:
+def _local(path: str) -> bool:
     from apache_beam.io.filesystems import FileSystems
 
-    if FileSystems.get_scheme(path) is None and not FileSystems.exists(path):
-        # Local paths only: object stores have no directories to check; an empty listing
-        # there fails just below with its own message.
+    return FileSystems.get_scheme(path) is None
+
+
+def _check_input(path: str) -> None:
+    # Local paths only: object stores have no directories to check; an empty listing there
+    # fails later with its own message.
+    if _local(path) and not os.path.isdir(path):
         raise click.UsageError(f"input directory {path!r} does not exist")
 
 
@@ -61,10 +66,11 @@ def command(input_dir: str, output_dir: str, beam_args: tuple[str, ...], splits:
     from segops.datasets.cityscapes import DiscoveryError
     from workflows.prepare import OptionsError, PrepareOptions, run_prepare, summarize
 
+    _check_input(input_dir)
     try:
         options = PrepareOptions(
-            input=input_dir,
-            output=output_dir,
+            input=os.path.abspath(input_dir) if _local(input_dir) else input_dir,
+            output=os.path.abspath(output_dir) if _local(output_dir) else output_dir,
             splits=_names(splits),
             unlabeled_splits=_names((unlabeled_splits,)),
             shards=shards,
@@ -78,7 +84,6 @@ def command(input_dir: str, output_dir: str, beam_args: tuple[str, ...], splits:
         )
     except OptionsError as exc:
         raise click.UsageError(str(exc)) from exc
-    _check_input(input_dir)
     try:
         manifest = run_prepare(options, beam_args)
     except DiscoveryError as exc:
