@@ -102,54 +102,24 @@ def class_weight_lut(weights: list[float] | np.ndarray) -> np.ndarray:
 # --- instances -------------------------------------------------------------------------------
 
 
-def instances_from_ids(instance_ids: np.ndarray) -> np.ndarray:
-    """Cityscapes instanceIds (``labelId*1000 + k`` for instances) -> int32 map, 0 = none, 1..K.
+class Instances(NamedTuple):
+    """Object instances of one image: a label map (int32, 0 = none, 1..K) and their boxes."""
 
-    Values below 1000 are stuff or crowd regions ("car group"), not instances.
-    """
-    inst = np.asarray(instance_ids)
-    mask = inst >= 1000
-    out = np.zeros(inst.shape, dtype=np.int32)
-    if not mask.any():
-        return out
-    values = inst[mask].astype(np.int64) - 1000
-    if values.max() < (1 << 22):  # the usual case: dense ids, a bincount beats a sort
-        present = np.flatnonzero(np.bincount(values))
-        lut = np.zeros(int(present[-1]) + 1, dtype=np.int32)
-        lut[present] = np.arange(1, present.size + 1, dtype=np.int32)
-        out[mask] = lut[values]
-    else:
-        out[mask] = np.unique(values, return_inverse=True)[1].astype(np.int32) + 1
-    return out
+    labels: np.ndarray
+    boxes: np.ndarray  # (K, 4) int: row0, row1, col0, col1 (inclusive) of instance k+1
+
+    @property
+    def count(self) -> int:
+        return len(self.boxes)
 
 
-def instances_from_label(label_ids: np.ndarray) -> np.ndarray:
-    """Connected components (8-connected) of each thing class in a labelIds map, numbered 1..K."""
-    out = np.zeros(label_ids.shape, dtype=np.int32)
-    present = np.flatnonzero(np.bincount(label_ids.ravel(), minlength=256))
-    offset = 0
-    for lid in THING_LABEL_IDS:
-        if lid not in present:
-            continue
-        n, comp = cv2.connectedComponents((label_ids == lid).astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-        if n > 1:
-            sel = comp > 0
-            out[sel] = comp[sel] + offset
-            offset += n - 1
-    return out
-
-
-def _bounding_boxes(instances: np.ndarray) -> tuple[int, np.ndarray]:
-    """(K, boxes[K, 4] = row0, row1, col0, col1 inclusive) for labels 1..K, via projections."""
-    rows, cols = np.nonzero(instances)
-    if rows.size == 0:
-        return 0, np.zeros((0, 4), dtype=np.int64)
-    lab = instances[rows, cols].astype(np.int64) - 1
-    k = int(lab.max()) + 1
-    h, w = instances.shape
-    row_hits = np.bincount(lab * h + rows, minlength=k * h).reshape(k, h) > 0
-    col_hits = np.bincount(lab * w + cols, minlength=k * w).reshape(k, w) > 0
-    boxes = np.stack(
+def _boxes(rows: np.ndarray, cols: np.ndarray, lab: np.ndarray, k: int, shape: tuple[int, int]) -> np.ndarray:
+    """Bounding boxes of labels 1..k from their pixels' coordinates: two bincounts, no sort."""
+    h, w = shape
+    lab0 = lab.astype(np.int64) - 1
+    row_hits = np.bincount(lab0 * h + rows, minlength=k * h).reshape(k, h) > 0
+    col_hits = np.bincount(lab0 * w + cols, minlength=k * w).reshape(k, w) > 0
+    return np.stack(
         [
             row_hits.argmax(axis=1),
             h - 1 - row_hits[:, ::-1].argmax(axis=1),
@@ -158,7 +128,56 @@ def _bounding_boxes(instances: np.ndarray) -> tuple[int, np.ndarray]:
         ],
         axis=1,
     )
-    return k, boxes
+
+
+def instances_from_map(labels: np.ndarray) -> Instances:
+    """Instances from a label map already numbered 0 (none), 1..K."""
+    rows, cols = np.nonzero(labels)
+    k = int(labels.max()) if rows.size else 0
+    boxes = _boxes(rows, cols, labels[rows, cols], k, labels.shape) if k else np.zeros((0, 4), np.int64)
+    return Instances(labels.astype(np.int32, copy=False), boxes)
+
+
+def instances_from_ids(instance_ids: np.ndarray) -> Instances:
+    """Cityscapes instanceIds (``labelId*1000 + k`` for instances) -> instances numbered 1..K.
+
+    Values below 1000 are stuff or crowd regions ("car group"), not instances.
+    """
+    ids = np.asarray(instance_ids)
+    out = np.zeros(ids.shape, dtype=np.int32)
+    rows, cols = np.nonzero(ids >= 1000)  # one scan of the image; the rest is per instance pixel
+    if rows.size == 0:
+        return Instances(out, np.zeros((0, 4), np.int64))
+    values = ids[rows, cols].astype(np.int64) - 1000
+    if values.max() < (1 << 22):  # the usual case: dense ids, a bincount beats a sort
+        present = np.flatnonzero(np.bincount(values))
+        lut = np.zeros(int(present[-1]) + 1, dtype=np.int32)
+        lut[present] = np.arange(1, present.size + 1, dtype=np.int32)
+        lab = lut[values]
+    else:
+        present, inverse = np.unique(values, return_inverse=True)
+        lab = inverse.astype(np.int32) + 1
+    out[rows, cols] = lab
+    return Instances(out, _boxes(rows, cols, lab, present.size, ids.shape))
+
+
+def instances_from_label(label_ids: np.ndarray) -> Instances:
+    """Connected components (8-connected) of each thing class in a labelIds map, numbered 1..K."""
+    out = np.zeros(label_ids.shape, dtype=np.int32)
+    present = np.bincount(label_ids.ravel(), minlength=256) > 0
+    boxes = []
+    for lid in THING_LABEL_IDS:
+        if not present[lid]:
+            continue
+        n, comp, stats, _ = cv2.connectedComponentsWithStats(
+            (label_ids == lid).astype(np.uint8), connectivity=8, ltype=cv2.CV_32S
+        )
+        if n > 1:
+            sel = comp > 0
+            out[sel] = comp[sel] + len(boxes)
+            for x, y, w, h, _area in stats[1:]:
+                boxes.append((y, y + h - 1, x, x + w - 1))
+    return Instances(out, np.array(boxes, dtype=np.int64).reshape(-1, 4))
 
 
 # --- U-Net border term -----------------------------------------------------------------------
@@ -186,17 +205,20 @@ def border_radius(w0: float, sigma: float, tol: float = BORDER_TOLERANCE) -> flo
 
 
 def unet_border_term(
-    instances: np.ndarray, w0: float, sigma: float, tol: float = BORDER_TOLERANCE
+    instances: Instances | np.ndarray, w0: float, sigma: float, tol: float = BORDER_TOLERANCE
 ) -> BorderTerm:
-    """``w0 * exp(-(d1+d2)^2 / (2 sigma^2))`` for an instance map (0 = none, 1..K).
+    """``w0 * exp(-(d1+d2)^2 / (2 sigma^2))`` for instances (or a map numbered 0 = none, 1..K).
 
     One exact Euclidean distance transform per instance, restricted to the instance's bounding
     box grown by the radius R beyond which the term is below ``tol``: a pixel farther than R
     from an instance cannot have that instance among its two nearest with ``d1 + d2 <= R``.
     Pixels with fewer than two instances within R get no term (``d2 = inf``).
     """
-    h, w = instances.shape
-    k, boxes = _bounding_boxes(instances)
+    if not isinstance(instances, Instances):
+        instances = instances_from_map(instances)
+    labels, boxes = instances
+    h, w = labels.shape
+    k = len(boxes)
     radius = border_radius(w0, sigma, tol)
     empty = BorderTerm(np.zeros(0, np.int32), np.zeros(0, np.float32), h, w)
     if k < 2 or radius <= 0:
@@ -208,7 +230,7 @@ def unet_border_term(
     for label, (r0, r1, c0, c1) in enumerate(boxes, start=1):
         r0, c0 = max(r0 - pad, 0), max(c0 - pad, 0)
         r1, c1 = min(r1 + pad + 1, h), min(c1 + pad + 1, w)
-        outside = (instances[r0:r1, c0:c1] != label).astype(np.uint8)
+        outside = (labels[r0:r1, c0:c1] != label).astype(np.uint8)
         dist = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
         win1, win2 = d1[r0:r1, c0:c1], d2[r0:r1, c0:c1]
         np.minimum(win2, np.maximum(win1, dist), out=win2)
@@ -227,10 +249,19 @@ def effective_sigma(sigma: float, height: int, reference_height: int | None) -> 
 
 
 def weight_map(train_ids: np.ndarray, lut: np.ndarray, border: BorderTerm | None) -> np.ndarray:
-    """Per-pixel weights float32 (H, W): class weight + border term; 0 on ignored pixels."""
-    weights = cv2.LUT(train_ids, lut) if train_ids.dtype == np.uint8 else lut[train_ids]
+    """Per-pixel weights, float16 (H, W) as stored in records: class weight + border term, 0 on
+    ignored pixels. Built in float16 directly (a LUT of float16 bit patterns; the sparse border
+    pixels summed in float32 and rounded once): converting a whole float32 map costs more than
+    everything else here."""
+    lut = np.asarray(lut, dtype=np.float32)
+    bits = lut.astype(np.float16).view(np.uint16)
+    if train_ids.dtype == np.uint8:
+        weights = cv2.LUT(train_ids, bits).view(np.float16)
+    else:
+        weights = bits[train_ids].view(np.float16)
     if border is not None and border.index.size:
-        flat = weights.reshape(-1)
-        labelled = train_ids.reshape(-1)[border.index] != IGNORE_ID
-        flat[border.index[labelled]] += border.value[labelled]
+        classes = train_ids.reshape(-1)[border.index]
+        labelled = classes != IGNORE_ID
+        index = border.index[labelled]
+        weights.reshape(-1)[index] = (lut[classes[labelled]] + border.value[labelled]).astype(np.float16)
     return weights

@@ -173,9 +173,9 @@ def test_weight_maps_equal_brute_force(prepared):
         records = _by_frame(out, split)
         for f in (f for f in frames if f.split == split):
             if f.instance is not None:
-                inst = instances_from_ids(f.instance)
+                inst = instances_from_ids(f.instance).labels
             else:
-                inst, checked_components = instances_from_label(f.label), True
+                inst, checked_components = instances_from_label(f.label).labels, True
             t = labels.to_train_ids(f.label)
             expected = np.where(t == 255, 0.0, lut[t] + brute_force_border(inst, 10.0, 5.0))
             got = records[f.frame_id]["weight"]

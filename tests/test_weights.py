@@ -71,7 +71,7 @@ def test_instances_from_ids_numbers_instances_and_skips_stuff_and_crowds():
         ],
         dtype=np.int32,
     )
-    inst = W.instances_from_ids(ids)
+    inst = W.instances_from_ids(ids).labels
     assert inst[0, 0] == 0 and inst[1, 0] == 0
     assert len({inst[0, 2], inst[1, 2], inst[1, 3]}) == 3  # three distinct instances
     assert (inst[ids == 24000] == inst[1, 3]).all()
@@ -84,10 +84,25 @@ def test_instances_from_label_uses_8_connected_components_of_thing_classes():
     label[2, 2] = 26  # touches A diagonally -> same component
     label[4:6, 5:8] = 26  # car B
     label[0:2, 6:8] = 24  # person
-    inst = W.instances_from_label(label)
+    found = W.instances_from_label(label)
+    inst = found.labels
     assert inst[0, 0] == inst[2, 2] != 0
     assert len({inst[0, 0], inst[5, 7], inst[0, 7]}) == 3
     assert (inst[label == 7] == 0).all()
+    assert sorted(map(tuple, found.boxes.tolist())) == sorted(
+        [(0, 2, 0, 2), (4, 5, 5, 7), (0, 1, 6, 7)]
+    )  # row0, row1, col0, col1
+
+
+def test_instance_boxes_from_ids_and_from_a_map_agree():
+    ids = np.zeros((20, 30), np.int32)
+    ids[2:5, 3:9] = 26000
+    ids[10:18, 1:2] = 26001
+    ids[6, 20:30] = 24005
+    from_ids = W.instances_from_ids(ids)
+    from_map = W.instances_from_map(from_ids.labels)
+    np.testing.assert_array_equal(from_ids.boxes, from_map.boxes)
+    assert sorted(map(tuple, from_ids.boxes.tolist())) == [(2, 4, 3, 8), (6, 6, 20, 29), (10, 17, 1, 1)]
 
 
 # --- border term -----------------------------------------------------------------------------
@@ -145,8 +160,8 @@ def test_weight_map_adds_border_and_zeroes_ignore():
     border = W.unet_border_term(inst, 10, 5)
     got = W.weight_map(train_ids, W.class_weight_lut(cw), border)
     expected = np.where(train_ids == IGNORE_ID, 0.0, cw[np.minimum(train_ids, 18)] + border.to_dense())
-    np.testing.assert_allclose(got, expected, rtol=1e-6)
-    assert got.dtype == np.float32
+    assert got.dtype == np.float16  # what records store
+    np.testing.assert_array_equal(got, expected.astype(np.float16))  # rounded once, from float32 sums
 
 
 def test_effective_sigma_scales_with_height_only_when_asked():

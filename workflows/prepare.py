@@ -210,8 +210,9 @@ class AnalyzeFn(beam.DoFn):
             frame_id=pair.frame_id,
             image_path=pair.image,
             image_len=len(image),
-            image_crc=zlib.crc32(image),
-            image_png=None if self.options.weight_maps else image,  # see the module docstring
+            # Encode re-reads the image in weight-map runs (see the module docstring)
+            image_crc=zlib.crc32(image) if self.options.weight_maps else 0,
+            image_png=None if self.options.weight_maps else image,
             height=hdr.height,
             width=hdr.width,
         )
