@@ -21,7 +21,7 @@ on the probability values, so the only levers are fewer pixels and fewer classes
 :func:`refine` (the fast path) therefore
 
 1. **drops classes without probability mass** (max probability over the image below
-   ``min_class_prob``, default 1e-3) and renormalises; such a class cannot win a pixel after
+   ``min_class_prob``, default 1e-3); such a class cannot win a pixel after
    mean field and only costs lattice passes. One class left: the answer is known, no CRF.
 2. **runs the CRF at reduced resolution.** Probabilities and image are area-averaged by an
    integer factor ``s`` (auto: the smallest giving <= ``target_pixels`` = 2^17 CRF pixels, i.e.
@@ -159,14 +159,27 @@ def _nearest_cell(full: int, low: int) -> np.ndarray:
     return np.minimum(((np.arange(full) + 0.5) * low / full).astype(np.int32), low - 1)
 
 
-def _upsample_labels(q: np.ndarray, small_rgb: np.ndarray, image: np.ndarray, srgb: float) -> tuple[np.ndarray, float]:
-    """Full-resolution argmax of the joint-bilateral-upsampled marginals ``q`` (h, w, C).
+def _upsample_labels(
+    q: np.ndarray,
+    small_probs: np.ndarray,
+    probs: np.ndarray,
+    classes: np.ndarray,
+    small_rgb: np.ndarray,
+    image: np.ndarray,
+    srgb: float,
+) -> tuple[np.ndarray, float]:
+    """Full-resolution labels from the low-res marginals ``q`` (h, w, K): one last mean-field
+    update at full resolution, with messages upsampled edge-aware.
 
-    Each full-resolution pixel averages the marginals of the 2x2 low-res cells around it
-    (bilinear support), weighted by spatial distance (sigma: one low-res pixel) and by colour
-    similarity between the pixel and each cell (sigma ``srgb``, the CRF's bilateral kernel).
-    Computed only where those four cells disagree on the argmax; elsewhere the four share it and
-    so does any weighted average of them, so the nearest cell's label is the exact answer.
+    After mean field, ``log q = -unary - message + const`` per low-res pixel, so the converged
+    message is ``log q - log p_small`` (up to a per-pixel constant that argmax ignores). Each
+    full-resolution pixel takes the joint-bilateral upsampling of that message from the 2x2
+    low-res cells around it (bilinear support; weights: spatial sigma of one low-res pixel and
+    the CRF's colour kernel ``srgb`` between the pixel and each cell), adds its own
+    full-resolution ``log p`` and takes argmax: a full-resolution update that keeps pixel-sharp
+    edges. Computed only where the four cells disagree on their argmax; elsewhere the pixel
+    takes its cell's label. ``small_probs`` holds the K classes of ``q``; ``probs`` all classes,
+    of which ``classes`` are the K (the per-pixel renormalisation over them is a constant).
     Returns (labels (H, W) uint8 over q's class axis, fraction of pixels computed).
     """
     height, width = image.shape[:2]
@@ -180,26 +193,32 @@ def _upsample_labels(q: np.ndarray, small_rgb: np.ndarray, image: np.ndarray, sr
     fx_all = ((np.arange(width) + 0.5) * (w / width) - 0.5).astype(np.float32)
     y0_all = np.clip(np.floor(fy_all).astype(np.int32), 0, h - 2)  # top-left cell of the 2x2 block
     x0_all = np.clip(np.floor(fx_all).astype(np.int32), 0, w - 2)
-    top, left = low[:-1, :-1], low[:-1, 1:]
-    mixed = (top != low[1:, :-1]) | (top != left) | (top != low[1:, 1:])  # (h-1, w-1) blocks
+    top = low[:-1, :-1]
+    mixed = (top != low[1:, :-1]) | (top != low[:-1, 1:]) | (top != low[1:, 1:])  # (h-1, w-1) blocks
     ys, xs = np.nonzero(mixed[y0_all[:, None], x0_all[None, :]])
     if len(ys) == 0:
         return labels, 0.0
+    message = np.log(np.maximum(q, 1e-12)) - np.log(np.maximum(small_probs, UNARY_CLIP))
+    message = message.reshape(h * w, num)
     inv_2s2 = np.float32(1.0 / (2.0 * srgb * srgb))
     small = small_rgb.astype(np.float32).reshape(h * w, 3)
-    qflat = q.reshape(h * w, num)
     for start in range(0, len(ys), _JBU_CHUNK):
         y, x = ys[start : start + _JBU_CHUNK], xs[start : start + _JBU_CHUNK]
         fy, fx, y0, x0 = fy_all[y], fx_all[x], y0_all[y], x0_all[x]
         rgb = image[y, x].astype(np.float32)
         acc = np.zeros((len(y), num), np.float32)
+        wsum = np.zeros(len(y), np.float32)
         for dy in (0, 1):
             ddy = (y0 + dy - fy) ** 2
             for dx in (0, 1):
                 j = (y0 + dy) * w + (x0 + dx)
                 c2 = ((small[j] - rgb) ** 2).sum(axis=1)
                 wt = np.exp(-0.5 * (ddy + (x0 + dx - fx) ** 2) - c2 * inv_2s2)
-                acc += wt[:, None] * qflat[j]
+                acc += wt[:, None] * message[j]
+                wsum += wt
+        acc /= np.maximum(wsum, 1e-30)[:, None]
+        unary = probs[y, x] if len(classes) == probs.shape[2] else probs[y, x][:, classes]
+        acc += np.log(np.maximum(unary, UNARY_CLIP))
         labels[y, x] = acc.argmax(axis=1)
     return labels, len(ys) / (height * width)
 
@@ -236,8 +255,9 @@ def refine(probs: np.ndarray, image: np.ndarray, params: CRFParams | None = None
         labels = np.full((height, width), classes[0], np.uint8)
         timings["total_ms"] = (time.perf_counter() - t0) * 1e3
         return CRFResult(labels, scale, classes, 0.0, timings)
-    sub = small if len(classes) == num_classes else small[..., classes]
-    sub = sub / np.maximum(sub.sum(axis=2, keepdims=True), 1e-12)  # renormalise over kept classes
+    # No renormalisation over the kept classes: it would add the same constant to every class's
+    # unary at a pixel, which mean field (a softmax per pixel) and argmax ignore.
+    sub = small if len(classes) == num_classes else np.ascontiguousarray(small[..., classes])
     timings["select_ms"] = (time.perf_counter() - t) * 1e3
 
     t = time.perf_counter()
@@ -248,7 +268,7 @@ def refine(probs: np.ndarray, image: np.ndarray, params: CRFParams | None = None
     if scale == 1:
         labels, band_fraction = q.argmax(axis=2).astype(np.uint8), 0.0
     else:
-        labels, band_fraction = _upsample_labels(q, small_rgb, image, params.bilateral_srgb)
+        labels, band_fraction = _upsample_labels(q, sub, probs, classes, small_rgb, image, params.bilateral_srgb)
     labels = classes.astype(np.uint8)[labels]
     timings["upsample_ms"] = (time.perf_counter() - t) * 1e3
     timings["total_ms"] = (time.perf_counter() - t0) * 1e3
