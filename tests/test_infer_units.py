@@ -1,0 +1,131 @@
+"""Pieces of `segops infer` below the pipeline: padding, tiling, the model handler, discovery."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from segops import export, labels
+from segops.inference import (
+    ImageExample,
+    InferOptions,
+    SegmentationModelHandler,
+    ServingModel,
+    WorkItem,
+    discover_inputs,
+    predict_probabilities,
+    reflect_pad,
+    tile_windows,
+)
+
+
+@pytest.fixture(scope="module")
+def serving_model(tmp_path_factory) -> ServingModel:
+    """A per-pixel model (1x1 conv): any padding or tiling must give exactly the whole-image answer."""
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((None, None, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inp)
+    x = keras.layers.Conv2D(8, 1, activation="relu")(x)
+    out = keras.layers.Conv2D(labels.NUM_CLASSES, 1)(x)
+    path = tmp_path_factory.mktemp("pixel_model")
+    export.export_model(keras.Model(inp, out), str(path), export.ModelInfo("pixel", labels.NUM_CLASSES, (32, 32), 16))
+    return ServingModel(str(path))
+
+
+def test_reflect_pad_reaches_the_multiple_and_keeps_the_image_top_left():
+    img = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
+    padded = reflect_pad(img, 4)
+    assert padded.shape == (8, 8, 3)
+    np.testing.assert_array_equal(padded[:5, :7], img)
+    np.testing.assert_array_equal(padded[5, :7], img[3])  # reflection, not zeros
+    np.testing.assert_array_equal(padded[:5, 7], img[:, 5])
+    assert reflect_pad(img, 1) is img
+    big = reflect_pad(img, 4, min_hw=(20, 30))  # more padding than the image is tall: repeated
+    assert big.shape == (20, 32, 3)
+
+
+def test_tile_windows_cover_the_image_with_the_requested_overlap():
+    windows = tile_windows(100, 250, (64, 96), overlap=16)
+    covered = np.zeros((100, 250), int)
+    for y, x in windows:
+        assert 0 <= y <= 100 - 64 and 0 <= x <= 250 - 96
+        covered[y : y + 64, x : x + 96] += 1
+    assert covered.min() >= 1
+    xs = sorted({x for _, x in windows})
+    assert all(b - a <= 96 - 16 for a, b in zip(xs, xs[1:], strict=False))
+    assert tile_windows(50, 60, (64, 96), 16) == [(0, 0)]
+
+
+def test_padding_and_tiling_give_the_whole_image_probabilities(serving_model):
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((50, 70, 3), (50, 70, 3), (130, 200, 3), (20, 33, 3))]
+    whole = [serving_model.predict(img[None])[0] for img in images]
+    for tile in (None, (64, 96)):
+        probs = predict_probabilities(serving_model, images, 16, tile, 16, max_batch_images=2, max_batch_pixels=1 << 20)
+        for p, expected, img in zip(probs, whole, images, strict=True):
+            assert p.shape == (*img.shape[:2], labels.NUM_CLASSES) and p.dtype == np.float32
+            np.testing.assert_allclose(p, expected, atol=1e-5)
+            np.testing.assert_allclose(p.sum(axis=2), 1.0, atol=1e-5)
+
+
+def test_model_handler_runs_a_mixed_size_batch_in_order(tmp_path, serving_model):
+    handler = SegmentationModelHandler(str(tmp_path), 16, batch_size=3)  # model passed in directly
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 1, "max_batch_size": 3}
+    assert handler.share_model_across_processes() is False
+    rng = np.random.default_rng(1)
+    batch = [ImageExample(WorkItem(f"/x/{i}.png", f"{i}.png"), rng.integers(0, 256, (h, w, 3), dtype=np.uint8), None)
+             for i, (h, w) in enumerate(((40, 60), (33, 47), (40, 60)))]  # fmt: skip
+    preds = list(handler.run_inference(batch, serving_model))
+    assert [p.example.item.path for p in preds] == ["/x/0.png", "/x/1.png", "/x/2.png"]
+    for pred in preds:
+        np.testing.assert_allclose(pred.probabilities, serving_model.predict(pred.example.rgb[None])[0], atol=1e-5)
+        assert pred.inference_ms > 0
+    assert handler.run_inference([], serving_model) == []
+    assert handler.get_num_bytes(batch) == sum(ex.rgb.nbytes for ex in batch)
+    assert SegmentationModelHandler("m", 8, share_across_processes=True).share_model_across_processes()
+
+
+def _touch(path, data: bytes = b"x") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def test_discovery_pairs_cityscapes_mirror_and_skips_other_files_and_the_output(tmp_path):
+    _touch(tmp_path / "leftImg8bit/val/bonn/bonn_000000_000001_leftImg8bit.png")
+    _touch(tmp_path / "leftImg8bit/val/bonn/bonn_000000_000002_leftImg8bit.png")  # no ground truth
+    _touch(tmp_path / "leftImg8bit/val/bonn/readme.txt")
+    _touch(tmp_path / "gtFine/val/bonn/bonn_000000_000001_gtFine_labelIds.png")
+    _touch(tmp_path / "leftImg8bit/val/out/masks/old_color.png")  # the output dir inside the input
+    opts = InferOptions("m", str(tmp_path), str(tmp_path / "leftImg8bit/val/out"), split="val").validate()
+    items = discover_inputs(opts)
+    assert [it.rel for it in items] == ["bonn/bonn_000000_000001_leftImg8bit.png", "bonn/bonn_000000_000002_leftImg8bit.png"]
+    assert items[0].label_path == str(tmp_path / "gtFine/val/bonn/bonn_000000_000001_gtFine_labelIds.png")
+    assert items[1].label_path is None
+    assert items[0].stem == "bonn/bonn_000000_000001"
+
+
+def test_discovery_with_a_labels_root_and_a_glob(tmp_path):
+    _touch(tmp_path / "photos/2024/a.jpg")
+    _touch(tmp_path / "photos/2024/b.PNG")
+    _touch(tmp_path / "photos/2025/c.jpeg")
+    _touch(tmp_path / "labels/2024/a.png")
+    opts = InferOptions("m", str(tmp_path / "photos/*/*"), str(tmp_path / "out"), labels=str(tmp_path / "labels")).validate()
+    items = discover_inputs(opts)
+    assert [(it.rel, it.label_path) for it in items] == [
+        ("2024/a.jpg", str(tmp_path / "labels/2024/a.png")),
+        ("2024/b.PNG", None),
+        ("2025/c.jpeg", None),
+    ]
+    assert items[1].stem == "2024/b"
+
+
+def test_options_are_validated_once():
+    opts = InferOptions("m", "root", "out", split="val", tile="256x512").validate()
+    assert opts.tile == (256, 512) and opts.input.endswith("root/leftImg8bit/val")
+    assert opts.validate().input == opts.input  # idempotent
+    assert InferOptions("m", "i", "o", tile="0").validate().tile is None
+    with pytest.raises(ValueError, match="--tile"):
+        InferOptions("m", "i", "o", tile="big").validate()
+    with pytest.raises(ValueError, match="run-id"):
+        InferOptions("m", "i", "o", run_id="a/b").validate()
