@@ -256,8 +256,8 @@ def reflect_pad(image: np.ndarray, multiple: int, min_hw: tuple[int, int] = (0, 
     receptive field near the border sees plausible context; the padding is cropped away after.
     """
     h, w = image.shape[:2]
-    th = max(math.ceil(h / multiple) * multiple, min_hw[0])
-    tw = max(math.ceil(w / multiple) * multiple, min_hw[1])
+    th = math.ceil(max(h, min_hw[0]) / multiple) * multiple
+    tw = math.ceil(max(w, min_hw[1]) / multiple) * multiple
     if (th, tw) == (h, w):
         return image
     # np.pad's reflect cannot pad by more than the size - 1 in one go; symmetric-repeat instead
