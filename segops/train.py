@@ -59,7 +59,7 @@ class TrainOptions:
     optimizer: str = "adam"  # adam | sgd (momentum 0.9)
     lr_schedule: str = "poly"  # poly (power 0.9 to 0 over all steps) | constant
     loss: str = "ce"  # ce | dice | ce+dice
-    class_weights: str | None = None  # None: default_scheme of class_weights.json (none with --weight-maps)
+    class_weights: str = "none"  # none | default (class_weights.json's default_scheme) | a scheme name
     weight_maps: bool = False
     depth: int = 4  # U-Net
     base_filters: int = 32
@@ -149,7 +149,7 @@ class PreparedData:
 
 def _manifest_count(manifest: dict[str, Any], stats: dict[str, Any], split: str) -> int | None:
     """Record count of ``split`` as recorded by prepare (manifest counts or stats.json)."""
-    candidates = [manifest.get("counts", {}).get(split), stats.get(split), stats.get("splits", {}).get(split)]
+    candidates = [manifest.get("splits", {}).get(split), stats.get("splits", {}).get(split)]
     for entry in candidates:
         if isinstance(entry, int):
             return entry
@@ -161,11 +161,12 @@ def _manifest_count(manifest: dict[str, Any], stats: dict[str, Any], split: str)
 
 
 def _manifest_weight_maps(manifest: dict[str, Any]) -> bool | None:
-    for holder in (manifest, manifest.get("options", {})):
-        for key in ("weight_maps", "with_weight_maps", "weight_maps_written"):
-            if isinstance(holder, dict) and isinstance(holder.get(key), bool):
-                return holder[key]
-    return None
+    """Whether prepare wrote weight maps (manifest "weight_maps": {"enabled": ...}); None if unknown."""
+    maps = manifest.get("weight_maps")
+    if isinstance(maps, dict) and isinstance(maps.get("enabled"), bool):
+        return maps["enabled"]
+    option = manifest.get("options", {}).get("weight_maps")
+    return option if isinstance(option, bool) else None
 
 
 def check_prepared(opts: TrainOptions) -> PreparedData:
@@ -206,9 +207,9 @@ def check_prepared(opts: TrainOptions) -> PreparedData:
     cw_path = os.path.join(root, "class_weights.json")
     if os.path.exists(cw_path):
         class_weights = _read_json(cw_path, "class weights")
-    if opts.class_weights not in (None, "none", "default") and opts.class_weights not in CLASS_WEIGHT_SCHEMES:
+    if opts.class_weights not in ("none", "default", *CLASS_WEIGHT_SCHEMES):
         raise TrainError(f"unknown class-weight scheme {opts.class_weights!r}")
-    if opts.class_weights not in (None, "none") and class_weights is None:
+    if opts.class_weights != "none" and class_weights is None:
         raise TrainError(
             f"class weights {opts.class_weights!r} asked for, but {root} has no class_weights.json: "
             "run `segops prepare` again or pass --class-weights none"
@@ -217,11 +218,8 @@ def check_prepared(opts: TrainOptions) -> PreparedData:
 
 
 def resolve_class_weights(opts: TrainOptions, data: PreparedData) -> tuple[str, list[float] | None]:
-    """(scheme name, 19 weights or None). Default: class_weights.json's default scheme, but none
-    with weight maps (the U-Net maps already contain the class term: it would count twice)."""
+    """(scheme name, 19 weights or None); "default" is class_weights.json's default_scheme."""
     scheme = opts.class_weights
-    if scheme is None:
-        scheme = "none" if opts.weight_maps or data.class_weights is None else "default"
     if scheme == "none":
         return "none", None
     assert data.class_weights is not None
@@ -495,9 +493,10 @@ def _compile(model: Any, opts: TrainOptions, class_weights: list[float] | None, 
     model.compile(optimizer=optimizer, loss=loss, metrics=[MeanIoU(), MeanDice()], jit_compile=bool(opts.xla))
 
 
-def train(opts: TrainOptions) -> TrainResult:
+def train(opts: TrainOptions, extra_callbacks: list[Any] | None = None) -> TrainResult:
     """Train, checkpoint every epoch, export best and final. Raises :class:`TrainError` for bad
-    input or options before anything is trained."""
+    input or options before anything is trained. ``extra_callbacks`` run after the built-in
+    ones (so after each epoch's checkpoint is written)."""
     from segops.models import MODEL_NAMES, model_stride
 
     if opts.model not in MODEL_NAMES:
@@ -603,7 +602,7 @@ def train(opts: TrainOptions) -> TrainResult:
                     epochs=opts.epochs,
                     initial_epoch=initial_epoch,
                     steps_per_epoch=steps,
-                    callbacks=_make_callbacks(run),
+                    callbacks=_make_callbacks(run) + list(extra_callbacks or []),
                     verbose=opts.verbose,
                     shuffle=False,
                 )

@@ -82,10 +82,11 @@ def write_prepared(
             examples.append((image, label, weight))
         write_shards(out_dir, split, examples, num_shards)
         data[split] = examples
-    manifest = {
+    manifest = {  # the keys segops train reads from workflows/prepare.py's manifest
         "schema_version": records.SCHEMA_VERSION,
         "options": {"weight_maps": weight_maps},
-        "counts": {split: {"records": n} for split, n in counts.items()},
+        "weight_maps": {"enabled": weight_maps},
+        "splits": {split: {"records": n, "num_shards": num_shards} for split, n in counts.items()},
     }
     with open(os.path.join(out_dir, "manifest.json"), "w") as f:
         json.dump(manifest, f)

@@ -1,0 +1,94 @@
+"""Models: build, logits at input size (non-square), .keras round trip, stride, FCN init."""
+
+import keras
+import numpy as np
+import pytest
+
+from segops.models import build_model, model_stride
+from segops.models.blocks import bilinear_kernel
+
+CASES = [
+    ("unet", {"depth": 3, "base_filters": 4}),
+    ("unet", {"depth": 2, "base_filters": 4, "upsampling": "bilinear", "dilated": True, "dropout": 0.2}),
+    ("fcn8s", {"base_filters": 4}),
+    ("fcn8s", {"base_filters": 4, "dilated": True, "batch_norm": False}),
+]
+
+
+@pytest.mark.parametrize(("name", "hparams"), CASES)
+def test_logits_at_input_resolution_for_non_square_inputs(name, hparams):
+    keras.utils.set_random_seed(0)
+    model = build_model(name, num_classes=19, **hparams)
+    stride = model_stride(name, **hparams)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 2 * stride, 3 * stride, 3)).astype("float32")
+    logits = keras.ops.convert_to_numpy(model(images, training=False))
+    assert logits.shape == (2, 2 * stride, 3 * stride, 19)
+    assert logits.dtype == np.float32 and np.isfinite(logits).all()
+    # Different images give different logits (the network is connected end to end).
+    assert not np.allclose(logits[0], logits[1])
+
+
+@pytest.mark.parametrize(("name", "hparams"), [CASES[0], CASES[2]])
+def test_keras_round_trip_gives_identical_outputs(tmp_path, name, hparams):
+    keras.utils.set_random_seed(1)
+    model = build_model(name, **hparams)
+    images = np.random.default_rng(1).uniform(0, 255, (1, 64, 96, 3)).astype("float32")
+    # Move weights and batch-norm statistics away from their initial values first.
+    rng = np.random.default_rng(2)
+    for w in model.trainable_weights:
+        w.assign(w + rng.normal(0, 0.05, w.shape).astype("float32"))
+    model(images, training=True)  # updates the BN moving mean/variance
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(model(images)), keras.ops.convert_to_numpy(loaded(images))
+    )
+
+
+def test_strides():
+    assert model_stride("unet", depth=4) == 16
+    assert model_stride("unet", depth=2) == 4
+    assert model_stride("fcn8s") == 32
+
+
+def test_input_is_normalised_inside_the_model():
+    model = build_model("unet", depth=1, base_filters=2)
+    norm = model.get_layer("normalize")
+    out = keras.ops.convert_to_numpy(norm(np.array([[[[0.0, 127.5, 255.0]]]], "float32")))
+    np.testing.assert_allclose(out.ravel(), [-1.0, 0.0, 1.0], atol=1e-6)
+
+
+def test_mixed_precision_logits_are_float32():
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = build_model("unet", depth=2, base_filters=4)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    logits = model(np.zeros((1, 16, 16, 3), "float32"))
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+    assert model.get_layer("enc0a_conv").compute_dtype == "float16"
+
+
+def test_fcn_upsampling_starts_bilinear():
+    # score layers of the skips start at zero and the transposed convs bilinear: the initial
+    # logits are a smooth upsampling of the coarse scores.
+    model = build_model("fcn8s", base_filters=2)
+    k = keras.ops.convert_to_numpy(model.get_layer("upscore8").kernel)
+    np.testing.assert_allclose(k, bilinear_kernel(16, 19))
+    assert not keras.ops.convert_to_numpy(model.get_layer("score_pool4").kernel).any()
+    # A bilinear 2x kernel sums (over the taps hitting one output pixel) to 1: constant in -> constant out.
+    up = keras.layers.Conv2DTranspose(1, 4, strides=2, padding="same", use_bias=False)
+    up.build((None, 8, 8, 1))
+    up.kernel.assign(bilinear_kernel(4, 1))
+    out = keras.ops.convert_to_numpy(up(np.ones((1, 8, 8, 1), "float32")))
+    np.testing.assert_allclose(out[0, 2:-2, 2:-2, 0], 1.0, atol=1e-6)
+
+
+def test_bad_hyper_parameters_are_refused():
+    with pytest.raises(ValueError, match="upsampling"):
+        build_model("unet", upsampling="nearest")
+    with pytest.raises(ValueError, match="depth"):
+        build_model("unet", depth=0)
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("deeplab")
