@@ -116,6 +116,10 @@ def test_an_image_does_not_depend_on_the_counts(dataset: tuple[Path, dict], tmp_
     small = _files(tmp_path)
     full = _files(root)
     assert len(small) == 1 + 5 * 3
+    # a rerun with larger counts, then smaller ones again: the extra images are reported, not deleted
+    synth.generate_dataset(str(tmp_path), {"val": 2, "train": 2}, height=SIZE[0], width=SIZE[1], seed=0)
+    summary = synth.generate_dataset(str(tmp_path), {"val": 1, "train": 2}, height=SIZE[0], width=SIZE[1], seed=0)
+    assert summary["other_images"] == {"train": 0, "val": 1}
     for name, data in small.items():
         if name != synth.MANIFEST_NAME:
             assert full[name] == data, name
@@ -233,6 +237,11 @@ def test_cli_writes_and_summarises(tmp_path: Path) -> None:
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("synth: wrote 3 images (train 2, val 1, test 0)")
     assert len(list((tmp_path / "d" / "leftImg8bit").rglob("*.png"))) == 3
+    assert "warning" not in result.output
+    again = CliRunner().invoke(synth_command, [str(tmp_path / "d"), "--train", "1", "--val", "1", "--test", "0",
+                                               "--size", "48x96", "--seed", "5"])
+    assert again.exit_code == 0
+    assert "holds 1 more train image(s)" in again.output
     assert json.loads((tmp_path / "d" / synth.MANIFEST_NAME).read_text())["options"]["seed"] == 5
 
 

@@ -86,6 +86,10 @@ def command(out: str, n_train: int, n_val: int, n_test: int, size: tuple[int, in
     except OSError as exc:
         raise click.ClickException(f"cannot write to {out}: {exc}") from exc
     elapsed = time.perf_counter() - start
+    for split, n in summary["other_images"].items():
+        if n > 0:
+            click.echo(f"warning: {out} holds {n} more {split} image(s) from an earlier run with other options; "
+                       "remove the directory for a dataset with exactly these counts", err=True)
     per_split = ", ".join(f"{s} {v['images']}" for s, v in summary["splits"].items())
     click.echo(
         f"synth: wrote {sum(v['images'] for v in summary['splits'].values())} images ({per_split}), "

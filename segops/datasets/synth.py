@@ -103,7 +103,9 @@ def _texture_luts() -> tuple[np.ndarray, np.ndarray]:
 
 _FINE_LUT, _MID_LUT = _texture_luts()
 _SKY_ID = NAME_TO_LABEL["sky"].id
-_ROWS = 9  # label rasterisation: sub-rows per pixel row (see render)
+# Label rasterisation: sub-rows per pixel row (see render); fewer above Cityscapes' size, where
+# boundary pixels are a smaller share and the sub-row canvases would take hundreds of MB.
+_ROWS, _ROWS_LARGE, _LARGE = 9, 3, 1024 * 2048
 
 # --- scene description -------------------------------------------------------------------------
 
@@ -946,7 +948,8 @@ def render(items: Sequence[Item], height: int, width: int, rng: np.random.Genera
     # Labels are rasterised on a grid with _ROWS rows per pixel row and sampled at the middle
     # row: fillPoly then marks pixels by where the polygon crosses their centre row (the rule
     # Pillow, hence cityscapesScripts, uses) instead of every pixel its outline touches.
-    s, mid = _ROWS, _ROWS // 2
+    s = _ROWS if height * width <= _LARGE else _ROWS_LARGE
+    mid = s // 2
     label = np.zeros((height * s, width), np.uint8)
     inst = np.zeros((height * s, width), np.uint16)
     # class of every painted object, annotated or not: it drives the texture
@@ -1090,7 +1093,9 @@ def generate_dataset(out_dir: str, counts: dict[str, int] | None = None, height:
 
     ``counts`` maps split -> number of images (default :data:`DEFAULT_COUNTS`). ``progress`` is
     called as ``progress(split, done_in_split, total_in_split)`` after each image. Returns a
-    summary: per split the images and files written, the cities, and the total.
+    summary: per split the images and files written, the cities, and the total; and in
+    ``other_images`` per split the images already there that this run did not write (left by an
+    earlier run with larger counts: they are never deleted).
     """
     counts = _check_counts(counts)
     if height < 32 or width < 32:
@@ -1127,5 +1132,14 @@ def generate_dataset(out_dir: str, counts: dict[str, int] | None = None, height:
     }
     summary["files_written"] = sum(files.values()) + 1
     write_bytes_atomic(os.path.join(out_dir, MANIFEST_NAME), (json.dumps(summary, indent=2) + "\n").encode())
+    # not in the manifest (it depends on what was there before): images this run did not write
+    summary["other_images"] = {s: _count_images(out_dir, s) - done[s] for s in counts}
     summary["out_dir"] = out_dir
     return summary
+
+
+def _count_images(out_dir: str, split: str) -> int:
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = FileSystems.join(out_dir, "leftImg8bit", split, "*", "*_leftImg8bit.png")
+    return len(FileSystems.match([pattern])[0].metadata_list)
