@@ -97,11 +97,9 @@ def pipeline_seconds(root: Path, out: Path, weight_maps: bool, beam_args: list[s
     return elapsed
 
 
-def marginal(large: Path, small: Path, n_large: int, n_small: int, out: Path, weight_maps: bool,
-             beam_args: list[str], repeats: int) -> tuple[float, float, float]:  # fmt: skip
-    """(seconds per image, best T(large), best T(small)) from the best of ``repeats`` runs each."""
-    t_large = min(pipeline_seconds(large, out, weight_maps, beam_args) for _ in range(repeats))
-    t_small = min(pipeline_seconds(small, out, weight_maps, beam_args) for _ in range(repeats))
+def slope(times: dict[int, list[float]]) -> tuple[float, float, float]:
+    """(seconds per image, best T(large), best T(small)) from the best run of each size."""
+    (n_small, t_small), (n_large, t_large) = sorted((n, min(ts)) for n, ts in times.items())
     return (t_large - t_small) / (n_large - n_small), t_large, t_small
 
 
@@ -151,33 +149,43 @@ def main() -> None:
         profile(small, weight_maps=False)
         profile(small, weight_maps=True)
 
-    floor = floor_per_image(large, args.repeats)
-    floor_w = floor_per_image(large, args.repeats, weight_maps=True)
-    print(f"floor (decode label, LUT, count, encode label PNG, serialize): {floor * 1e3:.1f} ms/image")
-    print(f"floor + weight map (instances, border term, weights, float16+zlib): {floor_w * 1e3:.1f} ms/image")
-
     one = ["--runner=DirectRunner", "--direct_num_workers=1"]
-    rows = []
+    pipeline_seconds(small, out, True, one)  # warm-up: imports (TensorFlow), caches
+    sizes = {args.images: large, args.small: small}
+    # Interleaved repeats, best of each: load from other processes hits every variant alike.
+    floors: dict[bool, list[float]] = {False: [], True: []}
+    runs: dict[bool, dict[int, list[float]]] = {False: {}, True: {}}
+    for _ in range(args.repeats):
+        for weight_maps in (False, True):
+            floors[weight_maps].append(floor_per_image(large, 1, weight_maps))
+            for n, root in sizes.items():
+                runs[weight_maps].setdefault(n, []).append(pipeline_seconds(root, out, weight_maps, one))
+    floor, floor_w = min(floors[False]), min(floors[True])
+    print(f"floor (decode label, LUT, count, encode label PNG, serialize): {floor * 1e3:.1f} ms/image")
+    print(f"floor + weight map (instanceIds, border term, weights, float16+zlib): {floor_w * 1e3:.1f} ms/image")
     for weight_maps in (False, True):
-        per, tl, ts = marginal(large, small, args.images, args.small, out, weight_maps, one, args.repeats)
-        ref = floor if not weight_maps else floor_w
-        rows.append((weight_maps, per, tl, ts))
-        print(f"pipeline, 1 worker, weight maps {'on ' if weight_maps else 'off'}: {per * 1e3:.1f} ms/image "
+        per, tl, ts = slope(runs[weight_maps])
+        print(f"pipeline, 1 worker (in_memory), weight maps {'on ' if weight_maps else 'off'}: {per * 1e3:.1f} ms/image "
               f"(T({args.images})={tl:.2f} s, T({args.small})={ts:.2f} s) = {per / floor:.2f}x floor"
-              + (f", {per / ref:.2f}x floor+weight map" if weight_maps else ""))  # fmt: skip
+              + (f", {per / floor_w:.2f}x floor+weight map" if weight_maps else ""), flush=True)  # fmt: skip
 
     if not args.skip_workers:
+        mp = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
+              "--default_sdk_harness_log_level=WARNING"]  # fmt: skip
         for weight_maps in (False, True):
-            mp = ["--runner=DirectRunner", "--direct_running_mode=multi_processing"]
-            res = {}
-            for n in (1, 2):
-                per, tl, ts = marginal(large, small, args.images, args.small, out, weight_maps,
-                                       [*mp, f"--direct_num_workers={n}"], args.repeats)  # fmt: skip
-                res[n] = per
-                print(f"multi_processing, {n} worker(s), weight maps {'on ' if weight_maps else 'off'}: "
-                      f"{1 / per:.1f} images/s marginal ({per * 1e3:.1f} ms/image; T({args.images})={tl:.2f} s, "
-                      f"T({args.small})={ts:.2f} s)")  # fmt: skip
-            print(f"  2 workers / 1 worker throughput: {res[1] / res[2]:.2f}x")
+            times: dict[int, dict[int, list[float]]] = {1: {}, 2: {}}
+            for _ in range(args.repeats):
+                for workers in (1, 2):
+                    for n, root in sizes.items():
+                        t = pipeline_seconds(root, out, weight_maps, [*mp, f"--direct_num_workers={workers}"])
+                        times[workers].setdefault(n, []).append(t)
+            per = {}
+            for workers in (1, 2):
+                per[workers], tl, ts = slope(times[workers])
+                print(f"multi_processing, {workers} worker(s), weight maps {'on ' if weight_maps else 'off'}: "
+                      f"{1 / per[workers]:.1f} images/s marginal ({per[workers] * 1e3:.1f} ms/image; "
+                      f"T({args.images})={tl:.2f} s, T({args.small})={ts:.2f} s)", flush=True)  # fmt: skip
+            print(f"  2 workers / 1 worker throughput: {per[1] / per[2]:.2f}x", flush=True)
     print(f"load average {os.getloadavg()[0]:.2f} at end")
     if not args.workdir:
         shutil.rmtree(base, ignore_errors=True)
