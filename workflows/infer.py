@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -37,8 +38,12 @@ LOG = logging.getLogger(__name__)
 DEAD = "dead_letter"
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
 def _dead(path: str, stage: str, reason: str) -> beam.pvalue.TaggedOutput:
-    return beam.pvalue.TaggedOutput(DEAD, {"path": path, "stage": stage, "reason": reason})
+    # object addresses in exception texts ("<BytesIO object at 0x7f..>") would make reruns differ
+    return beam.pvalue.TaggedOutput(DEAD, {"path": path, "stage": stage, "reason": _ADDRESS.sub("", reason)})
 
 
 class DecodeFn(beam.DoFn):

@@ -1,0 +1,205 @@
+"""Benchmark `segops infer` on 1024x2048 frames, one core per worker (run by hand; not a test).
+
+    .venv/bin/python bench/bench_infer.py [--images 3] [--model DIR] [--core 0] [--json out.json]
+
+Each phase runs in a fresh process pinned to one core (TensorFlow with one intra-op thread,
+OpenCV with one thread), so "per core" means per core, and its peak RSS is the worker's own
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``):
+
+* ``inference``: the model alone (``segops.inference.predict_probabilities``) per frame, whole
+  frame (reflection-padded) and tiled (the default 512x1024 tiles, 64 px overlap);
+* ``crf``: on those probabilities, the fast path (``segops.crf.refine``) and, in the same
+  process on the same probabilities, the baseline: pydensecrf2 at full resolution, 5 iterations;
+* ``end-to-end``: ``run_infer`` (the Beam pipeline on the DirectRunner, in-process, one worker)
+  over 1 and over N frames with --overwrite; the marginal time per frame (T(N) - T(1)) / (N - 1)
+  cancels the fixed start-up (TensorFlow import, model load, Beam graph).
+
+Without ``--model`` a U-Net (depth 4, 16 base filters, random weights) is exported and used:
+timings do not depend on the weights. Targets: CRF <= 1 s per frame on one core at >= 99 %
+agreement with the baseline (bench_crf.py measures agreement on realistic probabilities);
+peak RSS per worker <= 3 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HEIGHT, WIDTH = 1024, 2048
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _pin(core: int) -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {core})
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _frames(data: Path, n: int) -> list[Path]:
+    return sorted((data / "leftImg8bit" / "val").glob("*/*_leftImg8bit.png"))[:n]
+
+
+def _decode(path: Path):
+    from segops import imageio
+
+    return imageio.decode_rgb_image(path.read_bytes())
+
+
+def phase_inference(args) -> dict:
+    from segops.export import load_info, resolve_export_dir
+    from segops.inference import ServingModel, predict_probabilities
+
+    info = load_info(args.model)
+    t = time.perf_counter()
+    model = ServingModel(resolve_export_dir(args.model), threads=1)
+    load_s = time.perf_counter() - t
+    images = [_decode(p) for p in _frames(Path(args.data), args.images)]
+    out: dict = {"model_load_s": load_s, "rss_after_load_mib": _rss_mib()}
+    for name, tile in (("whole", None), ("tiled", (512, 1024))):
+        predict_probabilities(model, images[:1], info.stride, tile, 64, 1, 1 << 22)  # warm-up (graph tracing)
+        times = []
+        for img in images:
+            t = time.perf_counter()
+            predict_probabilities(model, [img], info.stride, tile, 64, 1, 1 << 22)
+            times.append(time.perf_counter() - t)
+        out[f"{name}_s_per_image"] = sum(times) / len(times)
+        out[f"rss_after_{name}_mib"] = _rss_mib()
+    return out
+
+
+def phase_crf(args) -> dict:
+    import numpy as np
+
+    from segops.crf import CRFParams, dense_crf_reference, refine
+    from segops.export import load_info, resolve_export_dir
+    from segops.inference import ServingModel, predict_probabilities
+
+    info = load_info(args.model)
+    model = ServingModel(resolve_export_dir(args.model), threads=1)
+    images = [_decode(p) for p in _frames(Path(args.data), args.images)]
+    fast, base, agree = [], [], []
+    refine(predict_probabilities(model, images[:1], info.stride, (512, 1024), 64, 1, 1 << 22)[0], images[0])  # warm-up
+    for img in images:
+        probs = predict_probabilities(model, [img], info.stride, (512, 1024), 64, 1, 1 << 22)[0]
+        t = time.perf_counter()
+        labels = refine(probs, img, CRFParams()).labels
+        fast.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        reference = dense_crf_reference(probs, img).argmax(axis=2)
+        base.append(time.perf_counter() - t)
+        agree.append(float((labels == reference).mean()))
+    return {
+        "fast_s_per_image": float(np.mean(fast)),
+        "baseline_s_per_image": float(np.mean(base)),
+        "speedup": float(np.mean(base) / np.mean(fast)),
+        "agreement_min": min(agree),
+        "note": "agreement on this model's probabilities (random weights unless --model); see bench_crf.py",
+    }
+
+
+def phase_e2e(args) -> dict:
+    import shutil
+    import tempfile
+
+    from segops.inference import InferOptions
+    from workflows.infer import run_infer
+
+    frames = _frames(Path(args.data), args.images)
+    work = Path(tempfile.mkdtemp(prefix="segops_bench_infer_"))
+    try:
+        times = {}
+        for n in (1, len(frames)):
+            inp = work / f"in{n}" / "leftImg8bit" / "val" / "city"
+            inp.mkdir(parents=True)
+            for f in frames[:n]:
+                os.link(f, inp / f.name)
+                gt = f.parents[3] / "gtFine" / "val" / f.parent.name / f.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png")
+                gt_dst = work / f"in{n}" / "gtFine" / "val" / "city" / gt.name
+                gt_dst.parent.mkdir(parents=True, exist_ok=True)
+                os.link(gt, gt_dst)
+            options = InferOptions(args.model, str(work / f"in{n}"), str(work / f"out{n}"), split="val", tf_threads=1, overwrite=True)
+            t = time.perf_counter()
+            report = run_infer(options, ["--direct_num_workers=1"])
+            times[n] = time.perf_counter() - t
+            assert report.processed == n, report
+        n = len(frames)
+        marginal = (times[n] - times[1]) / (n - 1) if n > 1 else times[1]
+        return {"t1_s": times[1], f"t{n}_s": times[n], "marginal_s_per_image": marginal,
+                "images_per_s_per_core": 1 / marginal}  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+PHASES = {"inference": phase_inference, "crf": phase_crf, "end-to-end": phase_e2e}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=3)
+    ap.add_argument("--data", default="/tmp/segops_bench/synth1024")
+    ap.add_argument("--model", default=None, help="export dir (default: a random-weight U-Net)")
+    ap.add_argument("--core", type=int, default=0)
+    ap.add_argument("--phases", default=",".join(PHASES))
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--phase", default=None, help=argparse.SUPPRESS)  # internal: run one phase
+    args = ap.parse_args()
+
+    if args.phase:
+        _pin(args.core)
+        result = PHASES[args.phase](args)
+        result["peak_rss_mib"] = _rss_mib()
+        print("RESULT " + json.dumps(result))
+        return
+
+    data = Path(args.data)
+    if len(_frames(data, args.images)) < args.images:
+        from segops.datasets.synth import generate_dataset
+
+        generate_dataset(str(data), {"train": 2, "val": args.images}, HEIGHT, WIDTH, seed=0)
+    if args.model is None:
+        args.model = "/tmp/segops_bench/unet16"
+        if not Path(args.model, "model.json").exists():
+            import keras
+
+            from segops import export, models
+
+            keras.utils.set_random_seed(0)
+            net = models.build_model("unet", depth=4, base_filters=16)
+            export.export_model(net, args.model, export.ModelInfo("unet", 19, (512, 1024), models.model_stride("unet", depth=4)))
+    load = os.getloadavg()
+    print(f"# bench_infer  {platform.node()}  {os.cpu_count()} CPUs  model {args.model}  {args.images} frames "
+          f"{HEIGHT}x{WIDTH}  load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)  # fmt: skip
+    results = {}
+    for phase in args.phases.split(","):
+        cmd = [sys.executable, __file__, "--phase", phase, "--images", str(args.images), "--data", str(data),
+               "--model", args.model, "--core", str(args.core)]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if line is None:
+            print(proc.stdout[-3000:], proc.stderr[-3000:])
+            raise SystemExit(f"phase {phase} failed")
+        results[phase] = json.loads(line[len("RESULT ") :])
+        print(f"{phase}: {json.dumps(results[phase])}", flush=True)
+    load = os.getloadavg()
+    print(f"load average at end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
