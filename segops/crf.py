@@ -15,8 +15,8 @@ permutohedral lattice (pydensecrf2, import name ``pydensecrf``):
 :func:`dense_crf_reference` runs exactly that at full resolution over all classes: the baseline.
 
 Where the time goes (one core, 1024x2048, 19 classes; ``bench/bench_crf.py``): building the
-unary (``-log`` + transpose of 40 M floats) ~8 %, building the two lattices ~20 %, and the five
-mean-field iterations ~65 %, whose cost is (pixels x classes x iterations). Nothing there depends
+unary (``-log`` of 40 M floats, transposed) ~5 %, building the two lattices ~25 %, and the five
+mean-field iterations ~70 %, whose cost is (pixels x classes x iterations). Nothing there depends
 on the probability values, so the only levers are fewer pixels and fewer classes.
 :func:`refine` (the fast path) therefore
 
@@ -29,19 +29,21 @@ on the probability values, so the only levers are fewer pixels and fewer classes
    kernels cover the same image area; ``srgb`` and the compatibilities are unchanged (the
    kernels are normalised, so messages do not depend on pixel density). This is ``s^2`` fewer
    pixels through every lattice pass.
-3. **upsamples the marginals edge-aware and takes argmax at full resolution.** Plain bilinear
-   upsampling of the marginals gives boundaries that miss the colour edges the full-resolution
-   CRF snaps to (~98.8 % agreement at s = 4 on the benchmark scenes). Instead, each
-   full-resolution pixel gets the joint-bilateral-upsampled marginal (Kopf et al., "Joint
-   Bilateral Upsampling", SIGGRAPH 2007) of the 2x2 low-resolution cells around it (bilinear
-   support), weighted by spatial distance and by the same colour kernel as the CRF (``srgb``).
-   It is only *computed* where those cells disagree on the argmax (a band along boundaries,
-   typically 2-6 % of pixels): where all four share their argmax, any convex combination of
-   them has that argmax too, so the nearest cell's label is exactly the same answer.
+3. **returns to full resolution with one more mean-field update there.** After mean field,
+   ``log Q = -unary - message + const`` per pixel, so the low-resolution message is
+   ``log Q - log p``. Each full-resolution pixel takes the joint bilateral upsampling (Kopf et
+   al., "Joint Bilateral Upsampling", SIGGRAPH 2007) of that message from the 2x2 low-res cells
+   around it (spatial sigma of one cell, colour sigma ``srgb`` between the pixel and each cell:
+   the CRF's own appearance kernel), adds its own full-resolution ``log p`` and takes argmax.
+   Plain bilinear upsampling of the marginals instead puts boundaries on the cell grid, missing
+   the colour edges the full-resolution CRF snaps to (98.8 % agreement at s = 4 on a synthetic
+   scene). The update is computed only where the four cells disagree on their label (a band
+   along boundaries, a few % of a 1024x2048 frame); elsewhere the pixel takes its cell's label.
 
-On realistic probabilities (``bench/bench_crf.py``) this agrees with the full-resolution
-baseline on > 99.8 % of pixels at roughly a tenth of its time; see docs/infer.md and the infer
-section of docs/benchmarks.md for the measured numbers.
+On realistic probabilities this agrees with the full-resolution baseline on more than 99 % of
+pixels at about a tenth of its time; ``bench/bench_crf.py`` measures it, docs/infer.md and the
+infer section of docs/benchmarks.md record the numbers. ``CRFParams(scale=1,
+min_class_prob=0)`` (:func:`full_resolution`) is the exact baseline.
 """
 
 from __future__ import annotations
