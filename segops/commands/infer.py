@@ -70,7 +70,7 @@ def format_summary(report: Any) -> str:
 @click.option("--tf-threads", default=0, show_default=True, type=int, help="TensorFlow intra-op threads per worker (0 = default).")
 @click.option("--share-model-across-processes", is_flag=True, help="One model per machine instead of per worker process.")
 @click.option("--run-id", default=None, help="Name of this run's Parquet partition (default: UTC time + random).")
-@click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
+@click.argument("beam_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- BEAM_OPTIONS...]")
 def command(model_dir: str, input_path: str, out: str, beam_args: tuple[str, ...], **kw: Any) -> None:
     """Batch inference with dense-CRF refinement over a directory, glob or Cityscapes split.
 
@@ -79,6 +79,9 @@ def command(model_dir: str, input_path: str, out: str, beam_args: tuple[str, ...
     done for this model are skipped. Beam options go after `--`, e.g.
     `-- --direct_num_workers=2 --direct_running_mode=multi_processing`.
     """
+    stray = [a for a in beam_args if not a.startswith("--")]
+    if stray:
+        raise click.UsageError(f"unexpected argument(s) {' '.join(stray)}; Beam options look like --runner=...")
     from segops.crf import CRFParams
     from segops.export import ModelError
     from segops.inference import InferOptions, new_run_id
