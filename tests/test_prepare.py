@@ -8,8 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import Frame, make_dataset, tiny_scene, write_frame, write_png
-from test_weights import brute_force_border
+from conftest import Frame, brute_force_border, make_dataset, tiny_scene, write_frame, write_png
 
 from segops import labels
 from segops.datasets.cityscapes import discover
@@ -33,7 +32,7 @@ def _bad_inputs(root: Path) -> dict[str, tuple[str, str, str]]:
     expected: dict[str, tuple[str, str, str]] = {}
 
     def frame(name: str, image=None, label=None) -> Frame:
-        img, lab, _ = tiny_scene(hash(name) % 1000, H, W)
+        img, lab, _ = tiny_scene(int(name), H, W)
         f = Frame("train", "erfurt", f"erfurt_{name}_000019", img, lab, None)
         return write_frame(root, Frame(f.split, f.city, f.frame_id, img if image is None else image,
                                        lab if label is None else label, None))  # fmt: skip

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import brute_force_border
 
 from segops import weights as W
 from segops.labels import IGNORE_ID, NUM_CLASSES
@@ -106,21 +107,6 @@ def test_instance_boxes_from_ids_and_from_a_map_agree():
 
 
 # --- border term -----------------------------------------------------------------------------
-
-
-def brute_force_border(instances: np.ndarray, w0: float, sigma: float) -> np.ndarray:
-    """d1, d2 from the distances of every pixel to every pixel of every instance."""
-    h, w = instances.shape
-    pix = np.argwhere(np.ones((h, w), bool)).astype(np.float64)
-    per_instance = []
-    for k in np.unique(instances[instances > 0]):
-        pts = np.argwhere(instances == k).astype(np.float64)
-        d = np.sqrt(((pix[:, None, :] - pts[None, :, :]) ** 2).sum(-1)).min(axis=1)
-        per_instance.append(d)
-    if len(per_instance) < 2:
-        return np.zeros((h, w))
-    d = np.sort(np.stack(per_instance, axis=1), axis=1)
-    return (w0 * np.exp(-((d[:, 0] + d[:, 1]) ** 2) / (2 * sigma**2))).reshape(h, w)
 
 
 def _toy_instances() -> np.ndarray:
