@@ -40,7 +40,7 @@ CLASS_WEIGHT_SCHEMES = ("median_frequency", "enet", "inverse_frequency")
 STATE_FILE = "state.json"
 CHECKPOINT_DIR = "checkpoints"
 # Options that may differ on --resume without changing the result of the remaining epochs.
-RESUME_FREE_OPTIONS = ("resume", "out", "prepared", "verbose", "early_stopping", "xla")
+RESUME_FREE_OPTIONS = ("resume", "out", "prepared", "verbose", "early_stopping", "xla", "export", "data_threads")
 
 
 class TrainError(ValueError):
@@ -83,6 +83,7 @@ class TrainOptions:
     cycle_length: int = 4
     data_threads: int | None = None
     verbose: int = 1  # Keras progress bar (0 silent, 1 bar, 2 one line per epoch)
+    export: bool = True  # write OUT/best, OUT/final, OUT/model.json at the end (off: checkpoints only)
 
     def hparams(self) -> dict[str, Any]:
         """Keyword hyper-parameters of the model builder."""
@@ -649,7 +650,7 @@ def _finish(
         history=run.history,
         stopped_early=run.stopped_early,
     )
-    if not run.is_chief:
+    if not run.is_chief or not opts.export:
         return result
 
     training = {

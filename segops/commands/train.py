@@ -95,6 +95,8 @@ def _fmt(value: float | None) -> str:
 @click.option("--val-split", default="val", show_default=True, help="Split to validate on (best model, early stop).")
 @click.option("--data-threads", type=click.IntRange(1), default=None,
               help="Threads of the input pipeline (default: TensorFlow's choice).")  # fmt: skip
+@click.option("--export/--no-export", default=True, show_default=True,
+              help="Export OUT/best and OUT/final at the end (--no-export: checkpoints and history only).")  # fmt: skip
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Keras progress bar per epoch.")
 def command(prepared: str, out: str, progress: bool, **kwargs: object) -> None:
     """Train U-Net or FCN-8s on the TFRecords of `segops prepare` (PREPARED) and export it to OUT.
@@ -127,4 +129,5 @@ def command(prepared: str, out: str, progress: bool, **kwargs: object) -> None:
     width = max(len(n) for n in CLASS_NAMES)
     for name in CLASS_NAMES:
         click.echo(f"  {name:<{width}}  {_fmt(result.best_val_iou_per_class.get(name))}")
-    click.echo(f"\nexports: {os.path.join(out, 'best')} (default), {os.path.join(out, 'final')}")
+    if options.export:
+        click.echo(f"\nexports: {os.path.join(out, 'best')} (default), {os.path.join(out, 'final')}")
