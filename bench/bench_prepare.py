@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 HEIGHT, WIDTH = 1024, 2048
 
 
@@ -104,23 +106,21 @@ def slope(times: dict[int, list[float]]) -> tuple[float, float, float]:
 
 
 def profile(root: Path, weight_maps: bool) -> None:
-    """cProfile of the two per-image DoFns, called directly on the listed pairs."""
+    """cProfile of the per-image work (Analyze, then the writer's ExampleCoder), called directly."""
     from segops.datasets.cityscapes import discover
-    from workflows.prepare import AnalyzeFn, EncodeFn, PrepareOptions, make_class_weights
+    from workflows.prepare import AnalyzeFn, ExampleCoder, PrepareOptions
 
     options = PrepareOptions(input=str(root), output="unused", weight_maps=weight_maps)
     listing = discover(str(root))
-    analyze, encode = AnalyzeFn(options), EncodeFn(options)
+    analyze, coder = AnalyzeFn(options), ExampleCoder()
     analyze.setup()
-    encode.setup()
-    stats = {"splits": {"train": {"pixel_counts": [1] * 19, "image_pixels": [10] * 19}}}
-    cw = make_class_weights(stats, "train", options.weight_scheme)
-    list(encode.process(next(iter(analyze.process(listing.pairs[0]))), cw))  # warm-up
+    weights = tuple(np.linspace(0.5, 2.0, 19)) if weight_maps else None
+    coder.encode((next(iter(analyze.process(listing.pairs[0]))), weights))  # warm-up
     prof = cProfile.Profile()
     prof.enable()
     for pair in listing.pairs:
         for prepared in analyze.process(pair):
-            list(encode.process(prepared, cw))
+            coder.encode((prepared, weights))
     prof.disable()
     print(f"\n--- profile, weight maps {'on' if weight_maps else 'off'}, {len(listing.pairs)} images ---")
     pstats.Stats(prof).sort_stats("tottime").print_stats(14)

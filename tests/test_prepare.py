@@ -272,3 +272,18 @@ def test_rerun_is_identical_and_removes_stale_shards(tmp_path):
             assert d["weight"] is None  # --no-weight-maps: empty weight feature
             assert d["image_png"] == with_w[k]["image_png"]
             np.testing.assert_array_equal(d["label"], with_w[k]["label"])
+
+
+def test_writer_refuses_an_image_that_changed_after_validation(tmp_path):
+    from workflows.prepare import AnalyzeFn, ExampleCoder
+
+    (frame,) = make_dataset(tmp_path, {"train": 1}, H, W)
+    analyze = AnalyzeFn(PrepareOptions(input=str(tmp_path), output=str(tmp_path / "out")))
+    analyze.setup()
+    (prepared,) = list(analyze.process(discover(str(tmp_path)).pairs[0]))
+    coder = ExampleCoder()
+    record = decode_example(coder.encode((prepared, None)))
+    assert record["image_png"] == (tmp_path / frame.image_rel).read_bytes()
+    write_png(tmp_path / frame.image_rel, np.ascontiguousarray(frame.image[::-1]))  # same size, new pixels
+    with pytest.raises(RuntimeError, match="changed while the pipeline ran"):
+        coder.encode((prepared, None))

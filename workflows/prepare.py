@@ -4,23 +4,26 @@ Reads top to bottom::
 
     CleanOutput        remove manifest.json and earlier shards (before any input is read)
     pairs (listed with FileSystems.match at construction; problems -> dead letter)
-      | Analyze        per image: validate the image PNG from its structure only (never decoded,
-      |                its bytes are copied as-is), decode the label, labelId -> trainId LUT, class
-      |                pixel counts, encode the trainId PNG, U-Net border term (sparse, no class
-      |                weights needed) -> Prepared; bad input -> dead letter
+      | Analyze        per image: validate the image PNG from its structure only (never decoded),
+      |                decode the label, labelId -> trainId LUT, class pixel counts, encode the
+      |                trainId PNG, U-Net border term (sparse; needs no class weights) -> Prepared;
+      |                bad input -> dead letter
       | ClassStats     CombineFn over the labelled splits -> stats (singleton)
       | ClassWeights   stats of the weights split -> all three schemes (singleton)
-      | Encode         Prepared + class weights (side input, same run) -> weight map -> Example,
-      |                one tagged output per split
-      | WriteToTFRecord  OUT/<split>/<split>-SSSSS-of-NNNNN.tfrecord
+      | Route          per split; with weight maps, attach the class weights (side input, same run)
+      | WriteToTFRecord(coder=ExampleCoder)   OUT/<split>/<split>-SSSSS-of-NNNNN.tfrecord
       | Finalize       stats.json, class_weights.json, dead_letter.jsonl, then manifest.json
                        (last: a manifest means a complete run)
 
-Without weight maps the Encode step needs no side input and fuses with Analyze, so the image
-bytes read in Analyze go straight into the record. With weight maps the Prepared elements are
-materialised before Encode (it waits for the statistics); they then carry only the small trainId
-PNG and the sparse border term, and Encode re-reads the image bytes (checked against the length
-and CRC seen in Analyze) instead of holding every image in the runner's memory twice.
+Why the Example is built by the sink's coder. WriteToTFRecord with a fixed shard count groups its
+input by shard (a shuffle). Shuffling finished records moves every image's bytes through the
+runner: on the DirectRunner in multi_processing mode the runner process spent as much CPU per
+1024x2048 record as the worker did, which capped 2 workers at ~1x of 1, and the in-memory
+shuffle held the whole output in RAM. So the shuffle carries only the small parts (trainId PNG,
+sparse border term, class weights, metadata: ~1-10% of a record) and :class:`ExampleCoder` --
+the sink's ``coder``, applied to each element as it is written -- reads the image bytes (checked
+against the length and chunk CRCs seen in Analyze), adds the weight map and calls
+``segops.records.encode_example``. Each image file is therefore read twice (validate, then copy).
 """
 
 from __future__ import annotations
@@ -137,8 +140,7 @@ class Prepared(NamedTuple):
     frame_id: str
     image_path: str
     image_len: int
-    image_crc: int
-    image_png: bytes | None  # None: Encode re-reads it (weight-map runs)
+    image_digest: int  # png_chunk_digest of the bytes validated here; the writer checks it
     height: int
     width: int
     label_png: bytes  # trainIds PNG
@@ -151,19 +153,14 @@ def dead_letter(path: str, stage: str, reason: str, split: str) -> dict[str, str
     return {"path": path, "stage": stage, "reason": reason, "split": split}
 
 
-def check_image_png(data: bytes, max_pixels: int) -> PngHeader:
-    """Validate a camera PNG without decoding it: header, 8-bit colour, size limit, and every
-    chunk's CRC up to IEND (catches truncation and corruption anywhere in the file)."""
-    from segops.imageio import check_pixels, png_header
-
-    hdr = png_header(data)
-    check_pixels(hdr.height, hdr.width, max_pixels)
-    if hdr.bit_depth != 8:
-        raise BadInput(f"image PNG is {hdr.bit_depth}-bit; expected 8-bit RGB")
-    if hdr.color_type not in (2, 3, 6):
-        raise BadInput("image PNG is grayscale; expected 8-bit RGB")
+def png_chunk_digest(data: bytes, verify: bool = True) -> int:
+    """Walk a PNG's chunks up to IEND and return a digest of its content: the CRC-32 of the
+    chunks' stored CRCs (each covers its chunk's type and data). With ``verify``, every chunk's
+    CRC is checked against its data first (one CRC-32 pass over the file), which catches
+    truncation and corruption anywhere in the file; without, only the chunk headers are read."""
     view = memoryview(data)
     pos, size, has_data = 8, len(data), False
+    stored = bytearray()
     while True:
         if pos + 12 > size:
             raise BadInput("truncated image PNG: the file ends before its IEND chunk")
@@ -172,15 +169,31 @@ def check_image_png(data: bytes, max_pixels: int) -> PngHeader:
         if end > size:
             raise BadInput("truncated image PNG: the file ends inside a chunk")
         kind = bytes(view[pos + 4 : pos + 8])
-        if zlib.crc32(view[pos + 4 : end - 4]) != int.from_bytes(view[end - 4 : end], "big"):
+        crc = view[end - 4 : end]
+        if verify and zlib.crc32(view[pos + 4 : end - 4]) != int.from_bytes(crc, "big"):
             raise BadInput(f"corrupt image PNG: CRC mismatch in chunk {kind.decode('latin-1')!r}")
+        stored += crc
         has_data |= kind == b"IDAT"
         pos = end
         if kind == b"IEND":
             break
     if not has_data:
         raise BadInput("corrupt image PNG: no image data (IDAT) chunk")
-    return hdr
+    return zlib.crc32(stored)
+
+
+def check_image_png(data: bytes, max_pixels: int) -> tuple[PngHeader, int]:
+    """Validate a camera PNG without decoding it: header, 8-bit colour, size limit, and every
+    chunk's CRC up to IEND. Returns the header and :func:`png_chunk_digest`."""
+    from segops.imageio import check_pixels, png_header
+
+    hdr = png_header(data)
+    check_pixels(hdr.height, hdr.width, max_pixels)
+    if hdr.bit_depth != 8:
+        raise BadInput(f"image PNG is {hdr.bit_depth}-bit; expected 8-bit RGB")
+    if hdr.color_type not in (2, 3, 6):
+        raise BadInput("image PNG is grayscale; expected 8-bit RGB")
+    return hdr, png_chunk_digest(data)
 
 
 class AnalyzeFn(beam.DoFn):
@@ -202,7 +215,7 @@ class AnalyzeFn(beam.DoFn):
     def _analyze(self, pair: Pair, stage: list[str]) -> Prepared:
         image = _read(pair.image, pair.source)
         stage[0] = "image"
-        hdr = check_image_png(image, self.options.max_pixels)
+        hdr, digest = check_image_png(image, self.options.max_pixels)
         common = dict(
             split=pair.split,
             source=pair.source,
@@ -210,9 +223,7 @@ class AnalyzeFn(beam.DoFn):
             frame_id=pair.frame_id,
             image_path=pair.image,
             image_len=len(image),
-            # Encode re-reads the image in weight-map runs (see the module docstring)
-            image_crc=zlib.crc32(image) if self.options.weight_maps else 0,
-            image_png=None if self.options.weight_maps else image,
+            image_digest=digest,
             height=hdr.height,
             width=hdr.width,
         )
@@ -399,36 +410,51 @@ def split_tag(split: str) -> str:
     return f"split:{split}"
 
 
-class EncodeFn(beam.DoFn):
-    """Prepared (+ class weights) -> serialized Example, tagged with its split."""
+class RouteFn(beam.DoFn):
+    """Prepared -> (Prepared, class weights of the chosen scheme or None), tagged with its split."""
 
     def __init__(self, options: PrepareOptions) -> None:
         self.options = options
 
-    def setup(self) -> None:
-        self._lut_key: tuple | None = None
+    def process(self, item: Prepared, class_weights: dict[str, Any] | None = None):
+        weights = None
+        if class_weights is not None and item.labelled:
+            weights = tuple(class_weights["schemes"][self.options.weight_scheme])
+        yield beam.pvalue.TaggedOutput(split_tag(item.split), (item, weights))
+
+
+class ExampleCoder(beam.coders.Coder):
+    """WriteToTFRecord's coder: (Prepared, class weights) -> serialized ``tf.train.Example``.
+
+    Runs where the shard is written, after the shuffle (see the module docstring): re-reads the
+    image bytes, checks them against Analyze's length and chunk digest, builds the weight map and calls
+    ``encode_example``. An image that changed or vanished mid-run fails the run (rerun it): the
+    record would no longer match what was validated and counted.
+    """
+
+    def __init__(self) -> None:
+        self._lut_key: tuple[float, ...] | None = None
         self._lut: np.ndarray | None = None
 
-    def process(self, item: Prepared, class_weights: dict[str, Any] | None = None):
-        try:
-            yield beam.pvalue.TaggedOutput(split_tag(item.split), self._encode(item, class_weights))
-        except BadInput as exc:
-            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(item.source, "encode", exc.reason, item.split))
-
-    def _encode(self, item: Prepared, class_weights: dict[str, Any] | None) -> bytes:
-        from segops.imageio import decode_label_png
+    def encode(self, value: tuple[Prepared, tuple[float, ...] | None]) -> bytes:
+        from segops.imageio import decode_label_png, read_bytes
         from segops.records import ExampleFields, encode_example
-        from segops.weights import weight_map
+        from segops.weights import class_weight_lut, weight_map
 
-        image = item.image_png
-        if image is None:
-            image = _read(item.image_path, item.source)
-            if len(image) != item.image_len or zlib.crc32(image) != item.image_crc:
-                raise BadInput("image file changed while the pipeline ran")
+        item, class_weights = value
+        image = read_bytes(item.image_path)
+        try:
+            same = len(image) == item.image_len and png_chunk_digest(image, verify=False) == item.image_digest
+        except BadInput:
+            same = False
+        if not same:
+            raise RuntimeError(f"{item.image_path} changed while the pipeline ran; run prepare again")
         weights = None
-        if self.options.weight_maps and item.labelled and class_weights is not None:
+        if class_weights is not None:
+            if class_weights != self._lut_key:
+                self._lut_key, self._lut = class_weights, class_weight_lut(class_weights)
             train_ids = decode_label_png(item.label_png, item.height * item.width)
-            weights = weight_map(train_ids, self._class_lut(class_weights), item.border)
+            weights = weight_map(train_ids, self._lut, item.border)
         fields = ExampleFields(
             image_png=image,
             label_png=item.label_png,
@@ -442,13 +468,11 @@ class EncodeFn(beam.DoFn):
         )
         return encode_example(fields)
 
-    def _class_lut(self, class_weights: dict[str, Any]) -> np.ndarray:
-        from segops.weights import class_weight_lut
+    def decode(self, encoded: bytes):
+        raise NotImplementedError("ExampleCoder only writes; read records with segops.records")
 
-        values = tuple(class_weights["schemes"][self.options.weight_scheme])
-        if values != self._lut_key:
-            self._lut_key, self._lut = values, class_weight_lut(values)
-        return self._lut
+    def is_deterministic(self) -> bool:
+        return True
 
 
 # --- outputs -----------------------------------------------------------------------------------
@@ -598,7 +622,7 @@ def finalize(_, info: RunInfo, stats, class_weights, dead, written, records, rem
 
 class PrepareOutputs(NamedTuple):
     listing: Listing
-    records: dict[str, beam.PCollection]  # split -> serialized Examples
+    records: dict[str, beam.PCollection]  # split -> (Prepared, class weights): what each shard writer encodes
     stats: beam.PCollection  # singleton dict
     class_weights: beam.PCollection  # singleton dict
     dead_letters: beam.PCollection  # dicts {"path","stage","reason","split"}
@@ -630,22 +654,23 @@ def build_prepare_pipeline(p: beam.Pipeline, options: PrepareOptions, listing: L
     stats = prepared | "ClassStats" >> beam.CombineGlobally(ClassStatsFn(splits, unlabeled))
     class_weights = stats | "ClassWeights" >> beam.Map(make_class_weights, weights_split, options.weight_scheme)
 
-    encode = beam.ParDo(EncodeFn(options), AsSingleton(class_weights)) if options.weight_maps \
-        else beam.ParDo(EncodeFn(options))  # fmt: skip
-    encoded = prepared | "Encode" >> encode.with_outputs(DEAD, *[split_tag(s) for s in splits])
+    route = beam.ParDo(RouteFn(options), AsSingleton(class_weights)) if options.weight_maps \
+        else beam.ParDo(RouteFn(options))  # fmt: skip
+    routed = prepared | "Route" >> route.with_outputs(*[split_tag(s) for s in splits])
 
     records, written, counts = {}, [], []
     for s in splits:
-        records[s] = encoded[split_tag(s)]
+        records[s] = routed[split_tag(s)]
         written.append(
             records[s]
-            | f"Write[{s}]" >> WriteToTFRecord(FileSystems.join(options.output, s, s), file_name_suffix=SHARD_SUFFIX,
-                                               num_shards=shards[s], shard_name_template=SHARD_TEMPLATE)
+            | f"Write[{s}]" >> WriteToTFRecord(FileSystems.join(options.output, s, s), coder=ExampleCoder(),
+                                               file_name_suffix=SHARD_SUFFIX, num_shards=shards[s],
+                                               shard_name_template=SHARD_TEMPLATE)
         )  # fmt: skip
         counts.append(records[s] | f"Count[{s}]" >> beam.combiners.Count.Globally()
                       | f"Key[{s}]" >> beam.Map(lambda n, s=s: (s, n)))  # fmt: skip
 
-    dead = (listed_problems, analyzed[DEAD], encoded[DEAD]) | "DeadLetters" >> beam.Flatten()
+    dead = (listed_problems, analyzed[DEAD]) | "DeadLetters" >> beam.Flatten()
     written_paths = written | "Shards" >> beam.Flatten()
     record_counts = counts | "RecordCounts" >> beam.Flatten()
     info = RunInfo(options, listing.root, splits, unlabeled, shards, weights_split, listing.fingerprint,
