@@ -109,17 +109,22 @@ def _parse(path: str, prefix: str, top: str, suffix: str) -> tuple[str, str, str
     return rel, parts[1], parts[2], frame_id
 
 
-def _list(root: str, top: str, suffix: str) -> dict[tuple[str, str, str], tuple[str, str, int]]:
-    """(split, city, frame id) -> (path, relative path, size) for ``root/top/*/*/*<suffix>``."""
+Index = dict[tuple[str, str, str], tuple[str, str, int]]
+
+
+def _list(root: str, top: str, pattern: str, suffixes: tuple[str, ...]) -> list[Index]:
+    """One listing of ``root/top/*/*/<pattern>``; per suffix: (split, city, frame id) -> (path,
+    relative path, size). One match per top folder: on object stores each is a prefix listing."""
     from apache_beam.io.filesystems import FileSystems
 
     prefix = root + "/"
-    found: dict[tuple[str, str, str], tuple[str, str, int]] = {}
-    for path, size in _match(FileSystems.join(root, top, "*", "*", "*" + suffix)):
-        parsed = _parse(path, prefix, top, suffix)
-        if parsed is not None:  # dedupes repeated listings of one object, too
-            rel, split, city, frame_id = parsed
-            found[(split, city, frame_id)] = (path, rel, size)
+    found: list[Index] = [{} for _ in suffixes]
+    for path, size in _match(FileSystems.join(root, top, "*", "*", pattern)):
+        for index, suffix in zip(found, suffixes, strict=True):
+            parsed = _parse(path, prefix, top, suffix)
+            if parsed is not None:  # dedupes repeated listings of one object, too
+                rel, split, city, frame_id = parsed
+                index[(split, city, frame_id)] = (path, rel, size)
     return found
 
 
@@ -141,9 +146,8 @@ def discover(
     Raises :class:`DiscoveryError` if a requested split has no images or nothing is found.
     """
     root = root.rstrip("/") or "/"
-    images = _list(root, IMAGE_DIR, IMAGE_SUFFIX)
-    labels = _list(root, LABEL_DIR, LABEL_SUFFIX)
-    instances = _list(root, LABEL_DIR, INSTANCE_SUFFIX)
+    (images,) = _list(root, IMAGE_DIR, "*" + IMAGE_SUFFIX, (IMAGE_SUFFIX,))
+    labels, instances = _list(root, LABEL_DIR, "*_gtFine_*Ids.png", (LABEL_SUFFIX, INSTANCE_SUFFIX))
 
     image_splits = {key[0] for key in images}
     label_splits = {key[0] for key in labels}
