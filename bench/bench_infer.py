@@ -7,7 +7,8 @@ OpenCV with one thread), so "per core" means per core, and its peak RSS is the w
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``):
 
 * ``inference``: the model alone (``segops.inference.predict_probabilities``) per frame, whole
-  frame (reflection-padded) and tiled (the default 512x1024 tiles, 64 px overlap);
+  frame (the default: a frame fits in the default 1024x2048 tile) and as 512x1024 tiles with
+  64 px overlap (what a smaller ``--tile`` costs), tiles batched as the handler does;
 * ``crf``: on those probabilities, the fast path (``segops.crf.refine``) and, in the same
   process on the same probabilities, the baseline: pydensecrf2 at full resolution, 5 iterations;
 * ``end-to-end``: ``run_infer`` (the Beam pipeline on the DirectRunner, in-process, one worker)
@@ -71,11 +72,11 @@ def phase_inference(args) -> dict:
     images = [_decode(p) for p in _frames(Path(args.data), args.images)]
     out: dict = {"model_load_s": load_s, "rss_after_load_mib": _rss_mib()}
     for name, tile in (("whole", None), ("tiled", (512, 1024))):
-        predict_probabilities(model, images[:1], info.stride, tile, 64, 1, 1 << 22)  # warm-up (graph tracing)
+        predict_probabilities(model, images[:1], info.stride, tile, 64, 4, 1 << 22)  # warm-up (graph tracing)
         times = []
         for img in images:
             t = time.perf_counter()
-            predict_probabilities(model, [img], info.stride, tile, 64, 1, 1 << 22)
+            predict_probabilities(model, [img], info.stride, tile, 64, 4, 1 << 22)
             times.append(time.perf_counter() - t)
         out[f"{name}_s_per_image"] = sum(times) / len(times)
         out[f"rss_after_{name}_mib"] = _rss_mib()
@@ -93,9 +94,9 @@ def phase_crf(args) -> dict:
     model = ServingModel(resolve_export_dir(args.model), threads=1)
     images = [_decode(p) for p in _frames(Path(args.data), args.images)]
     fast, base, agree = [], [], []
-    refine(predict_probabilities(model, images[:1], info.stride, (512, 1024), 64, 1, 1 << 22)[0], images[0])  # warm-up
+    refine(predict_probabilities(model, images[:1], info.stride, None, 64, 1, 1 << 22)[0], images[0])  # warm-up
     for img in images:
-        probs = predict_probabilities(model, [img], info.stride, (512, 1024), 64, 1, 1 << 22)[0]
+        probs = predict_probabilities(model, [img], info.stride, None, 64, 1, 1 << 22)[0]
         t = time.perf_counter()
         labels = refine(probs, img, CRFParams()).labels
         fast.append(time.perf_counter() - t)

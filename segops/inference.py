@@ -61,7 +61,7 @@ def _parse_tile(tile: str | tuple[int, int] | None) -> tuple[int, int] | None:
         try:
             th, tw = (int(v) for v in tile.lower().split("x"))
         except ValueError as exc:
-            raise ValueError(f"--tile must look like 512x1024 (or 0 for whole images), got {tile!r}") from exc
+            raise ValueError(f"--tile must look like 1024x2048 (or 0 for whole images), got {tile!r}") from exc
         return th, tw
     return int(tile[0]), int(tile[1])
 
@@ -87,7 +87,7 @@ class InferOptions:
     max_pixels: int = imageio.DEFAULT_MAX_PIXELS
     batch_size: int = 4  # images per RunInference batch (same-size images share a model call)
     max_batch_pixels: int = 1 << 22  # pixels per model call (bounds activation memory)
-    tile: tuple[int, int] | None = (512, 1024)  # sliding window for larger images; None = whole image
+    tile: tuple[int, int] | None = (1024, 2048)  # sliding window for larger images; None = whole image
     tile_overlap: int = 64
     tf_threads: int = 0  # intra-op threads per worker; 0 = TensorFlow's default
     share_model_across_processes: bool = False

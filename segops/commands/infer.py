@@ -65,7 +65,7 @@ def format_summary(report: Any) -> str:
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=int, help="Refuse larger images (from the header).")
 @click.option("--batch-size", default=4, show_default=True, type=int, help="Images per RunInference batch.")
 @click.option("--max-batch-pixels", default=1 << 22, show_default=True, type=int, help="Pixels per model call.")
-@click.option("--tile", default="512x1024", show_default=True, help="Sliding-window tile HxW for larger images; 0 = whole images.")
+@click.option("--tile", default="1024x2048", show_default=True, help="Images larger than this (HxW) run as overlapping tiles; 0 = always whole images.")
 @click.option("--tile-overlap", default=64, show_default=True, type=int)
 @click.option("--tf-threads", default=0, show_default=True, type=int, help="TensorFlow intra-op threads per worker (0 = default).")
 @click.option("--share-model-across-processes", is_flag=True, help="One model per machine instead of per worker process.")
