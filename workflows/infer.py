@@ -59,6 +59,8 @@ class DecodeFn(beam.DoFn):
             yield _dead(item.path, "decode", exc.reason)
         except OSError as exc:  # missing/unreadable file (FileSystems raises IOError subclasses)
             yield _dead(item.path, "read", f"cannot read file ({exc})")
+        except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not fail the batch
+            yield _dead(item.path, "decode", f"{type(exc).__name__}: {exc}")
 
 
 @dataclass
