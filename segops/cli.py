@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 
 import click
 
 from segops import __version__
+
+# TensorFlow's C++ INFO/WARNING start-up lines (CPU features, oneDNN) are noise in a batch job's
+# log; a user who wants them sets TF_CPP_MIN_LOG_LEVEL=0 explicitly.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # name -> (module, one-line help shown by `segops --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -19,6 +24,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("segops.commands.report", "Self-contained HTML quality report with plots for a run directory."),
     "demo": ("segops.commands.demo", "Run synth -> prepare -> train -> infer -> report end to end."),
 }
+
+
+class _DropBeamApitoolsNotice(logging.Filter):
+    """Beam 2.77 logs "apitools not found" on import unless its GCP extras are installed; segops
+    needs no BigQuery client, so the notice only alarms users."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "apitools not found" not in record.getMessage()
 
 
 class LazyGroup(click.Group):
@@ -47,6 +60,8 @@ def cli(verbose: int) -> None:
     """
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropBeamApitoolsNotice())
 
 
 def main() -> None:
