@@ -22,6 +22,7 @@ import cProfile
 import os
 import platform
 import pstats
+import resource
 import shutil
 import tempfile
 import time
@@ -48,10 +49,9 @@ def make_data(base: Path, n_large: int, n_small: int) -> tuple[Path, Path]:
     return large, small
 
 
-def floor_per_image(root: Path, repeats: int, weight_maps: bool = False) -> float:
-    """Seconds per image of the unavoidable work, bytes already in memory."""
+def floor_per_image(root: Path, repeats: int, weight_maps: bool = False) -> tuple[float, float]:
+    """(wall, CPU) seconds per image of the unavoidable work, bytes already in memory."""
     import cv2
-    import numpy as np
 
     from segops.imageio import decode_instance_png, decode_label_png, encode_mask_png
     from segops.labels import LABEL_ID_TO_TRAIN_ID
@@ -78,31 +78,41 @@ def floor_per_image(root: Path, repeats: int, weight_maps: bool = False) -> floa
                                             "train", wmap))  # fmt: skip
 
     one(*items[0])  # warm-up (imports)
-    best = float("inf")
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         for item in items:
             one(*item)
-        best = min(best, (time.perf_counter() - start) / len(items))
-    return best
+        wall.append((time.perf_counter() - start) / len(items))
+        cpu.append((time.process_time() - start_cpu) / len(items))
+    return min(wall), min(cpu)
 
 
-def pipeline_seconds(root: Path, out: Path, weight_maps: bool, beam_args: list[str]) -> float:
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (multi_processing workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def pipeline_seconds(root: Path, out: Path, weight_maps: bool, beam_args: list[str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one whole run."""
     from workflows.prepare import PrepareOptions, run_prepare
 
     shutil.rmtree(out, ignore_errors=True)
     options = PrepareOptions(input=str(root), output=str(out), weight_maps=weight_maps, shards=2)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), _cpu()
     manifest = run_prepare(options, beam_args)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, _cpu() - start_cpu
     assert manifest["dead_letter"]["total"] == 0, manifest["dead_letter"]
-    return elapsed
+    return elapsed, cpu
 
 
-def slope(times: dict[int, list[float]]) -> tuple[float, float, float]:
-    """(seconds per image, best T(large), best T(small)) from the best run of each size."""
-    (n_small, t_small), (n_large, t_large) = sorted((n, min(ts)) for n, ts in times.items())
-    return (t_large - t_small) / (n_large - n_small), t_large, t_small
+def slope(times: dict[int, list[tuple[float, float]]]) -> tuple[float, float, float, float]:
+    """(wall s/image, CPU s/image, best wall T(large), best wall T(small)), best run of each size."""
+    (n_s, runs_s), (n_l, runs_l) = sorted(times.items())
+    wall_s, wall_l = min(w for w, _ in runs_s), min(w for w, _ in runs_l)
+    cpu_s, cpu_l = min(c for _, c in runs_s), min(c for _, c in runs_l)
+    return (wall_l - wall_s) / (n_l - n_s), (cpu_l - cpu_s) / (n_l - n_s), wall_l, wall_s
 
 
 def profile(root: Path, weight_maps: bool) -> None:
@@ -153,27 +163,33 @@ def main() -> None:
     pipeline_seconds(small, out, True, one)  # warm-up: imports (TensorFlow), caches
     sizes = {args.images: large, args.small: small}
     # Interleaved repeats, best of each: load from other processes hits every variant alike.
-    floors: dict[bool, list[float]] = {False: [], True: []}
-    runs: dict[bool, dict[int, list[float]]] = {False: {}, True: {}}
+    floors: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    runs: dict[bool, dict[int, list[tuple[float, float]]]] = {False: {}, True: {}}
     for _ in range(args.repeats):
         for weight_maps in (False, True):
             floors[weight_maps].append(floor_per_image(large, 1, weight_maps))
             for n, root in sizes.items():
                 runs[weight_maps].setdefault(n, []).append(pipeline_seconds(root, out, weight_maps, one))
-    floor, floor_w = min(floors[False]), min(floors[True])
-    print(f"floor (decode label, LUT, count, encode label PNG, serialize): {floor * 1e3:.1f} ms/image")
-    print(f"floor + weight map (instanceIds, border term, weights, float16+zlib): {floor_w * 1e3:.1f} ms/image")
+    floor = {wm: (min(w for w, _ in f), min(c for _, c in f)) for wm, f in floors.items()}
+    print(f"floor (decode label, LUT, count, encode label PNG, serialize): "
+          f"{floor[False][0] * 1e3:.1f} ms/image wall, {floor[False][1] * 1e3:.1f} ms CPU")  # fmt: skip
+    print(f"floor + weight map (instanceIds, border term, weights, float16+zlib): "
+          f"{floor[True][0] * 1e3:.1f} ms/image wall, {floor[True][1] * 1e3:.1f} ms CPU")  # fmt: skip
     for weight_maps in (False, True):
-        per, tl, ts = slope(runs[weight_maps])
-        print(f"pipeline, 1 worker (in_memory), weight maps {'on ' if weight_maps else 'off'}: {per * 1e3:.1f} ms/image "
-              f"(T({args.images})={tl:.2f} s, T({args.small})={ts:.2f} s) = {per / floor:.2f}x floor"
-              + (f", {per / floor_w:.2f}x floor+weight map" if weight_maps else ""), flush=True)  # fmt: skip
+        wall, cpu, tl, ts = slope(runs[weight_maps])
+        line = (f"pipeline, 1 worker (in_memory), weight maps {'on ' if weight_maps else 'off'}: "
+                f"{wall * 1e3:.1f} ms/image wall = {wall / floor[False][0]:.2f}x floor; "
+                f"{cpu * 1e3:.1f} ms CPU = {cpu / floor[False][1]:.2f}x floor CPU")  # fmt: skip
+        if weight_maps:
+            line += (f"; vs floor+weight map: {wall / floor[True][0]:.2f}x wall, "
+                     f"{cpu / floor[True][1]:.2f}x CPU")  # fmt: skip
+        print(line + f"  (T({args.images})={tl:.2f} s, T({args.small})={ts:.2f} s)", flush=True)
 
     if not args.skip_workers:
         mp = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
               "--default_sdk_harness_log_level=WARNING"]  # fmt: skip
         for weight_maps in (False, True):
-            times: dict[int, dict[int, list[float]]] = {1: {}, 2: {}}
+            times: dict[int, dict[int, list[tuple[float, float]]]] = {1: {}, 2: {}}
             for _ in range(args.repeats):
                 for workers in (1, 2):
                     for n, root in sizes.items():
@@ -181,10 +197,11 @@ def main() -> None:
                         times[workers].setdefault(n, []).append(t)
             per = {}
             for workers in (1, 2):
-                per[workers], tl, ts = slope(times[workers])
+                per[workers], cpu, tl, ts = slope(times[workers])
                 print(f"multi_processing, {workers} worker(s), weight maps {'on ' if weight_maps else 'off'}: "
-                      f"{1 / per[workers]:.1f} images/s marginal ({per[workers] * 1e3:.1f} ms/image; "
-                      f"T({args.images})={tl:.2f} s, T({args.small})={ts:.2f} s)", flush=True)  # fmt: skip
+                      f"{1 / per[workers]:.1f} images/s marginal ({per[workers] * 1e3:.1f} ms/image wall, "
+                      f"{cpu * 1e3:.1f} ms CPU; T({args.images})={tl:.2f} s, T({args.small})={ts:.2f} s)",
+                      flush=True)  # fmt: skip
             print(f"  2 workers / 1 worker throughput: {per[1] / per[2]:.2f}x", flush=True)
     print(f"load average {os.getloadavg()[0]:.2f} at end")
     if not args.workdir:
