@@ -63,12 +63,23 @@ def plan_stages(run_dir: str, n_train: int, n_val: int, size: str, epochs: int, 
     ]
 
 
-def _same(recorded: list[str] | None, stage: Stage) -> bool:
+def _strip_display(args: list[str]) -> list[str]:
     # --progress/--no-progress changes only how training prints, not what it computes
-    def strip(args: list[str]) -> list[str]:
-        return [a for a in args if a not in ("--progress", "--no-progress")]
+    return [a for a in args if a not in ("--progress", "--no-progress")]
 
-    return recorded is not None and strip(recorded) == strip(stage.args)
+
+def decide(stage: Stage, recorded: dict[str, Any] | None, redo_rest: bool) -> str:
+    """What a (re)run does with ``stage``: "reuse", "continue" (in place) or "redo" (from scratch).
+
+    ``recorded`` is the stage's entry in demo.json: {"args": [...], "done": bool}; an entry that is
+    not done is a stage that was started and interrupted.
+    """
+    same = recorded is not None and _strip_display(recorded["args"]) == _strip_display(stage.args)
+    if redo_rest or not same:
+        return "redo"
+    if recorded["done"] and os.path.exists(stage.done_marker):
+        return "reuse"
+    return "continue"
 
 
 def _load_state(run_dir: str) -> dict[str, Any]:
@@ -127,35 +138,37 @@ def command(run_dir: str, n_train: int, n_val: int, size: str, epochs: int, fres
     redo_rest = fresh
     start_all = time.perf_counter()
     for i, stage in enumerate(stages, 1):
-        recorded = state["stages"].get(stage.name)
-        same = _same(recorded, stage)
-        complete = os.path.exists(stage.done_marker)
         _banner(f"[{i}/{len(stages)}] {stage.name}: {stage.command_line}")
-        if stage.name != "report" and same and complete and not redo_rest:
+        action = "redo" if stage.name == "report" else decide(stage, state["stages"].get(stage.name), redo_rest)
+        extra: list[str] = []
+        if action == "reuse":
             click.echo(f"reusing {stage.directory} (made by this command line earlier)")
             timings[stage.name] = ("reused", 0.0)
             continue
-        extra: list[str] = []
-        if stage.name != "report" and (redo_rest or not same) and os.path.exists(stage.directory):
-            click.echo(f"removing {stage.directory} ({'--fresh or an earlier stage was redone' if redo_rest else 'options changed'})")
+        if action == "redo" and stage.name != "report" and os.path.exists(stage.directory):
+            why = "--fresh, or an earlier stage was redone" if redo_rest else "options changed"
+            click.echo(f"removing {stage.directory} ({why})")
             shutil.rmtree(stage.directory)
-        elif stage.name == "train" and os.path.exists(os.path.join(stage.directory, "checkpoints", "state.json")):
+        elif action == "continue" and stage.name == "train" and os.path.exists(
+            os.path.join(stage.directory, "checkpoints", "state.json")
+        ):
             click.echo("continuing the interrupted training run")
             extra = ["--resume"]
-        elif stage.name != "report" and os.path.exists(stage.directory):
+        elif action == "continue":
             click.echo(f"continuing the interrupted {stage.name} stage in {stage.directory}")
-        state["stages"].pop(stage.name, None)
+        state["stages"][stage.name] = {"args": stage.args, "done": False}
         _save_state(run_dir, state)
         t0 = time.perf_counter()
         try:
             stage.run(extra)
         except click.ClickException as exc:
-            exc.message = f"{stage.name} failed: {exc.message}\n(fix it and run `segops demo {run_dir}` again: finished stages are reused)"
+            exc.message = (f"{stage.name} failed: {exc.message}\n(fix it and run `segops demo {run_dir}` again: "
+                           "finished stages are reused)")  # fmt: skip
             raise
         seconds = time.perf_counter() - t0
         timings[stage.name] = ("ran", seconds)
         click.echo(f"--- {stage.name} took {seconds:.1f} s")
-        state["stages"][stage.name] = stage.args
+        state["stages"][stage.name]["done"] = True
         _save_state(run_dir, state)
         redo_rest = redo_rest or stage.name != "report"
     total = time.perf_counter() - start_all

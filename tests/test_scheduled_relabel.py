@@ -1,0 +1,161 @@
+"""The scheduled-relabeling recipe of docs/scheduled.md, run as a scheduler would run it.
+
+One unchanged command line (`segops infer MODEL ARCHIVE OUT --labels LABELS`) runs after every
+delivery into a growing archive: each run processes only the new images, a run whose pipeline
+raised and a run that was killed half-way are simply started again, and the Parquet table of all
+runs holds exactly one row per (image, model).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+from click.testing import CliRunner
+
+from segops import export, labels
+from segops.cli import cli
+
+pytestmark = pytest.mark.slow
+
+H, W = 64, 128
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A tiny exported U-Net and a pool of 9 labelled images to deliver from."""
+    import keras
+
+    from segops.datasets.synth import generate_dataset
+    from segops.models import build_model
+
+    root = tmp_path_factory.mktemp("source")
+    generate_dataset(str(root / "pool"), {"train": 0, "val": 9, "test": 0}, height=H, width=W, seed=5)
+    keras.utils.set_random_seed(2)
+    export.export_model(build_model("unet", depth=2, base_filters=4), str(root / "model"),
+                        export.ModelInfo("unet", labels.NUM_CLASSES, (H, W), 4))  # fmt: skip
+    images = sorted((root / "pool" / "leftImg8bit" / "val").rglob("*_leftImg8bit.png"))
+    assert len(images) == 9
+    return root / "model", images
+
+
+class Archive:
+    """archive/<day>/cam_<k>.png with ground truth at labels/<day>/cam_<k>.png, as deliveries land."""
+
+    def __init__(self, root: Path, pool: list[Path]) -> None:
+        self.images, self.labels, self.out = root / "archive", root / "labels", root / "relabelled"
+        self.pool = list(pool)
+        self.delivered: list[Path] = []
+
+    def deliver(self, day: str, n: int) -> list[Path]:
+        new = []
+        for _ in range(n):
+            src = self.pool.pop(0)
+            k = len(self.delivered)
+            image = self.images / day / f"cam_{k:03d}.png"
+            label = self.labels / day / f"cam_{k:03d}.png"
+            image.parent.mkdir(parents=True, exist_ok=True)
+            label.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, image)
+            gt = str(src).replace("leftImg8bit", "gtFine", 1).replace("_leftImg8bit.png", "_gtFine_labelIds.png")
+            shutil.copy(gt, label)
+            self.delivered.append(image)
+            new.append(image)
+        return new
+
+    def masks_of(self, image: Path) -> list[Path]:
+        rel = image.relative_to(self.images).with_suffix("")
+        return [self.out / "masks" / f"{rel}_{kind}.png" for kind in ("trainIds", "labelIds", "color")]
+
+
+def relabel(model: Path, archive: Archive, run_id: str) -> tuple[int, dict]:
+    """The recipe's command line; (exit code, this run's record in OUT/manifest.json)."""
+    args = ["infer", str(model), str(archive.images), str(archive.out), "--labels", str(archive.labels),
+            "--run-id", run_id]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    manifest = archive.out / "manifest.json"
+    runs = json.loads(manifest.read_text())["runs"] if manifest.exists() else []
+    record = next((r for r in runs if r["run_id"] == run_id), {})
+    return result.exit_code, record
+
+
+def union(out: Path):
+    """All runs' rows as one table, the way docs/scheduled.md queries them."""
+    return ds.dataset(out / "metrics.parquet", format="parquet", partitioning="hive").to_table()
+
+
+def test_a_growing_archive_is_relabelled_incrementally_and_failed_runs_are_just_restarted(source, tmp_path):
+    model, pool = source
+    archive = Archive(tmp_path, pool)
+    model_id = export.load_info(str(model)).model_id
+
+    # run 1: N = 3 images
+    day1 = archive.deliver("2026-11-01", 3)
+    code, run = relabel(model, archive, "r1")
+    assert code == 0 and (run["processed"], run["skipped"]) == (3, 0)
+    day1_masks = {p: p.read_bytes() for img in day1 for p in archive.masks_of(img)}
+    day1_mtimes = {p: p.stat().st_mtime_ns for p in day1_masks}
+
+    # run 2: M = 2 new images; only they are processed, day 1 is left alone
+    day2 = archive.deliver("2026-11-02", 2)
+    code, run = relabel(model, archive, "r2")
+    assert code == 0 and (run["processed"], run["skipped"]) == (2, 3)
+    assert {p: p.stat().st_mtime_ns for p in day1_masks} == day1_mtimes
+    t = union(archive.out)
+    assert sorted(zip(t.column("run").to_pylist(), t.column("rel_path").to_pylist(), strict=True)) == sorted(
+        [("r1", str(p.relative_to(archive.images))) for p in day1]
+        + [("r2", str(p.relative_to(archive.images))) for p in day2]
+    )
+
+    # a run whose pipeline raised: the model store was half-synced (same model.json, truncated weights)
+    day3 = archive.deliver("2026-11-03", 2)
+    broken = tmp_path / "model-half-synced"
+    shutil.copytree(model, broken)
+    for f in (broken / "saved_model" / "variables").glob("variables.data-*"):
+        f.write_bytes(f.read_bytes()[:16])
+    code, run = relabel(broken, archive, "r3-failed")
+    assert code != 0 and run == {}  # the run died before recording itself
+    assert not list((archive.out / "metrics.parquet").glob("run=r3-failed/**/*.parquet"))  # no rows committed
+    code, run = relabel(model, archive, "r3")  # started again, unchanged
+    assert code == 0 and (run["processed"], run["skipped"]) == (2, 5)
+    assert not list((archive.out / "metrics.parquet").rglob("beam-temp-*/*"))  # the failed run's temp files
+
+    # a run killed half-way: masks of one image written, none of another, no rows committed
+    # (Beam writes the Parquet files at the very end), a temporary directory left behind
+    day4 = archive.deliver("2026-11-04", 2)
+    code, run = relabel(model, archive, "r4")
+    assert code == 0 and run["processed"] == 2
+    shutil.rmtree(archive.out / "metrics.parquet" / "run=r4")
+    for p in archive.masks_of(day4[1]):
+        p.unlink()
+    temp = archive.out / "metrics.parquet" / "run=r4" / "beam-temp-part-0123"
+    temp.mkdir(parents=True)
+    (temp / "0a1b2c3d").write_bytes(b"PAR1 half a file")
+    code, run = relabel(model, archive, "r5")
+    assert code == 0 and (run["processed"], run["skipped"]) == (2, 7)
+    assert not temp.exists()
+    assert all(p.exists() for img in day4 for p in archive.masks_of(img))
+
+    # nothing new: the pipeline does not even start, the table stays as it was
+    before = union(archive.out).num_rows
+    code, run = relabel(model, archive, "r6")
+    assert code == 0 and (run["processed"], run["skipped"]) == (0, 9)
+    assert union(archive.out).num_rows == before
+
+    # the union of all runs: N + M + ... rows, one per image, all for this model
+    t = union(archive.out)
+    paths = t.column("path").to_pylist()
+    assert len(paths) == len(archive.delivered) == 9
+    assert sorted(paths) == sorted(str(p) for p in archive.delivered)  # no duplicates, nothing missing
+    assert set(t.column("model_id").to_pylist()) == {model_id}
+    assert all(t.column("has_labels").to_pylist())
+    by_run = {}
+    for r, rel in zip(t.column("run").to_pylist(), t.column("rel_path").to_pylist(), strict=True):
+        by_run.setdefault(r, set()).add(rel.split("/")[0])
+    assert by_run == {"r1": {"2026-11-01"}, "r2": {"2026-11-02"}, "r3": {"2026-11-03"}, "r5": {"2026-11-04"}}
+    assert {p: p.read_bytes() for p in day1_masks} == day1_masks
+    summary = json.loads((archive.out / "summary.json").read_text())
+    assert summary["images"] == summary["labelled_images"] == 9 and summary["model_id"] == model_id
