@@ -89,13 +89,22 @@ def _build_keras_metrics() -> dict[str, type]:
     import keras
     from keras import ops
 
+    def _count_dtype() -> str:
+        """int64, except on JAX without x64 mode (int32 there: counts per cell must stay < 2**31)."""
+        if keras.backend.backend() == "jax":
+            import jax
+
+            return "int64" if jax.config.jax_enable_x64 else "int32"
+        return "int64"
+
     class ConfusionMatrixMetric(keras.metrics.Metric):
         """Streaming confusion matrix (rows = ground truth, columns = argmax prediction).
 
         ``y_true``: trainIds (N, H, W) / (N, H, W, 1), or packed targets (N, H, W, 2) whose
         channel 0 is the trainId (see segops.losses). ``y_pred``: logits or probabilities
         (N, H, W, C). Pixels whose label is not in 0..C-1 (ignore = 255) are not counted.
-        Counts are accumulated exactly in int64 (per image in float32: exact below 2**24 pixels).
+        Counts are accumulated exactly in int64 (int32 on JAX without x64), per image in float32
+        (exact below 2**24 pixels per image).
         ``result()`` is implemented by subclasses; :meth:`per_class_iou` etc. evaluate the
         accumulated matrix with the numpy definitions above.
         """
@@ -104,7 +113,7 @@ def _build_keras_metrics() -> dict[str, type]:
             super().__init__(name=name, dtype=dtype)
             self.num_classes = num_classes
             self.confusion = self.add_variable(
-                shape=(num_classes, num_classes), initializer="zeros", dtype="int64", name="confusion"
+                shape=(num_classes, num_classes), initializer="zeros", dtype=_count_dtype(), name="confusion"
             )
 
         def update_state(self, y_true, y_pred, sample_weight=None):
@@ -120,10 +129,10 @@ def _build_keras_metrics() -> dict[str, type]:
             gt_1h = gt_1h * ops.cast(ops.reshape(valid, (n, -1, 1)), "float32")
             pred_1h = ops.one_hot(ops.reshape(pred, (n, -1)), c, dtype="float32")
             per_image = ops.einsum("npc,npd->ncd", gt_1h, pred_1h)
-            self.confusion.assign_add(ops.sum(ops.cast(ops.round(per_image), "int64"), axis=0))
+            self.confusion.assign_add(ops.sum(ops.cast(ops.round(per_image), self.confusion.dtype), axis=0))
 
         def reset_state(self):
-            self.confusion.assign(ops.zeros((self.num_classes, self.num_classes), dtype="int64"))
+            self.confusion.assign(ops.zeros((self.num_classes, self.num_classes), dtype=self.confusion.dtype))
 
         def confusion_matrix(self):
             """The accumulated matrix as numpy int64 (C, C)."""

@@ -172,8 +172,6 @@ def _manifest_weight_maps(manifest: dict[str, Any]) -> bool | None:
 
 def check_prepared(opts: TrainOptions) -> PreparedData:
     """Everything that can fail about the input, checked before any model is built."""
-    from segops.input_pipeline import shard_paths
-
     root = opts.prepared
     if not os.path.isdir(root):
         raise TrainError(f"prepared directory {root} does not exist: run `segops prepare` first")
@@ -189,6 +187,8 @@ def check_prepared(opts: TrainOptions) -> PreparedData:
         )
     stats_path = os.path.join(root, "stats.json")
     stats = _read_json(stats_path, "statistics") if os.path.exists(stats_path) else {}
+    from segops.input_pipeline import shard_paths  # imports TensorFlow: after the cheap checks
+
     train_files = shard_paths(root, opts.train_split)
     val_files = shard_paths(root, opts.val_split)
     for split, files in ((opts.train_split, train_files), (opts.val_split, val_files)):

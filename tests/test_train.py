@@ -155,3 +155,12 @@ def test_existing_run_needs_resume_with_same_options(tmp_path, prepared):
     r = CliRunner().invoke(cli, ["train", prepared, str(out), "--resume"])
     assert r.exit_code == 1 and "lr (was 0.5, now 0.001)" in r.output
     assert not Path(out / "history.json").exists()
+
+
+def test_help_lists_every_option():
+    r = CliRunner().invoke(cli, ["train", "--help"])
+    assert r.exit_code == 0
+    for option in ("--model", "--epochs", "--batch-size", "--crop", "--lr", "--loss", "--class-weights",
+                   "--weight-maps", "--depth", "--base-filters", "--upsampling", "--precision", "--xla",
+                   "--resume", "--early-stopping", "--seed", "--val-size"):  # fmt: skip
+        assert option in r.output
