@@ -504,10 +504,12 @@ def train(opts: TrainOptions, extra_callbacks: list[Any] | None = None) -> Train
         raise TrainError(f"--model must be one of {', '.join(MODEL_NAMES)}, got {opts.model!r}")
     stride = model_stride(opts.model, **opts.hparams())
     _check_options(opts, stride)
+    index, num_workers, is_chief = worker_info()
+    # MultiWorkerMirroredStrategy must exist before TensorFlow runs anything.
+    strategy = select_strategy()
     data = check_prepared(opts)
     scheme, class_weights = resolve_class_weights(opts, data)
 
-    index, num_workers, is_chief = worker_info()
     out = opts.out if is_chief else os.path.join(opts.out, f".worker-{index}")
     state_path = os.path.join(out, CHECKPOINT_DIR, STATE_FILE)
     if os.path.exists(state_path) and not opts.resume:
@@ -533,12 +535,13 @@ def train(opts: TrainOptions, extra_callbacks: list[Any] | None = None) -> Train
     from segops.metrics import MeanDice, MeanIoU  # noqa: F401
 
     precision = resolve_precision(opts.precision)
-    strategy = select_strategy()
     if num_workers > 1:
         if len(data.train_files) < num_workers:
             raise TrainError(f"{len(data.train_files)} training shards for {num_workers} workers: prepare more shards")
+        # Each worker trains on its own shards. Validation is not split: every worker evaluates
+        # all of it, which multiplies the summed confusion matrix by the worker count and leaves
+        # IoU/Dice (ratios) unchanged.
         data.train_files = data.train_files[index::num_workers]
-        data.val_files = data.val_files[index::num_workers] or data.val_files[:1]
     corrupt = ip.CorruptRecords()
     train_records = data.train_records
     if train_records is None:
