@@ -199,11 +199,6 @@ def _uniform(key: tf.Tensor, lo: float | tf.Tensor = 0.0, hi: float | tf.Tensor 
     return tf.random.stateless_uniform([], seed=key, minval=lo, maxval=hi, dtype=tf.float32)
 
 
-def _int_in(key: tf.Tensor, lo: tf.Tensor, hi: tf.Tensor) -> tf.Tensor:
-    """Uniform int in [lo, hi] (inclusive)."""
-    return lo + tf.cast(tf.floor(_uniform(key) * tf.cast(hi - lo + 1, tf.float32)), tf.int32)
-
-
 def augment(
     image: tf.Tensor, label: tf.Tensor, weight: tf.Tensor | None, key: tf.Tensor, cfg: AugmentConfig
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
