@@ -85,8 +85,8 @@ class InferOptions:
     overwrite: bool = False
     overlay: bool = False
     max_pixels: int = imageio.DEFAULT_MAX_PIXELS
-    batch_size: int = 4  # images per RunInference batch (same-size images share a model call)
-    max_batch_pixels: int = 1 << 22  # pixels per model call (bounds activation memory)
+    batch_size: int = 2  # images per RunInference batch (same-size images share a model call)
+    max_batch_pixels: int = 1 << 21  # pixels per model call (bounds activation memory): one 1024x2048 frame
     tile: tuple[int, int] | None = (1024, 2048)  # sliding window for larger images; None = whole image
     tile_overlap: int = 64
     tf_threads: int = 0  # intra-op threads per worker; 0 = TensorFlow's default
@@ -404,8 +404,8 @@ class SegmentationModelHandler(ModelHandler):
         model_dir: str,
         stride: int,
         *,
-        batch_size: int = 4,
-        max_batch_pixels: int = 1 << 22,
+        batch_size: int = 2,
+        max_batch_pixels: int = 1 << 21,
         tile: tuple[int, int] | None = None,
         tile_overlap: int = 64,
         threads: int = 0,
