@@ -27,6 +27,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -88,31 +89,45 @@ def floor_per_image(root: Path, repeats: int, weight_maps: bool = False) -> tupl
     return min(wall), min(cpu)
 
 
-def _cpu() -> float:
-    """CPU seconds of this process and its finished children (multi_processing workers)."""
+def _cpu() -> tuple[float, float]:
+    """CPU seconds of this process (the runner) and of its finished children (the
+    multi_processing workers)."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
 
 
-def pipeline_seconds(root: Path, out: Path, weight_maps: bool, beam_args: list[str]) -> tuple[float, float]:
-    """(wall, CPU) seconds of one whole run."""
+def pipeline_seconds(root: Path, out: Path, weight_maps: bool, beam_args: list[str]) -> tuple[float, float, float]:
+    """(wall, runner CPU, workers CPU) seconds of one whole run."""
     from workflows.prepare import PrepareOptions, run_prepare
 
     shutil.rmtree(out, ignore_errors=True)
     options = PrepareOptions(input=str(root), output=str(out), weight_maps=weight_maps, shards=2)
-    start, start_cpu = time.perf_counter(), _cpu()
+    start, (me0, kids0) = time.perf_counter(), _cpu()
     manifest = run_prepare(options, beam_args)
-    elapsed, cpu = time.perf_counter() - start, _cpu() - start_cpu
+    elapsed, (me1, kids1) = time.perf_counter() - start, _cpu()
     assert manifest["dead_letter"]["total"] == 0, manifest["dead_letter"]
-    return elapsed, cpu
+    return elapsed, me1 - me0, kids1 - kids0
 
 
-def slope(times: dict[int, list[tuple[float, float]]]) -> tuple[float, float, float, float]:
-    """(wall s/image, CPU s/image, best wall T(large), best wall T(small)), best run of each size."""
+class Slope(NamedTuple):
+    wall: float  # seconds per image
+    runner_cpu: float  # CPU seconds per image in this process
+    workers_cpu: float  # CPU seconds per image in worker processes
+    t_large: float
+    t_small: float
+
+    @property
+    def cpu(self) -> float:
+        return self.runner_cpu + self.workers_cpu
+
+
+def slope(times: dict[int, list[tuple[float, float, float]]]) -> Slope:
+    """Marginal cost per image between the two sizes, from the best run of each (per measure)."""
     (n_s, runs_s), (n_l, runs_l) = sorted(times.items())
-    wall_s, wall_l = min(w for w, _ in runs_s), min(w for w, _ in runs_l)
-    cpu_s, cpu_l = min(c for _, c in runs_s), min(c for _, c in runs_l)
-    return (wall_l - wall_s) / (n_l - n_s), (cpu_l - cpu_s) / (n_l - n_s), wall_l, wall_s
+    best_s = [min(r[i] for r in runs_s) for i in range(3)]
+    best_l = [min(r[i] for r in runs_l) for i in range(3)]
+    per = [(b_l - b_s) / (n_l - n_s) for b_l, b_s in zip(best_l, best_s, strict=True)]
+    return Slope(per[0], per[1], per[2], best_l[0], best_s[0])
 
 
 def profile(root: Path, weight_maps: bool) -> None:
@@ -164,7 +179,7 @@ def main() -> None:
     sizes = {args.images: large, args.small: small}
     # Interleaved repeats, best of each: load from other processes hits every variant alike.
     floors: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
-    runs: dict[bool, dict[int, list[tuple[float, float]]]] = {False: {}, True: {}}
+    runs: dict[bool, dict[int, list[tuple[float, float, float]]]] = {False: {}, True: {}}
     for _ in range(args.repeats):
         for weight_maps in (False, True):
             floors[weight_maps].append(floor_per_image(large, 1, weight_maps))
@@ -176,7 +191,8 @@ def main() -> None:
     print(f"floor + weight map (instanceIds, border term, weights, float16+zlib): "
           f"{floor[True][0] * 1e3:.1f} ms/image wall, {floor[True][1] * 1e3:.1f} ms CPU")  # fmt: skip
     for weight_maps in (False, True):
-        wall, cpu, tl, ts = slope(runs[weight_maps])
+        sl = slope(runs[weight_maps])
+        wall, cpu, tl, ts = sl.wall, sl.cpu, sl.t_large, sl.t_small
         line = (f"pipeline, 1 worker (in_memory), weight maps {'on ' if weight_maps else 'off'}: "
                 f"{wall * 1e3:.1f} ms/image wall = {wall / floor[False][0]:.2f}x floor; "
                 f"{cpu * 1e3:.1f} ms CPU = {cpu / floor[False][1]:.2f}x floor CPU")  # fmt: skip
@@ -189,7 +205,7 @@ def main() -> None:
         mp = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
               "--default_sdk_harness_log_level=WARNING"]  # fmt: skip
         for weight_maps in (False, True):
-            times: dict[int, dict[int, list[tuple[float, float]]]] = {1: {}, 2: {}}
+            times: dict[int, dict[int, list[tuple[float, float, float]]]] = {1: {}, 2: {}}
             for _ in range(args.repeats):
                 for workers in (1, 2):
                     for n, root in sizes.items():
@@ -197,10 +213,12 @@ def main() -> None:
                         times[workers].setdefault(n, []).append(t)
             per = {}
             for workers in (1, 2):
-                per[workers], cpu, tl, ts = slope(times[workers])
+                sl = slope(times[workers])
+                per[workers] = sl.wall
                 print(f"multi_processing, {workers} worker(s), weight maps {'on ' if weight_maps else 'off'}: "
-                      f"{1 / per[workers]:.1f} images/s marginal ({per[workers] * 1e3:.1f} ms/image wall, "
-                      f"{cpu * 1e3:.1f} ms CPU; T({args.images})={tl:.2f} s, T({args.small})={ts:.2f} s)",
+                      f"{1 / sl.wall:.1f} images/s marginal ({sl.wall * 1e3:.1f} ms/image wall; CPU per image: "
+                      f"runner {sl.runner_cpu * 1e3:.1f} ms, workers {sl.workers_cpu * 1e3:.1f} ms; "
+                      f"T({args.images})={sl.t_large:.2f} s, T({args.small})={sl.t_small:.2f} s)",
                       flush=True)  # fmt: skip
             print(f"  2 workers / 1 worker throughput: {per[1] / per[2]:.2f}x", flush=True)
     print(f"load average {os.getloadavg()[0]:.2f} at end")
