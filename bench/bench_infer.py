@@ -11,12 +11,12 @@ OpenCV with one thread), so "per core" means per core, and its peak RSS is the w
   64 px overlap (what a smaller ``--tile`` costs), tiles batched as the handler does;
 * ``crf``: on those probabilities, the fast path (``segops.crf.refine``) and, in the same
   process on the same probabilities, the baseline: pydensecrf2 at full resolution, 5 iterations;
-Wall and process-CPU times are both reported: on a shared machine the CPU time of a process
-pinned to one core is the less disturbed measure of work per core.
-
 * ``end-to-end``: ``run_infer`` (the Beam pipeline on the DirectRunner, in-process, one worker)
   over 1 and over N frames with --overwrite; the marginal time per frame (T(N) - T(1)) / (N - 1)
   cancels the fixed start-up (TensorFlow import, model load, Beam graph).
+
+Wall and process-CPU times are both reported: on a shared machine the CPU time of a process
+pinned to one core is the less disturbed measure of work per core.
 
 Without ``--model`` a U-Net (depth 4, 16 base filters, random weights) is exported and used:
 timings do not depend on the weights. Targets: CRF <= 1 s per frame on one core at >= 99 %
