@@ -128,13 +128,19 @@ def _train_dir_candidates(paths: ReportPaths, manifest: dict[str, Any] | None) -
     return out
 
 
+ROW_COLUMNS = (
+    "path", "rel_path", "label_path", "model_id", "has_labels", "crf", "mean_confidence", "crf_changed_fraction",
+    "mean_iou_before", "mean_iou_after", "pixel_accuracy_before", "pixel_accuracy_after",
+)  # fmt: skip
+
+
 def load_run(paths: ReportPaths) -> RunData:
     from segops import inference as inf
 
     summary = _read_json(os.path.join(paths.infer, inf.SUMMARY_FILE))
     if summary is None:
         raise ReportError(f"{paths.infer} has no {inf.SUMMARY_FILE}: run `segops infer` first (or pass --infer)")
-    table = inf.read_metrics(paths.infer)
+    table = inf.read_metrics(paths.infer, list(ROW_COLUMNS))  # not the confusion lists: archives are big
     rows = [r for r in table.to_pylist() if r["model_id"] == summary["model_id"]]
     rows.sort(key=lambda r: r["rel_path"])
     manifest = _read_json(os.path.join(paths.infer, inf.MANIFEST_FILE))
@@ -742,12 +748,12 @@ def build_report(paths: ReportPaths, gallery_size: int = 3, recompute_prediction
     return ReportResult(html_path, written, head, data.notes)
 
 
-def format_headline(head: dict[str, Any]) -> str:
-    """A few lines for the terminal."""
+def format_headline(head: dict[str, Any], what: str = "mIoU") -> str:
+    """A few lines for the terminal; ``what`` names the images, e.g. "val mIoU"."""
     lines = [f"model {head['model_id']}: {head['images']} image(s), {head['labelled_images']} with ground truth"]
     if head.get("miou_before_crf") is not None:
-        lines.append(f"val mIoU (dataset)      model {fmt(head['miou_before_crf'])}   + CRF {fmt(head['miou_after_crf'])}")
-        lines.append(f"mean per-image mIoU     model {fmt(head['mean_per_image_miou_before_crf'])}   "
+        lines.append(f"{what + ' (dataset)':<24}model {fmt(head['miou_before_crf'])}   + CRF {fmt(head['miou_after_crf'])}")
+        lines.append(f"{'mean per-image mIoU':<24}model {fmt(head['mean_per_image_miou_before_crf'])}   "
                      f"+ CRF {fmt(head['mean_per_image_miou_after_crf'])}")  # fmt: skip
         lines.append(f"majority-class baseline mIoU {fmt(head['majority_baseline_miou'])} "
                      f"(always '{head['majority_class']}')")  # fmt: skip

@@ -184,7 +184,7 @@ def _final_summary(run_dir: str, stages: list[Stage], timings: dict[str, tuple[s
         how, seconds = timings[stage.name]
         click.echo(f"  {stage.name:<8} {'reused' if how == 'reused' else f'{seconds:6.1f} s'}  -> {stage.directory}")
     click.echo("")
-    click.echo(format_headline(head))
+    click.echo(format_headline(head, "val mIoU"))
     click.echo(f"\nreport: {os.path.abspath(os.path.join(run_dir, 'report', 'report.html'))}")
     click.echo("\nrun any stage alone with the same result:")
     for stage in stages:

@@ -27,9 +27,9 @@ def command(run_dir: str | None, infer_dir: str | None, prepared: str | None, mo
     plots as PNGs next to it: per-class IoU before/after CRF, the normalised confusion matrix,
     class frequencies and class weights (prepare), training curves (train), the distribution of
     per-image mIoU, and galleries of the best and worst images (image | ground truth |
-    prediction | CRF). RUN_DIR is laid out as `segops demo` makes it: RUN_DIR/{prepared,model,
-    infer,report}; the options point at stage directories elsewhere. Sections whose input is
-    missing are left out.
+    prediction | CRF). RUN_DIR is laid out as `segops demo` makes it (RUN_DIR/prepared,
+    RUN_DIR/model, RUN_DIR/infer, RUN_DIR/report); the options point at stage directories
+    elsewhere. Sections whose input is missing are left out.
     """
     from segops.report import ReportError, ReportPaths, build_report, format_headline
 
