@@ -117,6 +117,10 @@ def _json_float(value: Any) -> float | None:
     return None if math.isnan(value) or math.isinf(value) else value
 
 
+def _nan_if_none(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
 def _write_json_atomic(path: str, data: Any) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -311,8 +315,13 @@ def reseed_random_layers(model: Any, seed: int, epoch: int) -> None:
     import keras
     import numpy as np
 
+    def walk(layer: Any) -> Iterator[Any]:
+        for child in getattr(layer, "layers", []):
+            yield child
+            yield from walk(child)
+
     generators = []
-    for layer in model._flatten_layers(include_self=False):
+    for layer in walk(model):
         generators.extend(v for v in vars(layer).values() if isinstance(v, keras.random.SeedGenerator))
     for i, gen in enumerate(generators):
         mixed = np.random.SeedSequence([seed, epoch, i]).generate_state(1)[0] & 0x7FFFFFFF
@@ -646,9 +655,9 @@ def _finish(
         out=opts.out,
         epochs_trained=run.history[-1]["epoch"],
         best_epoch=best_row["epoch"],
-        best_val_mean_iou=float("nan") if best_row.get("val_mean_iou") is None else best_row["val_mean_iou"],
+        best_val_mean_iou=_nan_if_none(best_row.get("val_mean_iou")),
         best_val_iou_per_class=per_class,
-        final_val_mean_iou=run.history[-1].get("val_mean_iou") or float("nan"),
+        final_val_mean_iou=_nan_if_none(run.history[-1].get("val_mean_iou")),
         corrupt_records=run.corrupt.count,
         history=run.history,
         stopped_early=run.stopped_early,
