@@ -18,6 +18,7 @@ setup(
         "apache-beam==2.77.0",
         "google-crc32c>=1.5",
         "tensorflow==2.21.0",
+        "tensorboard>=2.20",  # TF 2.21 no longer pulls it in; the TensorBoard callback needs it
         "keras>=3.10,<4",
         "numpy>=1.26,<2.5",
         "opencv-python-headless>=4.9",
