@@ -184,16 +184,32 @@ def instances_from_label(label_ids: np.ndarray) -> Instances:
 
 
 class BorderTerm(NamedTuple):
-    """Sparse U-Net border term: flat pixel indices and values (float32); zero elsewhere."""
+    """Sparse U-Net border term, compact enough to travel between pipeline stages: the non-zero
+    pixels as runs of consecutive flat indices, and their values in float16 (the precision the
+    records store weight maps in). ~4x smaller than flat int32 indices with float32 values."""
 
-    index: np.ndarray  # int32, ascending
-    value: np.ndarray  # float32
+    starts: np.ndarray  # int32: flat index of each run's first pixel, ascending
+    lengths: np.ndarray  # int32: pixels in each run
+    value: np.ndarray  # float16, run after run
     height: int
     width: int
 
+    @classmethod
+    def from_pixels(cls, index: np.ndarray, value: np.ndarray, height: int, width: int) -> BorderTerm:
+        """From ascending flat indices and their values."""
+        breaks = np.flatnonzero(np.diff(index) != 1) + 1
+        bounds = np.concatenate(([0], breaks, [index.size])) if index.size else np.zeros(1, np.int64)
+        starts = index[bounds[:-1]].astype(np.int32)
+        return cls(starts, np.diff(bounds).astype(np.int32), value.astype(np.float16), height, width)
+
+    def flat_index(self) -> np.ndarray:
+        """The flat pixel index of every value (int64, ascending)."""
+        offsets = np.cumsum(self.lengths) - self.lengths
+        return np.arange(self.value.size) + np.repeat(self.starts - offsets, self.lengths)
+
     def to_dense(self) -> np.ndarray:
         out = np.zeros(self.height * self.width, dtype=np.float32)
-        out[self.index] = self.value
+        out[self.flat_index()] = self.value
         return out.reshape(self.height, self.width)
 
 
@@ -220,7 +236,7 @@ def unet_border_term(
     h, w = labels.shape
     k = len(boxes)
     radius = border_radius(w0, sigma, tol)
-    empty = BorderTerm(np.zeros(0, np.int32), np.zeros(0, np.float32), h, w)
+    empty = BorderTerm.from_pixels(np.zeros(0, np.int64), np.zeros(0, np.float32), h, w)
     if k < 2 or radius <= 0:
         return empty
     pad = int(math.ceil(radius))
@@ -240,7 +256,7 @@ def unet_border_term(
     keep = total <= radius
     index, total = index[keep], total[keep]
     value = (w0 * np.exp(-(total.astype(np.float64) ** 2) / (2.0 * sigma * sigma))).astype(np.float32)
-    return BorderTerm(index.astype(np.int32), value, h, w)
+    return BorderTerm.from_pixels(index, value, h, w)
 
 
 def effective_sigma(sigma: float, height: int, reference_height: int | None) -> float:
@@ -259,9 +275,10 @@ def weight_map(train_ids: np.ndarray, lut: np.ndarray, border: BorderTerm | None
         weights = cv2.LUT(train_ids, bits).view(np.float16)
     else:
         weights = bits[train_ids].view(np.float16)
-    if border is not None and border.index.size:
-        classes = train_ids.reshape(-1)[border.index]
+    if border is not None and border.value.size:
+        flat_index = border.flat_index()
+        classes = train_ids.reshape(-1)[flat_index]
         labelled = classes != IGNORE_ID
-        index = border.index[labelled]
-        weights.reshape(-1)[index] = (lut[classes[labelled]] + border.value[labelled]).astype(np.float16)
+        total = lut[classes[labelled]] + border.value[labelled].astype(np.float32)
+        weights.reshape(-1)[flat_index[labelled]] = total.astype(np.float16)
     return weights

@@ -124,17 +124,17 @@ def test_border_term_matches_brute_force(w0, sigma):
     inst = _toy_instances()
     got = W.unet_border_term(inst, w0, sigma).to_dense()
     expected = brute_force_border(inst, w0, sigma)
-    # the only approximation: terms below the tolerance are dropped
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=W.BORDER_TOLERANCE)
-    assert got.max() == pytest.approx(expected.max(), rel=1e-5)
+    # approximations: terms below the tolerance are dropped; values are kept in float16
+    np.testing.assert_allclose(got, expected, rtol=2**-11, atol=W.BORDER_TOLERANCE)
+    assert got.max() == pytest.approx(expected.max(), rel=2**-11)
     assert (expected > 1.0).sum() > 20  # the fixture does exercise the term
 
 
 def test_border_term_is_zero_with_fewer_than_two_instances():
     inst = np.zeros((10, 10), np.int32)
     inst[2:4, 2:4] = 1
-    assert W.unet_border_term(inst, 10, 5).index.size == 0
-    assert W.unet_border_term(np.zeros((10, 10), np.int32), 10, 5).index.size == 0
+    assert W.unet_border_term(inst, 10, 5).value.size == 0
+    assert W.unet_border_term(np.zeros((10, 10), np.int32), 10, 5).value.size == 0
 
 
 def test_weight_map_adds_border_and_zeroes_ignore():
@@ -153,3 +153,12 @@ def test_weight_map_adds_border_and_zeroes_ignore():
 def test_effective_sigma_scales_with_height_only_when_asked():
     assert W.effective_sigma(5.0, 256, None) == 5.0
     assert W.effective_sigma(5.0, 256, 1024) == 1.25
+
+
+def test_border_term_runs_round_trip():
+    index = np.array([3, 4, 5, 9, 20, 21, 39])
+    value = np.linspace(1, 7, index.size)
+    b = W.BorderTerm.from_pixels(index, value, 5, 8)
+    assert b.starts.tolist() == [3, 9, 20, 39] and b.lengths.tolist() == [3, 1, 2, 1]
+    np.testing.assert_array_equal(b.flat_index(), index)
+    np.testing.assert_array_equal(b.to_dense().ravel()[index], value.astype(np.float16))
