@@ -134,22 +134,41 @@ def export_model(model: Any, out_dir: str, info: ModelInfo) -> ModelInfo:
     return info
 
 
+def _join(base: str, *parts: str) -> str:
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.join(base.rstrip("/"), *parts)
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    from apache_beam.io.filesystems import FileSystems
+
+    from segops.imageio import read_bytes
+
+    if not FileSystems.exists(path):
+        raise ModelError(f"no {MODEL_JSON} at {path}: pass an output directory of `segops train`")
+    try:
+        return json.loads(read_bytes(path))
+    except ValueError as exc:
+        raise ModelError(f"{path} is not valid JSON ({exc})") from exc
+
+
 def resolve_export_dir(model_dir: str) -> str:
-    """Return the export directory for ``model_dir``: itself, or the default export of a train run."""
-    path = os.path.join(model_dir, MODEL_JSON)
-    if not os.path.exists(path):
-        raise ModelError(f"no {MODEL_JSON} in {model_dir}: pass an output directory of `segops train`")
-    with open(path) as f:
-        data = json.load(f)
+    """Return the export directory for ``model_dir``: itself, or the default export of a train run.
+
+    Read through Beam's FileSystems, so a model on gs:// (or any Beam filesystem) works too.
+    """
+    data = _read_json(_join(model_dir, MODEL_JSON))
     if "default_export" in data:  # a train run directory pointing to best/ or final/
-        return resolve_export_dir(os.path.join(model_dir, data["default_export"]))
+        return resolve_export_dir(_join(model_dir, data["default_export"]))
     return model_dir
 
 
 def load_info(model_dir: str) -> ModelInfo:
+    from apache_beam.io.filesystems import FileSystems
+
     export_dir = resolve_export_dir(model_dir)
-    with open(os.path.join(export_dir, MODEL_JSON)) as f:
-        data = json.load(f)
+    data = _read_json(_join(export_dir, MODEL_JSON))
     try:
         info = ModelInfo.from_json(data)
     except (KeyError, TypeError, ValueError) as exc:
@@ -159,8 +178,8 @@ def load_info(model_dir: str) -> ModelInfo:
             f"{export_dir} was exported with format {info.format_version}; this segops reads "
             f"format {EXPORT_FORMAT_VERSION}: re-export it with this version"
         )
-    if not os.path.isdir(os.path.join(export_dir, SAVED_MODEL_DIR)):
-        raise ModelError(f"{export_dir} has no {SAVED_MODEL_DIR}/: the export is incomplete")
+    if not FileSystems.exists(_join(export_dir, SAVED_MODEL_DIR, "saved_model.pb")):
+        raise ModelError(f"{export_dir} has no {SAVED_MODEL_DIR}/saved_model.pb: the export is incomplete")
     return info
 
 
@@ -178,7 +197,7 @@ def load_serving_fn(model_dir: str) -> Any:
     import tensorflow as tf
 
     export_dir = resolve_export_dir(model_dir)
-    loaded = tf.saved_model.load(os.path.join(export_dir, SAVED_MODEL_DIR))
+    loaded = tf.saved_model.load(_join(export_dir, SAVED_MODEL_DIR))  # TF reads gs:// itself
     fn = loaded.signatures["serving_default"]
     fn._segops_keepalive = loaded  # the signature does not keep its trackable owner alive
     return fn
