@@ -1,18 +1,21 @@
 """Benchmark `segops prepare` on 1024x2048 synthetic pairs (run by hand; not a test).
 
-    .venv/bin/python bench/bench_prepare.py [--images 40] [--small 8] [--repeats 2] [--profile]
+    .venv/bin/python bench/bench_prepare.py [--images 96] [--small 8] [--repeats 5] [--profile] 2>/dev/null
 
 Measures, in one process and on the same files:
 
 * the *floor*: the per-image work nobody can skip (decode the label PNG, labelId->trainId LUT,
   class histogram, encode the trainId PNG, serialize the Example with the image bytes as-is), in a
-  plain loop over bytes already in memory, with the same primitives the pipeline uses;
+  plain loop over bytes already in memory, with the same primitives the pipeline uses (and a
+  second floor that adds the weight map: instanceIds decode, border term, float16 map, zlib);
 * the pipeline's marginal time per image on the DirectRunner: (T(large) - T(small)) / (large -
   small), so the fixed start-up cost (TensorFlow import, Beam graph, worker start) cancels;
   with and without weight maps, and with 1 and 2 worker processes (multi_processing).
 
-Targets: without weight maps <= 1.5x the floor; 2 workers >= 1.7x the throughput of 1.
-``--profile`` runs the per-image DoFns under cProfile and prints where the time goes.
+Each repeat measures a variant right after its reference and keeps the ratio; the median ratio
+over repeats is reported (see the comment in main). Targets: without weight maps <= 1.5x the
+floor; 2 workers >= 1.7x the throughput of 1. ``--profile`` prints a cProfile of the per-image
+work. Worker processes log to stderr; ``2>/dev/null`` keeps the report readable.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import platform
 import pstats
 import resource
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -96,7 +100,7 @@ def _cpu() -> tuple[float, float]:
     return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
 
 
-def pipeline_seconds(root: Path, out: Path, weight_maps: bool, beam_args: list[str]) -> tuple[float, float, float]:
+def pipeline_seconds(root: Path, out: Path, weight_maps: bool, beam_args: list[str]) -> Run:
     """(wall, runner CPU, workers CPU) seconds of one whole run."""
     from workflows.prepare import PrepareOptions, run_prepare
 
@@ -106,28 +110,18 @@ def pipeline_seconds(root: Path, out: Path, weight_maps: bool, beam_args: list[s
     manifest = run_prepare(options, beam_args)
     elapsed, (me1, kids1) = time.perf_counter() - start, _cpu()
     assert manifest["dead_letter"]["total"] == 0, manifest["dead_letter"]
-    return elapsed, me1 - me0, kids1 - kids0
+    return Run(elapsed, me1 - me0, kids1 - kids0)
 
 
-class Slope(NamedTuple):
-    wall: float  # seconds per image
-    runner_cpu: float  # CPU seconds per image in this process
-    workers_cpu: float  # CPU seconds per image in worker processes
-    t_large: float
-    t_small: float
-
-    @property
-    def cpu(self) -> float:
-        return self.runner_cpu + self.workers_cpu
+class Run(NamedTuple):
+    wall: float
+    runner_cpu: float
+    workers_cpu: float
 
 
-def slope(times: dict[int, list[tuple[float, float, float]]]) -> Slope:
-    """Marginal cost per image between the two sizes, from the best run of each (per measure)."""
-    (n_s, runs_s), (n_l, runs_l) = sorted(times.items())
-    best_s = [min(r[i] for r in runs_s) for i in range(3)]
-    best_l = [min(r[i] for r in runs_l) for i in range(3)]
-    per = [(b_l - b_s) / (n_l - n_s) for b_l, b_s in zip(best_l, best_s, strict=True)]
-    return Slope(per[0], per[1], per[2], best_l[0], best_s[0])
+def per_image(large: Run, small: Run, n_large: int, n_small: int) -> Run:
+    """Marginal cost per image between two run sizes (start-up costs cancel)."""
+    return Run(*((lg - sm) / (n_large - n_small) for lg, sm in zip(large, small, strict=True)))
 
 
 def profile(root: Path, weight_maps: bool) -> None:
@@ -153,9 +147,9 @@ def profile(root: Path, weight_maps: bool) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=40, help="images in the large set")
+    ap.add_argument("--images", type=int, default=96, help="images in the large set")
     ap.add_argument("--small", type=int, default=8, help="images in the small set (slope baseline)")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--skip-workers", action="store_true", help="skip the 1 vs 2 worker comparison")
     ap.add_argument("--workdir", default=None, help="keep data here (default: a temporary directory)")
@@ -174,53 +168,55 @@ def main() -> None:
         profile(small, weight_maps=False)
         profile(small, weight_maps=True)
 
+    n_l, n_s = args.images, args.small
     one = ["--runner=DirectRunner", "--direct_num_workers=1"]
     pipeline_seconds(small, out, True, one)  # warm-up: imports (TensorFlow), caches
-    sizes = {args.images: large, args.small: small}
-    # Interleaved repeats, best of each: load from other processes hits every variant alike.
-    floors: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
-    runs: dict[bool, dict[int, list[tuple[float, float, float]]]] = {False: {}, True: {}}
-    for _ in range(args.repeats):
-        for weight_maps in (False, True):
-            floors[weight_maps].append(floor_per_image(large, 1, weight_maps))
-            for n, root in sizes.items():
-                runs[weight_maps].setdefault(n, []).append(pipeline_seconds(root, out, weight_maps, one))
-    floor = {wm: (min(w for w, _ in f), min(c for _, c in f)) for wm, f in floors.items()}
-    print(f"floor (decode label, LUT, count, encode label PNG, serialize): "
-          f"{floor[False][0] * 1e3:.1f} ms/image wall, {floor[False][1] * 1e3:.1f} ms CPU")  # fmt: skip
-    print(f"floor + weight map (instanceIds, border term, weights, float16+zlib): "
-          f"{floor[True][0] * 1e3:.1f} ms/image wall, {floor[True][1] * 1e3:.1f} ms CPU")  # fmt: skip
+    # Each repeat measures a variant and its reference back to back and keeps their ratio; the
+    # median over repeats is reported. On a shared machine the load drifts by 2x within minutes,
+    # which a ratio of adjacent measurements mostly cancels and a global best-of does not.
     for weight_maps in (False, True):
-        sl = slope(runs[weight_maps])
-        wall, cpu, tl, ts = sl.wall, sl.cpu, sl.t_large, sl.t_small
-        line = (f"pipeline, 1 worker (in_memory), weight maps {'on ' if weight_maps else 'off'}: "
-                f"{wall * 1e3:.1f} ms/image wall = {wall / floor[False][0]:.2f}x floor; "
-                f"{cpu * 1e3:.1f} ms CPU = {cpu / floor[False][1]:.2f}x floor CPU")  # fmt: skip
+        ratios, ratios_w, pers, floors = [], [], [], []
+        for _ in range(args.repeats):
+            floor_wall, _floor_cpu = floor_per_image(large, 1, False)
+            floor_w_wall = floor_per_image(large, 1, True)[0] if weight_maps else float("nan")
+            run = per_image(pipeline_seconds(large, out, weight_maps, one),
+                            pipeline_seconds(small, out, weight_maps, one), n_l, n_s)  # fmt: skip
+            pers.append(run.wall)
+            floors.append((floor_wall, floor_w_wall))
+            ratios.append(run.wall / floor_wall)
+            ratios_w.append(run.wall / floor_w_wall)
+        fl = statistics.median(f for f, _ in floors)
+        line = (f"1 worker (in_memory), weight maps {'on ' if weight_maps else 'off'}: pipeline "
+                f"{statistics.median(pers) * 1e3:.1f} ms/image, floor {fl * 1e3:.1f} ms/image; "
+                f"ratio to floor {statistics.median(ratios):.2f}x (per repeat: "
+                f"{', '.join(f'{r:.2f}' for r in ratios)})")  # fmt: skip
         if weight_maps:
-            line += (f"; vs floor+weight map: {wall / floor[True][0]:.2f}x wall, "
-                     f"{cpu / floor[True][1]:.2f}x CPU")  # fmt: skip
-        print(line + f"  (T({args.images})={tl:.2f} s, T({args.small})={ts:.2f} s)", flush=True)
+            flw = statistics.median(w for _, w in floors)
+            line += (f"; floor with weight map {flw * 1e3:.1f} ms/image, ratio "
+                     f"{statistics.median(ratios_w):.2f}x")  # fmt: skip
+        print(line, flush=True)
 
     if not args.skip_workers:
         mp = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
               "--default_sdk_harness_log_level=WARNING"]  # fmt: skip
         for weight_maps in (False, True):
-            times: dict[int, dict[int, list[tuple[float, float, float]]]] = {1: {}, 2: {}}
+            speedups, per = [], {1: [], 2: []}
             for _ in range(args.repeats):
+                runs = {}
                 for workers in (1, 2):
-                    for n, root in sizes.items():
-                        t = pipeline_seconds(root, out, weight_maps, [*mp, f"--direct_num_workers={workers}"])
-                        times[workers].setdefault(n, []).append(t)
-            per = {}
+                    args_w = [*mp, f"--direct_num_workers={workers}"]
+                    runs[workers] = per_image(pipeline_seconds(large, out, weight_maps, args_w),
+                                              pipeline_seconds(small, out, weight_maps, args_w), n_l, n_s)  # fmt: skip
+                    per[workers].append(runs[workers])
+                speedups.append(runs[1].wall / runs[2].wall)
             for workers in (1, 2):
-                sl = slope(times[workers])
-                per[workers] = sl.wall
+                wall = statistics.median(r.wall for r in per[workers])
                 print(f"multi_processing, {workers} worker(s), weight maps {'on ' if weight_maps else 'off'}: "
-                      f"{1 / sl.wall:.1f} images/s marginal ({sl.wall * 1e3:.1f} ms/image wall; CPU per image: "
-                      f"runner {sl.runner_cpu * 1e3:.1f} ms, workers {sl.workers_cpu * 1e3:.1f} ms; "
-                      f"T({args.images})={sl.t_large:.2f} s, T({args.small})={sl.t_small:.2f} s)",
-                      flush=True)  # fmt: skip
-            print(f"  2 workers / 1 worker throughput: {per[1] / per[2]:.2f}x", flush=True)
+                      f"{1 / wall:.1f} images/s marginal ({wall * 1e3:.1f} ms/image; CPU per image: runner "
+                      f"{statistics.median(r.runner_cpu for r in per[workers]) * 1e3:.1f} ms, workers "
+                      f"{statistics.median(r.workers_cpu for r in per[workers]) * 1e3:.1f} ms)", flush=True)  # fmt: skip
+            print(f"  2 workers / 1 worker throughput: {statistics.median(speedups):.2f}x "
+                  f"(per repeat: {', '.join(f'{x:.2f}' for x in speedups)})", flush=True)  # fmt: skip
     print(f"load average {os.getloadavg()[0]:.2f} at end")
     if not args.workdir:
         shutil.rmtree(base, ignore_errors=True)
