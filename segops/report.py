@@ -247,6 +247,9 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+_SPLIT_COLORS = ("#1f4e79", "#9bb7d4", "#c0504d", "#8e8e8e")
+
+
 def _class_colors() -> list[tuple[float, float, float]]:
     return [tuple(c / 255 for c in labels.TRAIN_ID_TO_COLOR[i]) for i in range(labels.NUM_CLASSES)]
 
@@ -276,7 +279,7 @@ def plot_class_iou(data: RunData) -> bytes | None:
     ax.set_xlabel("dataset IoU (summed confusion matrix)")
     ax.set_title(f"Per-class IoU on {before['images']} labelled image(s)")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, frameon=False)
     return _png(fig)
 
 
@@ -317,14 +320,13 @@ def plot_class_frequency(data: RunData) -> bytes | None:
     for k, (split, v) in enumerate(splits.items()):
         share = np.asarray(v["pixel_counts"], dtype=np.float64) / v["labelled_pixels"]
         ax.bar(x - 0.4 + width * (k + 0.5), share * 100, width=width, label=f"{split} ({v['images']} images)",
-               color=_class_colors() if k == 0 else None, edgecolor="black", linewidth=0.4,
-               alpha=1.0 if k == 0 else 0.5)  # fmt: skip
+               color=_SPLIT_COLORS[k % len(_SPLIT_COLORS)])  # fmt: skip
     ax.set_yscale("log")
     ax.set_xticks(x, names, rotation=60, ha="right")
     ax.set_ylabel("% of labelled pixels (log scale)")
     ax.set_title("Class frequencies (prepare: stats.json)")
     ax.grid(axis="y", alpha=0.3, which="both")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
     return _png(fig)
 
 
@@ -346,7 +348,7 @@ def plot_class_weights(data: RunData) -> bytes | None:
     ax.set_ylabel("class weight (log scale)")
     ax.set_title(f"Class weights from the {cw.get('source_split', '?')} split (prepare: class_weights.json)")
     ax.grid(axis="y", alpha=0.3, which="both")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
     return _png(fig)
 
 
@@ -362,8 +364,9 @@ def plot_training(data: RunData, baseline: float | None) -> bytes | None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ax1.plot(epochs, series("loss"), "o-", label="train loss")
     ax1.plot(epochs, series("val_loss"), "o-", label="val loss")
+    ax1.set_yscale("log")  # the first epochs' val loss would flatten everything else
     ax1.set_xlabel("epoch")
-    ax1.set_ylabel("loss")
+    ax1.set_ylabel("loss (log scale)")
     ax1.set_title("Loss")
     ax1.legend()
     ax1.grid(alpha=0.3)
@@ -380,7 +383,7 @@ def plot_training(data: RunData, baseline: float | None) -> bytes | None:
     ax2.set_ylabel("mIoU")
     ax2.set_ylim(bottom=0)
     ax2.set_title("Validation mIoU")
-    ax2.legend()
+    ax2.legend(loc="upper left")
     ax2.grid(alpha=0.3)
     for ax in (ax1, ax2):
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -399,7 +402,7 @@ def plot_per_image(data: RunData) -> bytes | None:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
-    bins = np.linspace(0, 1, 41)
+    bins = np.linspace(0, 1, 21)
     ax.hist(before[~np.isnan(before)], bins=bins, histtype="stepfilled", alpha=0.5, color="#9bb7d4",
             label=f"model (mean {fmt(float(np.nanmean(before)))})")  # fmt: skip
     if data.has_crf:
@@ -680,7 +683,8 @@ def render_html(data: RunData, head: dict[str, Any], plots: dict[str, bytes],
     if "training_curves" in plots:
         parts += ["<h2 id='sec-training'>Training</h2>", _img("training_curves", plots["training_curves"], "training curves")]
         training = (data.train_summary or {}).get("training", {})
-        keys = ("model", "epochs", "batch_size", "crop", "lr", "loss", "class_weights", "depth", "base_filters")
+        keys = ("model", "depth", "base_filters", "epochs", "epochs_trained", "batch_size", "crop", "scale_range",
+                "optimizer", "lr", "lr_schedule", "loss", "class_weights", "weight_maps", "precision_used")
         if training:
             parts.append(_table("training-options", ["option", "value"],
                                 [[k, json.dumps(training[k])] for k in keys if k in training]))  # fmt: skip
