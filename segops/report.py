@@ -446,8 +446,9 @@ def score_of(row: dict[str, Any]) -> float | None:
 def select_gallery(rows: list[dict[str, Any]], k: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The ``k`` best and ``k`` worst labelled images (disjoint; ties by path, so deterministic)."""
     scored = sorted((r for r in rows if score_of(r) is not None), key=lambda r: (-score_of(r), r["rel_path"]))
-    best = scored[:k]
-    worst = [r for r in reversed(scored[len(best):])][:k]
+    n_best = min(k, (len(scored) + 1) // 2)  # fewer than 2k images: split them between the two
+    best = scored[:n_best]
+    worst = [r for r in reversed(scored[n_best:])][:k]
     return best, worst
 
 

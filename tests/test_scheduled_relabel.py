@@ -119,8 +119,10 @@ def test_a_growing_archive_is_relabelled_incrementally_and_failed_runs_are_just_
     code, run = relabel(broken, archive, "r3-failed")
     assert code != 0 and run == {}  # the run died before recording itself
     assert not list((archive.out / "metrics.parquet").glob("run=r3-failed/**/*.parquet"))  # no rows committed
+    assert not any(p.exists() for img in day3 for p in archive.masks_of(img))
     code, run = relabel(model, archive, "r3")  # started again, unchanged
     assert code == 0 and (run["processed"], run["skipped"]) == (2, 5)
+    assert all(p.exists() for img in day3 for p in archive.masks_of(img))
     assert not list((archive.out / "metrics.parquet").rglob("beam-temp-*/*"))  # the failed run's temp files
 
     # a run killed half-way: masks of one image written, none of another, no rows committed
