@@ -239,6 +239,22 @@ def test_rerun_skips_everything_overwrite_reprocesses_and_rows_never_duplicate(m
     assert not list((out / "metrics.parquet").glob("run=r1/*.parquet"))
 
 
+def test_reusing_a_run_id_keeps_the_rows_it_did_not_redo(model_dir, dataset, tmp_path):
+    root, _ = dataset
+    out = tmp_path / "out"
+
+    def run():
+        return run_infer(InferOptions(model_dir, str(root / "leftImg8bit" / "val"), str(out), run_id="nightly"))
+
+    assert run().processed == 3
+    next((out / "masks").rglob("*_color.png")).unlink()  # the restarted job must redo one image
+    again = run()
+    assert (again.processed, again.skipped, again.pruned_rows) == (1, 2, 1)
+    table = pq.read_table(str(out / "metrics.parquet"), columns=["path", "run_id"])
+    assert sorted(table.column("path").to_pylist()) == sorted(str(p) for p in (root / "leftImg8bit" / "val").rglob("*.png"))
+    assert set(table.column("run_id").to_pylist()) == {"nightly"}
+
+
 def test_bad_inputs_are_dead_lettered_and_the_rest_lands(model_dir, tmp_path):
     root = tmp_path / "data"
     good_rgb, good_label = scene(7)

@@ -23,6 +23,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -215,8 +216,10 @@ def build_infer_pipeline(p: beam.Pipeline, options: inf.InferOptions, context: R
         crf_dead = p | "NoCRFDeadLetters" >> beam.Create([])
     written = segmented | "WriteMasks" >> beam.ParDo(WriteMasksFn(options.output, options.overlay)).with_outputs(DEAD, main="ok")
     rows = written.ok | "Metrics" >> beam.ParDo(MetricsFn(model_id, options.run_id))
+    # Part files are named per invocation: a run id reused (e.g. a scheduler's date, restarted)
+    # then adds files beside the earlier ones instead of overwriting rows it did not redo.
     _ = rows | "WriteParquet" >> beam.io.WriteToParquet(
-        inf._join(options.output, inf.METRICS_DIR, f"run={options.run_id}", "part"),
+        inf._join(options.output, inf.METRICS_DIR, f"run={options.run_id}", f"part-{uuid.uuid4().hex[:12]}"),
         schema=inf.metrics_schema(),
         file_name_suffix=".parquet",
     )
@@ -271,12 +274,15 @@ def run_infer(options: inf.InferOptions, beam_args: list[str] | None = None) -> 
             build_infer_pipeline(p, options, context)
     else:
         imageio.write_bytes_atomic(dead_path, b"")  # rewritten on every run, like the pipeline does
-    run_rows = inf.read_metrics(options.output, ["run_id", "model_id"])
+    # Rows for this run's images were pruned above, so any row for them now is this invocation's
+    # (counting by run id would over-count when a run id is reused).
+    todo = {it.path for it in context.plan.todo}
+    run_rows = inf.read_metrics(options.output, ["path", "model_id"])
     processed = sum(
         1
-        for r, m in zip(run_rows.column("run_id").to_pylist(), run_rows.column("model_id").to_pylist(), strict=True)
-        if r == options.run_id and m == model_id
-    )
+        for path, m in zip(run_rows.column("path").to_pylist(), run_rows.column("model_id").to_pylist(), strict=True)
+        if m == model_id and path in todo
+    ) if run_rows.num_rows else 0
     summary = inf.summarize(options.output, model_id)
     summary["run_id"] = options.run_id
     inf.write_json_atomic(inf._join(options.output, inf.SUMMARY_FILE), summary)
