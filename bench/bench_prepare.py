@@ -1,6 +1,6 @@
 """Benchmark `segops prepare` on 1024x2048 synthetic pairs (run by hand; not a test).
 
-    .venv/bin/python bench/bench_prepare.py [--images 96] [--small 8] [--repeats 5] [--profile] 2>/dev/null
+    .venv/bin/python bench/bench_prepare.py [--images 60] [--copies 5] [--small 8] [--repeats 5] [--profile] 2>/dev/null
 
 Measures, in one process and on the same files:
 
@@ -38,20 +38,31 @@ import numpy as np
 HEIGHT, WIDTH = 1024, 2048
 
 
-def make_data(base: Path, n_large: int, n_small: int) -> tuple[Path, Path]:
+def _link_pairs(src: Path, dst: Path, images: list[Path], rename=lambda stem: stem) -> None:
+    """Hard-link image/label pairs of ``src`` into ``dst`` (same layout), renaming frame ids."""
+    for img in images:
+        stem = img.name[: -len("_leftImg8bit.png")]
+        for f in (img, *src.joinpath("gtFine/train", img.parent.name).glob(stem + "_gtFine_*")):
+            rel = f.relative_to(src)
+            target = dst / rel.parent / f.name.replace(stem, rename(stem), 1)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(f, target)
+
+
+def make_data(base: Path, n_unique: int, copies: int, n_small: int) -> None:
+    """base/unique: n_unique synthetic pairs; base/large: each of them ``copies`` times (hard
+    links with new frame ids); base/small: the first n_small. A large run makes the per-image
+    slope stand out from the run-to-run noise of worker start-up."""
     from segops.datasets.synth import generate_dataset
 
-    large, small = base / "large", base / "small"
-    generate_dataset(str(large), counts={"train": n_large, "val": 0, "test": 0}, height=HEIGHT, width=WIDTH,
+    unique = base / "unique"
+    generate_dataset(str(unique), counts={"train": n_unique, "val": 0, "test": 0}, height=HEIGHT, width=WIDTH,
                      seed=7, workers=min(2, os.cpu_count() or 1))  # fmt: skip
-    images = sorted((large / "leftImg8bit/train").glob("*/*_leftImg8bit.png"))[:n_small]
-    for img in images:  # the small set: hard links to the first n_small pairs of the large one
-        stem = img.name[: -len("_leftImg8bit.png")]
-        for src in (img, *img.parents[3].joinpath("gtFine/train", img.parent.name).glob(stem + "_gtFine_*")):
-            dst = small / src.relative_to(large)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.link(src, dst)
-    return large, small
+    images = sorted((unique / "leftImg8bit/train").glob("*/*_leftImg8bit.png"))
+    for k in range(copies):  # <city>_<seq>_<frame> -> <city>_<seq>_<k><frame[2:]>
+        _link_pairs(unique, base / "large", images, lambda stem, k=k: f"{stem.rsplit('_', 1)[0]}_{k:02d}"
+                                                                      f"{stem.rsplit('_', 1)[1][2:]}")  # fmt: skip
+    _link_pairs(unique, base / "small", images[:n_small])
 
 
 def floor_per_image(root: Path, repeats: int, weight_maps: bool = False) -> tuple[float, float]:
@@ -110,6 +121,10 @@ def pipeline_seconds(root: Path, out: Path, weight_maps: bool, beam_args: list[s
     manifest = run_prepare(options, beam_args)
     elapsed, (me1, kids1) = time.perf_counter() - start, _cpu()
     assert manifest["dead_letter"]["total"] == 0, manifest["dead_letter"]
+    # Drop the output before the kernel writes it back: background writeback of a large run's
+    # shards would otherwise run during (and slow down) whatever is measured next.
+    shutil.rmtree(out, ignore_errors=True)
+    os.sync()
     return Run(elapsed, me1 - me0, kids1 - kids0)
 
 
@@ -147,7 +162,8 @@ def profile(root: Path, weight_maps: bool) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=96, help="images in the large set")
+    ap.add_argument("--images", type=int, default=60, help="distinct synthetic images generated")
+    ap.add_argument("--copies", type=int, default=5, help="the large set holds each image this many times")
     ap.add_argument("--small", type=int, default=8, help="images in the small set (slope baseline)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
@@ -158,9 +174,10 @@ def main() -> None:
     base = Path(args.workdir or tempfile.mkdtemp(prefix="bench_prepare_"))
     if not (base / "large").exists():
         t0 = time.perf_counter()
-        make_data(base, args.images, args.small)
-        print(f"generated {args.images} synthetic {HEIGHT}x{WIDTH} pairs in {time.perf_counter() - t0:.1f} s")
-    large, small, out = base / "large", base / "small", base / "out"
+        make_data(base, args.images, args.copies, args.small)
+        print(f"generated {args.images} synthetic {HEIGHT}x{WIDTH} pairs in {time.perf_counter() - t0:.1f} s; "
+              f"large set {args.images * args.copies} pairs, small set {args.small}")  # fmt: skip
+    unique, large, small, out = base / "unique", base / "large", base / "small", base / "out"
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.2f} at start")  # fmt: skip
 
@@ -168,7 +185,7 @@ def main() -> None:
         profile(small, weight_maps=False)
         profile(small, weight_maps=True)
 
-    n_l, n_s = args.images, args.small
+    n_l, n_s = args.images * args.copies, args.small
     one = ["--runner=DirectRunner", "--direct_num_workers=1"]
     pipeline_seconds(small, out, True, one)  # warm-up: imports (TensorFlow), caches
     # Each repeat measures a variant and its reference back to back and keeps their ratio; the
@@ -177,8 +194,8 @@ def main() -> None:
     for weight_maps in (False, True):
         ratios, ratios_w, pers, floors = [], [], [], []
         for _ in range(args.repeats):
-            floor_wall, _floor_cpu = floor_per_image(large, 1, False)
-            floor_w_wall = floor_per_image(large, 1, True)[0] if weight_maps else float("nan")
+            floor_wall, _floor_cpu = floor_per_image(unique, 1, False)
+            floor_w_wall = floor_per_image(unique, 1, True)[0] if weight_maps else float("nan")
             run = per_image(pipeline_seconds(large, out, weight_maps, one),
                             pipeline_seconds(small, out, weight_maps, one), n_l, n_s)  # fmt: skip
             pers.append(run.wall)
