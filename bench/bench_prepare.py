@@ -73,6 +73,7 @@ def floor_per_image(root: Path, repeats: int, weight_maps: bool = False) -> tupl
     from segops.labels import LABEL_ID_TO_TRAIN_ID
     from segops.records import ExampleFields, encode_example
     from segops.weights import class_weight_lut, instances_from_ids, unet_border_term, weight_map
+    from workflows.prepare import keep_large_buffers_on_heap
 
     items = []
     for img in sorted((root / "leftImg8bit/train").glob("*/*_leftImg8bit.png")):
@@ -93,6 +94,7 @@ def floor_per_image(root: Path, repeats: int, weight_maps: bool = False) -> tupl
         return encode_example(ExampleFields(image, encode_mask_png(train), HEIGHT, WIDTH, stem, city, stem,
                                             "train", wmap))  # fmt: skip
 
+    keep_large_buffers_on_heap()  # the allocator setting the pipeline's workers use
     one(*items[0])  # warm-up (imports)
     wall, cpu = [], []
     for _ in range(repeats):

@@ -287,3 +287,13 @@ def test_writer_refuses_an_image_that_changed_after_validation(tmp_path):
     write_png(tmp_path / frame.image_rel, np.ascontiguousarray(frame.image[::-1]))  # same size, new pixels
     with pytest.raises(RuntimeError, match="changed while the pipeline ran"):
         coder.encode((prepared, None))
+
+
+def test_allocator_tuning_applies_on_glibc():
+    import platform
+    import sys
+
+    from workflows.prepare import keep_large_buffers_on_heap
+
+    expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert keep_large_buffers_on_heap() is expected
