@@ -22,7 +22,7 @@ runner: on the DirectRunner in multi_processing mode the runner process spent as
 shuffle held the whole output in RAM. So the shuffle carries only the small parts (trainId PNG,
 sparse border term, class weights, metadata: ~1-10% of a record) and :class:`ExampleCoder` --
 the sink's ``coder``, applied to each element as it is written -- reads the image bytes (checked
-against the length and chunk CRCs seen in Analyze), adds the weight map and calls
+against the length and a digest taken in Analyze), adds the weight map and calls
 ``segops.records.encode_example``. Each image file is therefore read twice (validate, then copy).
 """
 
@@ -140,7 +140,7 @@ class Prepared(NamedTuple):
     frame_id: str
     image_path: str
     image_len: int
-    image_digest: int  # png_chunk_digest of the bytes validated here; the writer checks it
+    image_digest: int  # identity_digest of the bytes validated here; the writer compares it
     height: int
     width: int
     label_png: bytes  # trainIds PNG
@@ -153,14 +153,11 @@ def dead_letter(path: str, stage: str, reason: str, split: str) -> dict[str, str
     return {"path": path, "stage": stage, "reason": reason, "split": split}
 
 
-def png_chunk_digest(data: bytes, verify: bool = True) -> int:
-    """Walk a PNG's chunks up to IEND and return a digest of its content: the CRC-32 of the
-    chunks' stored CRCs (each covers its chunk's type and data). With ``verify``, every chunk's
-    CRC is checked against its data first (one CRC-32 pass over the file), which catches
-    truncation and corruption anywhere in the file; without, only the chunk headers are read."""
+def png_check_chunks(data: bytes) -> None:
+    """Walk a PNG's chunks up to IEND, checking each chunk's CRC against its data (one CRC-32
+    pass over the file): catches truncation and corruption anywhere in the file."""
     view = memoryview(data)
     pos, size, has_data = 8, len(data), False
-    stored = bytearray()
     while True:
         if pos + 12 > size:
             raise BadInput("truncated image PNG: the file ends before its IEND chunk")
@@ -168,23 +165,27 @@ def png_chunk_digest(data: bytes, verify: bool = True) -> int:
         end = pos + 12 + length
         if end > size:
             raise BadInput("truncated image PNG: the file ends inside a chunk")
-        kind = bytes(view[pos + 4 : pos + 8])
-        crc = view[end - 4 : end]
-        if verify and zlib.crc32(view[pos + 4 : end - 4]) != int.from_bytes(crc, "big"):
-            raise BadInput(f"corrupt image PNG: CRC mismatch in chunk {kind.decode('latin-1')!r}")
-        stored += crc
+        kind = view[pos + 4 : pos + 8]
+        if zlib.crc32(view[pos + 4 : end - 4]) != int.from_bytes(view[end - 4 : end], "big"):
+            raise BadInput(f"corrupt image PNG: CRC mismatch in chunk {bytes(kind).decode('latin-1')!r}")
         has_data |= kind == b"IDAT"
         pos = end
         if kind == b"IEND":
             break
     if not has_data:
         raise BadInput("corrupt image PNG: no image data (IDAT) chunk")
-    return zlib.crc32(stored)
 
 
-def check_image_png(data: bytes, max_pixels: int) -> tuple[PngHeader, int]:
+def identity_digest(data: bytes, span: int = 1 << 16) -> int:
+    """A cheap fingerprint (CRC-32 of the first and last 64 KiB) to notice that a file changed
+    between the validating read and the copying read; not a validation (png_check_chunks is)."""
+    view = memoryview(data)
+    return zlib.crc32(view[-span:], zlib.crc32(view[:span]))
+
+
+def check_image_png(data: bytes, max_pixels: int) -> PngHeader:
     """Validate a camera PNG without decoding it: header, 8-bit colour, size limit, and every
-    chunk's CRC up to IEND. Returns the header and :func:`png_chunk_digest`."""
+    chunk's CRC up to IEND (:func:`png_check_chunks`)."""
     from segops.imageio import check_pixels, png_header
 
     hdr = png_header(data)
@@ -193,7 +194,8 @@ def check_image_png(data: bytes, max_pixels: int) -> tuple[PngHeader, int]:
         raise BadInput(f"image PNG is {hdr.bit_depth}-bit; expected 8-bit RGB")
     if hdr.color_type not in (2, 3, 6):
         raise BadInput("image PNG is grayscale; expected 8-bit RGB")
-    return hdr, png_chunk_digest(data)
+    png_check_chunks(data)
+    return hdr
 
 
 def keep_large_buffers_on_heap(limit: int = 32 << 20) -> bool:
@@ -240,7 +242,7 @@ class AnalyzeFn(beam.DoFn):
     def _analyze(self, pair: Pair, stage: list[str]) -> Prepared:
         image = _read(pair.image, pair.source)
         stage[0] = "image"
-        hdr, digest = check_image_png(image, self.options.max_pixels)
+        hdr = check_image_png(image, self.options.max_pixels)
         common = dict(
             split=pair.split,
             source=pair.source,
@@ -248,7 +250,7 @@ class AnalyzeFn(beam.DoFn):
             frame_id=pair.frame_id,
             image_path=pair.image,
             image_len=len(image),
-            image_digest=digest,
+            image_digest=identity_digest(image),
             height=hdr.height,
             width=hdr.width,
         )
@@ -452,7 +454,7 @@ class ExampleCoder(beam.coders.Coder):
     """WriteToTFRecord's coder: (Prepared, class weights) -> serialized ``tf.train.Example``.
 
     Runs where the shard is written, after the shuffle (see the module docstring): re-reads the
-    image bytes, checks them against Analyze's length and chunk digest, builds the weight map and calls
+    image bytes, checks them against Analyze's length and digest, builds the weight map and calls
     ``encode_example``. An image that changed or vanished mid-run fails the run (rerun it): the
     record would no longer match what was validated and counted.
     """
@@ -471,11 +473,7 @@ class ExampleCoder(beam.coders.Coder):
             self._tuned = keep_large_buffers_on_heap() or True
         item, class_weights = value
         image = read_bytes(item.image_path)
-        try:
-            same = len(image) == item.image_len and png_chunk_digest(image, verify=False) == item.image_digest
-        except BadInput:
-            same = False
-        if not same:
+        if len(image) != item.image_len or identity_digest(image) != item.image_digest:
             raise RuntimeError(f"{item.image_path} changed while the pipeline ran; run prepare again")
         weights = None
         if class_weights is not None:
