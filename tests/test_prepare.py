@@ -289,6 +289,22 @@ def test_writer_refuses_an_image_that_changed_after_validation(tmp_path):
         coder.encode((prepared, None))
 
 
+def test_writer_notices_a_same_length_change_in_the_middle_of_the_image(tmp_path):
+    from workflows.prepare import AnalyzeFn, ExampleCoder
+
+    (frame,) = make_dataset(tmp_path, {"train": 1}, 512, 1024)
+    analyze = AnalyzeFn(PrepareOptions(input=str(tmp_path), output=str(tmp_path / "out")))
+    analyze.setup()
+    (prepared,) = list(analyze.process(discover(str(tmp_path)).pairs[0]))
+    path = tmp_path / frame.image_rel
+    data = bytearray(path.read_bytes())
+    assert len(data) > 4 << 16  # big enough that a head/tail sample would miss the middle
+    data[len(data) // 2] ^= 0xFF  # one byte, length unchanged
+    path.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match="changed while the pipeline ran"):
+        ExampleCoder().encode((prepared, None))
+
+
 def test_allocator_tuning_applies_on_glibc():
     import platform
     import sys

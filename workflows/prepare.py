@@ -176,11 +176,14 @@ def png_check_chunks(data: bytes) -> None:
         raise BadInput("corrupt image PNG: no image data (IDAT) chunk")
 
 
-def identity_digest(data: bytes, span: int = 1 << 16) -> int:
-    """A cheap fingerprint (CRC-32 of the first and last 64 KiB) to notice that a file changed
-    between the validating read and the copying read; not a validation (png_check_chunks is)."""
-    view = memoryview(data)
-    return zlib.crc32(view[-span:], zlib.crc32(view[:span]))
+def identity_digest(data: bytes) -> int:
+    """CRC-32C of the whole file, to notice that it changed between the validating read and the
+    copying read. google-crc32c (already required by Beam's TFRecord sink) runs in hardware at
+    ~20 GB/s, ~0.2 ms per 3.5 MB frame, so every byte is covered; not a validation
+    (png_check_chunks is)."""
+    import google_crc32c
+
+    return google_crc32c.value(data)
 
 
 def check_image_png(data: bytes, max_pixels: int) -> PngHeader:
