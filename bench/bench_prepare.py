@@ -7,7 +7,9 @@ Measures, in one process and on the same files:
 * the *floor*: the per-image work nobody can skip (decode the label PNG, labelId->trainId LUT,
   class histogram, encode the trainId PNG, serialize the Example with the image bytes as-is), in a
   plain loop over bytes already in memory, with the same primitives the pipeline uses (and a
-  second floor that adds the weight map: instanceIds decode, border term, float16 map, zlib);
+  second floor that adds the weight map: instanceIds decode, border term, float16 map, zlib),
+  and each of them again with every record appended to a new file beside the output, the one
+  piece of I/O the sink cannot skip;
 * the pipeline's marginal time per image on the DirectRunner: (T(large) - T(small)) / (large -
   small), so the fixed start-up cost (TensorFlow import, Beam graph, worker start) cancels;
   with and without weight maps, and with 1 and 2 worker processes (multi_processing).
@@ -65,8 +67,11 @@ def make_data(base: Path, n_unique: int, copies: int, n_small: int) -> None:
     _link_pairs(unique, base / "small", images[:n_small])
 
 
-def floor_per_image(root: Path, repeats: int, weight_maps: bool = False) -> tuple[float, float]:
-    """(wall, CPU) seconds per image of the unavoidable work, bytes already in memory."""
+def floor_per_image(root: Path, repeats: int, weight_maps: bool = False,
+                    write_to: Path | None = None) -> tuple[float, float]:  # fmt: skip
+    """(wall, CPU) seconds per image of the unavoidable work, bytes already in memory. With
+    ``write_to``, each serialized record is also appended to a new file there (fresh page-cache
+    pages, as the TFRecord sink's shard gets), which the floor proper leaves out."""
     import cv2
 
     from segops.imageio import decode_instance_png, decode_label_png, encode_mask_png
@@ -98,11 +103,19 @@ def floor_per_image(root: Path, repeats: int, weight_maps: bool = False) -> tupl
     one(*items[0])  # warm-up (imports)
     wall, cpu = [], []
     for _ in range(repeats):
+        sink = open(write_to / "floor.bin", "wb", buffering=0) if write_to else None  # noqa: SIM115
         start, start_cpu = time.perf_counter(), time.process_time()
         for item in items:
-            one(*item)
+            record = one(*item)
+            if sink:
+                sink.write(record)
+        if sink:
+            sink.close()
         wall.append((time.perf_counter() - start) / len(items))
         cpu.append((time.process_time() - start_cpu) / len(items))
+        if sink:  # as pipeline_seconds does with its output
+            os.unlink(write_to / "floor.bin")
+            os.sync()
     return min(wall), min(cpu)
 
 
@@ -194,26 +207,30 @@ def main() -> None:
     # median over repeats is reported. On a shared machine the load drifts by 2x within minutes,
     # which a ratio of adjacent measurements mostly cancels and a global best-of does not.
     for weight_maps in (False, True):
-        ratios, ratios_w, pers, floors = [], [], [], []
+        # References, each measured right before the pipeline in every repeat: the floor; the
+        # floor plus appending each record to a new file next to OUT (the write the sink cannot
+        # skip: on a VM whose fresh page-cache pages fault in from the host it is not small);
+        # with weight maps, the same two with the weight map built as well.
+        out.mkdir(parents=True, exist_ok=True)
+        refs = {"floor": (False, None), "floor+write": (False, out)}
+        if weight_maps:
+            refs |= {"floor+wmap": (True, None), "floor+wmap+write": (True, out)}
+        ratios, pers, seconds = {k: [] for k in refs}, [], {k: [] for k in refs}
         for _ in range(args.repeats):
-            floor_wall, _floor_cpu = floor_per_image(unique, 1, False)
-            floor_w_wall = floor_per_image(unique, 1, True)[0] if weight_maps else float("nan")
+            for name, (wm, write_to) in refs.items():
+                seconds[name].append(floor_per_image(unique, 1, wm, write_to)[0])
             run = per_image(pipeline_seconds(large, out, weight_maps, one),
                             pipeline_seconds(small, out, weight_maps, one), n_l, n_s)  # fmt: skip
+            out.mkdir(parents=True, exist_ok=True)
             pers.append(run.wall)
-            floors.append((floor_wall, floor_w_wall))
-            ratios.append(run.wall / floor_wall)
-            ratios_w.append(run.wall / floor_w_wall)
-        fl = statistics.median(f for f, _ in floors)
-        line = (f"1 worker (in_memory), weight maps {'on ' if weight_maps else 'off'}: pipeline "
-                f"{statistics.median(pers) * 1e3:.1f} ms/image, floor {fl * 1e3:.1f} ms/image; "
-                f"ratio to floor {statistics.median(ratios):.2f}x (per repeat: "
-                f"{', '.join(f'{r:.2f}' for r in ratios)})")  # fmt: skip
-        if weight_maps:
-            flw = statistics.median(w for _, w in floors)
-            line += (f"; floor with weight map {flw * 1e3:.1f} ms/image, ratio "
-                     f"{statistics.median(ratios_w):.2f}x")  # fmt: skip
-        print(line, flush=True)
+            for name in refs:
+                ratios[name].append(run.wall / seconds[name][-1])
+        print(f"1 worker (in_memory), weight maps {'on ' if weight_maps else 'off'}: pipeline "
+              f"{statistics.median(pers) * 1e3:.1f} ms/image", flush=True)  # fmt: skip
+        for name in refs:
+            print(f"  vs {name:<16} {statistics.median(seconds[name]) * 1e3:5.1f} ms/image: ratio "
+                  f"{statistics.median(ratios[name]):.2f}x (per repeat: "
+                  f"{', '.join(f'{r:.2f}' for r in ratios[name])})", flush=True)  # fmt: skip
 
     if not args.skip_workers:
         mp = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",

@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import re
-import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
@@ -156,6 +155,8 @@ def dead_letter(path: str, stage: str, reason: str, split: str) -> dict[str, str
 def png_check_chunks(data: bytes) -> None:
     """Walk a PNG's chunks up to IEND, checking each chunk's CRC against its data (one CRC-32
     pass over the file): catches truncation and corruption anywhere in the file."""
+    from isal.isal_zlib import crc32  # zlib's CRC-32, in hardware
+
     view = memoryview(data)
     pos, size, has_data = 8, len(data), False
     while True:
@@ -166,7 +167,7 @@ def png_check_chunks(data: bytes) -> None:
         if end > size:
             raise BadInput("truncated image PNG: the file ends inside a chunk")
         kind = view[pos + 4 : pos + 8]
-        if zlib.crc32(view[pos + 4 : end - 4]) != int.from_bytes(view[end - 4 : end], "big"):
+        if crc32(view[pos + 4 : end - 4]) != int.from_bytes(view[end - 4 : end], "big"):
             raise BadInput(f"corrupt image PNG: CRC mismatch in chunk {bytes(kind).decode('latin-1')!r}")
         has_data |= kind == b"IDAT"
         pos = end
