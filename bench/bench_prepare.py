@@ -203,54 +203,46 @@ def main() -> None:
     n_l, n_s = args.images * args.copies, args.small
     one = ["--runner=DirectRunner", "--direct_num_workers=1"]
     pipeline_seconds(small, out, True, one)  # warm-up: imports (TensorFlow), caches
-    # Each repeat measures a variant and its reference back to back and keeps their ratio; the
+    mp = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
+          "--default_sdk_harness_log_level=WARNING"]  # fmt: skip
+    modes = {"in_memory, 1 worker": one, "multi_processing, 1 worker": [*mp, "--direct_num_workers=1"]}
+    if not args.skip_workers:
+        modes["multi_processing, 2 workers"] = [*mp, "--direct_num_workers=2"]
+    # Each repeat measures the references and every mode back to back and keeps their ratios; the
     # median over repeats is reported. On a shared machine the load drifts by 2x within minutes,
     # which a ratio of adjacent measurements mostly cancels and a global best-of does not.
+    # References: the floor; the floor plus appending each record to a new file next to OUT (the
+    # write the sink cannot skip: on a VM whose fresh page-cache pages fault in from the host it is
+    # not small); with weight maps, the same two with the weight map built as well.
     for weight_maps in (False, True):
-        # References, each measured right before the pipeline in every repeat: the floor; the
-        # floor plus appending each record to a new file next to OUT (the write the sink cannot
-        # skip: on a VM whose fresh page-cache pages fault in from the host it is not small);
-        # with weight maps, the same two with the weight map built as well.
-        out.mkdir(parents=True, exist_ok=True)
         refs = {"floor": (False, None), "floor+write": (False, out)}
         if weight_maps:
             refs |= {"floor+wmap": (True, None), "floor+wmap+write": (True, out)}
-        ratios, pers, seconds = {k: [] for k in refs}, [], {k: [] for k in refs}
+        ref_s: dict[str, list[float]] = {k: [] for k in refs}
+        runs: dict[str, list[Run]] = {m: [] for m in modes}
         for _ in range(args.repeats):
-            for name, (wm, write_to) in refs.items():
-                seconds[name].append(floor_per_image(unique, 1, wm, write_to)[0])
-            run = per_image(pipeline_seconds(large, out, weight_maps, one),
-                            pipeline_seconds(small, out, weight_maps, one), n_l, n_s)  # fmt: skip
             out.mkdir(parents=True, exist_ok=True)
-            pers.append(run.wall)
-            for name in refs:
-                ratios[name].append(run.wall / seconds[name][-1])
-        print(f"1 worker (in_memory), weight maps {'on ' if weight_maps else 'off'}: pipeline "
-              f"{statistics.median(pers) * 1e3:.1f} ms/image", flush=True)  # fmt: skip
+            for name, (wm, write_to) in refs.items():
+                ref_s[name].append(floor_per_image(unique, 2, wm, write_to)[0])  # best of 2 passes
+            for mode, beam_args in modes.items():
+                runs[mode].append(per_image(pipeline_seconds(large, out, weight_maps, beam_args),
+                                            pipeline_seconds(small, out, weight_maps, beam_args), n_l, n_s))  # fmt: skip
+        print(f"--- weight maps {'on' if weight_maps else 'off'} ---")
         for name in refs:
-            print(f"  vs {name:<16} {statistics.median(seconds[name]) * 1e3:5.1f} ms/image: ratio "
-                  f"{statistics.median(ratios[name]):.2f}x (per repeat: "
-                  f"{', '.join(f'{r:.2f}' for r in ratios[name])})", flush=True)  # fmt: skip
-
-    if not args.skip_workers:
-        mp = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
-              "--default_sdk_harness_log_level=WARNING"]  # fmt: skip
-        for weight_maps in (False, True):
-            speedups, per = [], {1: [], 2: []}
-            for _ in range(args.repeats):
-                runs = {}
-                for workers in (1, 2):
-                    args_w = [*mp, f"--direct_num_workers={workers}"]
-                    runs[workers] = per_image(pipeline_seconds(large, out, weight_maps, args_w),
-                                              pipeline_seconds(small, out, weight_maps, args_w), n_l, n_s)  # fmt: skip
-                    per[workers].append(runs[workers])
-                speedups.append(runs[1].wall / runs[2].wall)
-            for workers in (1, 2):
-                wall = statistics.median(r.wall for r in per[workers])
-                print(f"multi_processing, {workers} worker(s), weight maps {'on ' if weight_maps else 'off'}: "
-                      f"{1 / wall:.1f} images/s marginal ({wall * 1e3:.1f} ms/image; CPU per image: runner "
-                      f"{statistics.median(r.runner_cpu for r in per[workers]) * 1e3:.1f} ms, workers "
-                      f"{statistics.median(r.workers_cpu for r in per[workers]) * 1e3:.1f} ms)", flush=True)  # fmt: skip
+            print(f"reference {name:<17} {statistics.median(ref_s[name]) * 1e3:5.1f} ms/image")
+        for mode, rs in runs.items():
+            wall = statistics.median(r.wall for r in rs)
+            print(f"{mode}: {wall * 1e3:.1f} ms/image marginal ({1 / wall:.1f} images/s; CPU per image: "
+                  f"runner {statistics.median(r.runner_cpu for r in rs) * 1e3:.1f} ms, worker processes "
+                  f"{statistics.median(r.workers_cpu for r in rs) * 1e3:.1f} ms)", flush=True)  # fmt: skip
+            if mode.endswith("1 worker"):
+                for name in refs:
+                    ratios = [r.wall / f for r, f in zip(rs, ref_s[name], strict=True)]
+                    print(f"  / {name:<17} {statistics.median(ratios):.2f}x (per repeat: "
+                          f"{', '.join(f'{x:.2f}' for x in ratios)})", flush=True)  # fmt: skip
+        if not args.skip_workers:
+            one_w, two_w = runs["multi_processing, 1 worker"], runs["multi_processing, 2 workers"]
+            speedups = [a.wall / b.wall for a, b in zip(one_w, two_w, strict=True)]
             print(f"  2 workers / 1 worker throughput: {statistics.median(speedups):.2f}x "
                   f"(per repeat: {', '.join(f'{x:.2f}' for x in speedups)})", flush=True)  # fmt: skip
     print(f"load average {os.getloadavg()[0]:.2f} at end")
