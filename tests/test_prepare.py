@@ -313,3 +313,36 @@ def test_allocator_tuning_applies_on_glibc():
 
     expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert keep_large_buffers_on_heap() is expected
+
+
+def _png_chunks(data: bytes) -> list[bytes]:
+    """Split a PNG after its signature into whole chunks (length, type, data, CRC)."""
+    out, pos = [], 8
+    while pos < len(data):
+        end = pos + 12 + int.from_bytes(data[pos : pos + 4], "big")
+        out.append(data[pos:end])
+        pos = end
+    return out
+
+
+def test_png_chunk_walk_catches_each_kind_of_damage():
+    from segops.imageio import BadInput
+    from workflows.prepare import png_check_chunks
+
+    _, buf = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
+    data = buf.tobytes()
+    png_check_chunks(data)  # intact
+    chunks = _png_chunks(data)
+    assert [c[4:8] for c in chunks][0] == b"IHDR" and chunks[-1][4:8] == b"IEND"
+    no_idat = data[:8] + b"".join(c for c in chunks if c[4:8] != b"IDAT")
+    damaged = bytearray(data)
+    damaged[len(data) // 2] ^= 0x01
+    cases = {
+        "no image data": no_idat,
+        "CRC mismatch in chunk 'IDAT'": bytes(damaged),
+        "ends inside a chunk": data[: len(data) // 2],
+        "ends before its IEND": data[: -len(chunks[-1])],
+    }
+    for reason, bad in cases.items():
+        with pytest.raises(BadInput, match=reason):
+            png_check_chunks(bad)

@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import re
+import struct
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
@@ -152,26 +153,31 @@ def dead_letter(path: str, stage: str, reason: str, split: str) -> dict[str, str
     return {"path": path, "stage": stage, "reason": reason, "split": split}
 
 
+_CHUNK_HEAD = struct.Struct(">I4s")  # length, type
+_CHUNK_CRC = struct.Struct(">I")
+
+
 def png_check_chunks(data: bytes) -> None:
     """Walk a PNG's chunks up to IEND, checking each chunk's CRC against its data (one CRC-32
     pass over the file): catches truncation and corruption anywhere in the file."""
     from isal.isal_zlib import crc32  # zlib's CRC-32, in hardware
 
     view = memoryview(data)
+    head, stored_crc = _CHUNK_HEAD.unpack_from, _CHUNK_CRC.unpack_from
     pos, size, has_data = 8, len(data), False
-    while True:
+    while True:  # ~450 chunks in a 3.5 MB frame: struct, not slicing, in this loop
         if pos + 12 > size:
             raise BadInput("truncated image PNG: the file ends before its IEND chunk")
-        length = int.from_bytes(view[pos : pos + 4], "big")
+        length, kind = head(data, pos)
         end = pos + 12 + length
         if end > size:
             raise BadInput("truncated image PNG: the file ends inside a chunk")
-        kind = view[pos + 4 : pos + 8]
-        if crc32(view[pos + 4 : end - 4]) != int.from_bytes(view[end - 4 : end], "big"):
-            raise BadInput(f"corrupt image PNG: CRC mismatch in chunk {bytes(kind).decode('latin-1')!r}")
-        has_data |= kind == b"IDAT"
+        if crc32(view[pos + 4 : end - 4]) != stored_crc(data, end - 4)[0]:
+            raise BadInput(f"corrupt image PNG: CRC mismatch in chunk {kind.decode('latin-1')!r}")
         pos = end
-        if kind == b"IEND":
+        if kind == b"IDAT":
+            has_data = True
+        elif kind == b"IEND":
             break
     if not has_data:
         raise BadInput("corrupt image PNG: no image data (IDAT) chunk")
