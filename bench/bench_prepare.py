@@ -67,11 +67,12 @@ def make_data(base: Path, n_unique: int, copies: int, n_small: int) -> None:
     _link_pairs(unique, base / "small", images[:n_small])
 
 
-def floor_per_image(root: Path, repeats: int, weight_maps: bool = False,
+def floor_per_image(root: Path, passes: int, weight_maps: bool = False,
                     write_to: Path | None = None) -> tuple[float, float]:  # fmt: skip
-    """(wall, CPU) seconds per image of the unavoidable work, bytes already in memory. With
-    ``write_to``, each serialized record is also appended to a new file there (fresh page-cache
-    pages, as the TFRecord sink's shard gets), which the floor proper leaves out."""
+    """(wall, CPU) seconds per image of the unavoidable work, bytes already in memory, averaged
+    over ``passes`` passes over the images of ``root``. With ``write_to``, every serialized record
+    is also appended to one new file there: as many fresh page-cache pages as the pipeline's
+    shards get (``passes`` = copies gives the same volume), which the floor proper leaves out."""
     import cv2
 
     from segops.imageio import decode_instance_png, decode_label_png, encode_mask_png
@@ -101,22 +102,21 @@ def floor_per_image(root: Path, repeats: int, weight_maps: bool = False,
 
     keep_large_buffers_on_heap()  # the allocator setting the pipeline's workers use
     one(*items[0])  # warm-up (imports)
-    wall, cpu = [], []
-    for _ in range(repeats):
-        sink = open(write_to / "floor.bin", "wb", buffering=0) if write_to else None  # noqa: SIM115
-        start, start_cpu = time.perf_counter(), time.process_time()
+    sink = open(write_to / "floor.bin", "wb", buffering=0) if write_to else None  # noqa: SIM115
+    start, start_cpu = time.perf_counter(), time.process_time()
+    for _ in range(passes):
         for item in items:
             record = one(*item)
             if sink:
                 sink.write(record)
-        if sink:
-            sink.close()
-        wall.append((time.perf_counter() - start) / len(items))
-        cpu.append((time.process_time() - start_cpu) / len(items))
-        if sink:  # as pipeline_seconds does with its output
-            os.unlink(write_to / "floor.bin")
-            os.sync()
-    return min(wall), min(cpu)
+    if sink:
+        sink.close()
+    n = passes * len(items)
+    wall, cpu = (time.perf_counter() - start) / n, (time.process_time() - start_cpu) / n
+    if sink:  # as pipeline_seconds does with its output
+        os.unlink(write_to / "floor.bin")
+        os.sync()
+    return wall, cpu
 
 
 def _cpu() -> tuple[float, float]:
@@ -223,7 +223,7 @@ def main() -> None:
         for _ in range(args.repeats):
             out.mkdir(parents=True, exist_ok=True)
             for name, (wm, write_to) in refs.items():
-                ref_s[name].append(floor_per_image(unique, 2, wm, write_to)[0])  # best of 2 passes
+                ref_s[name].append(floor_per_image(unique, args.copies, wm, write_to)[0])
             for mode, beam_args in modes.items():
                 runs[mode].append(per_image(pipeline_seconds(large, out, weight_maps, beam_args),
                                             pipeline_seconds(small, out, weight_maps, beam_args), n_l, n_s))  # fmt: skip
