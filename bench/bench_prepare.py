@@ -1,6 +1,7 @@
 """Benchmark `segops prepare` on 1024x2048 synthetic pairs (run by hand; not a test).
 
-    .venv/bin/python bench/bench_prepare.py [--images 60] [--copies 5] [--small 8] [--repeats 5] [--profile] 2>/dev/null
+    .venv/bin/python bench/bench_prepare.py [--images 60] [--copies 5] [--small 8] [--repeats 5]
+        [--profile] [--code-only] [--skip-workers] [--workdir DIR] 2>/dev/null
 
 Measures, in one process and on the same files:
 
@@ -10,9 +11,12 @@ Measures, in one process and on the same files:
   second floor that adds the weight map: instanceIds decode, border term, float16 map, zlib),
   and each of them again with every record appended to a new file beside the output, the one
   piece of I/O the sink cannot skip;
+* segops' own per-image code (Analyze, then the writer's coder) called in a plain loop, without
+  Beam and without writing, against the floor;
 * the pipeline's marginal time per image on the DirectRunner: (T(large) - T(small)) / (large -
   small), so the fixed start-up cost (TensorFlow import, Beam graph, worker start) cancels;
-  with and without weight maps, and with 1 and 2 worker processes (multi_processing).
+  with and without weight maps, in one process (in_memory) and with 1 and 2 worker processes
+  (multi_processing).
 
 Each repeat measures a variant right after its reference and keeps the ratio; the median ratio
 over repeats is reported (see the comment in main). Targets: without weight maps <= 1.5x the
@@ -175,6 +179,36 @@ def profile(root: Path, weight_maps: bool) -> None:
     pstats.Stats(prof).sort_stats("tottime").print_stats(14)
 
 
+def segops_code_vs_floor(root: Path, repeats: int, weight_maps: bool) -> None:
+    """segops' own per-image code without Beam and without the output write: AnalyzeFn.process
+    then the writer's ExampleCoder.encode, called in a loop, against the floor, alternately."""
+    from segops.datasets.cityscapes import discover
+    from workflows.prepare import AnalyzeFn, ExampleCoder, PrepareOptions
+
+    pairs = discover(str(root)).pairs
+    analyze = AnalyzeFn(PrepareOptions(input=str(root), output="unused", weight_maps=weight_maps))
+    coder, weights = ExampleCoder(), (tuple(np.linspace(0.5, 2.0, 19)) if weight_maps else None)
+    analyze.setup()
+
+    def code() -> float:
+        start = time.perf_counter()
+        for pair in pairs:
+            for prepared in analyze.process(pair):
+                coder.encode((prepared, weights))
+        return (time.perf_counter() - start) / len(pairs)
+
+    code()  # warm-up
+    ratios, secs = [], []
+    for _ in range(repeats):
+        floor = floor_per_image(root, 1, weight_maps)[0]
+        secs.append((floor, code()))
+        ratios.append(secs[-1][1] / floor)
+    print(f"segops code without Beam or output, weight maps {'on ' if weight_maps else 'off'}: "
+          f"{statistics.median(c for _, c in secs) * 1e3:.1f} ms/image vs floor"
+          f"{' + weight map' if weight_maps else ''} {statistics.median(f for f, _ in secs) * 1e3:.1f} ms/image: "
+          f"{statistics.median(ratios):.2f}x (per repeat: {', '.join(f'{r:.2f}' for r in ratios)})", flush=True)  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=60, help="distinct synthetic images generated")
@@ -182,6 +216,7 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=8, help="images in the small set (slope baseline)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--code-only", action="store_true", help="only segops' per-image code vs the floor (no pipeline)")
     ap.add_argument("--skip-workers", action="store_true", help="skip the 1 vs 2 worker comparison")
     ap.add_argument("--workdir", default=None, help="keep data here (default: a temporary directory)")
     args = ap.parse_args()
@@ -196,6 +231,10 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.2f} at start")  # fmt: skip
 
+    for weight_maps in (False, True):
+        segops_code_vs_floor(unique, args.repeats, weight_maps)
+    if args.code_only:
+        return
     if args.profile:
         profile(small, weight_maps=False)
         profile(small, weight_maps=True)
