@@ -326,12 +326,11 @@ def _png_chunks(data: bytes) -> list[bytes]:
 
 
 def test_png_chunk_walk_catches_each_kind_of_damage():
-    from segops.imageio import BadInput
-    from workflows.prepare import png_check_chunks
+    from segops.imageio import BadInput, check_png_chunks
 
     _, buf = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
     data = buf.tobytes()
-    png_check_chunks(data)  # intact
+    check_png_chunks(data)  # intact
     chunks = _png_chunks(data)
     assert [c[4:8] for c in chunks][0] == b"IHDR" and chunks[-1][4:8] == b"IEND"
     no_idat = data[:8] + b"".join(c for c in chunks if c[4:8] != b"IDAT")
@@ -345,4 +344,4 @@ def test_png_chunk_walk_catches_each_kind_of_damage():
     }
     for reason, bad in cases.items():
         with pytest.raises(BadInput, match=reason):
-            png_check_chunks(bad)
+            check_png_chunks(bad)
