@@ -11,6 +11,7 @@ Measures, in one process and on the same files:
   second floor that adds the weight map: instanceIds decode, border term, float16 map, zlib),
   and each of them again with every record appended to a new file beside the output, the one
   piece of I/O the sink cannot skip;
+* the cost of writing to pages already in the page cache vs to new ones;
 * segops' own per-image code (Analyze, then the writer's coder) called in a plain loop, without
   Beam and without writing, against the floor;
 * the pipeline's marginal time per image on the DirectRunner: (T(large) - T(small)) / (large -
@@ -179,6 +180,28 @@ def profile(root: Path, weight_maps: bool) -> None:
     pstats.Stats(prof).sort_stats("tottime").print_stats(14)
 
 
+def page_cache_write_cost(directory: Path, size: int = 3_500_000, n: int = 30) -> None:
+    """ms per ``size`` bytes to overwrite pages already in the page cache vs to write new ones:
+    on a VM that faults fresh guest pages in from the host the second is far dearer."""
+    data, path = os.urandom(size), directory / "pagecache.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        os.pwrite(fd, data, 0)
+        start = time.perf_counter()
+        for _ in range(n):
+            os.pwrite(fd, data, 0)
+        same = (time.perf_counter() - start) / n
+        start = time.perf_counter()
+        for i in range(1, n + 1):
+            os.pwrite(fd, data, i * size)
+        new = (time.perf_counter() - start) / n
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    print(f"page cache, {size / 1e6:.1f} MB write: overwrite cached pages {same * 1e3:.2f} ms, "
+          f"new pages {new * 1e3:.2f} ms", flush=True)  # fmt: skip
+
+
 def segops_code_vs_floor(root: Path, repeats: int, weight_maps: bool) -> None:
     """segops' own per-image code without Beam and without the output write: AnalyzeFn.process
     then the writer's ExampleCoder.encode, called in a loop, against the floor, alternately."""
@@ -231,6 +254,7 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.2f} at start")  # fmt: skip
 
+    page_cache_write_cost(base)
     for weight_maps in (False, True):
         segops_code_vs_floor(unique, args.repeats, weight_maps)
     if args.code_only:
