@@ -38,8 +38,6 @@ from segops import imageio, labels, metrics
 
 LOG = logging.getLogger(__name__)
 
-#: Stage directories of a run directory, as ``segops demo RUN_DIR`` lays them out.
-LAYOUT = {"data": "data", "prepared": "prepared", "model": "model", "infer": "infer", "report": "report"}
 PLOT_NAMES = (
     "class_iou",
     "confusion_matrix",
@@ -69,12 +67,13 @@ class ReportPaths:
     @classmethod
     def for_run_dir(cls, run_dir: str | None, *, infer: str | None = None, prepared: str | None = None,
                     model: str | None = None, out: str | None = None) -> ReportPaths:  # fmt: skip
-        """Explicit paths win; the others default to RUN_DIR/{infer,prepared,model,report}."""
+        """Explicit paths win; the others default to RUN_DIR/{infer,prepared,model,report}, the
+        layout ``segops demo RUN_DIR`` makes."""
 
         def pick(explicit: str | None, key: str) -> str | None:
             if explicit:
                 return explicit
-            return os.path.join(run_dir, LAYOUT[key]) if run_dir else None
+            return os.path.join(run_dir, key) if run_dir else None
 
         infer_dir, out_dir = pick(infer, "infer"), pick(out, "report")
         if infer_dir is None or out_dir is None:
@@ -432,10 +431,6 @@ class GalleryItem:
     mask_miou: float | None = None  # of ``crf``: should equal row["mean_iou_after"] (or _before)
     problems: list[str] = field(default_factory=list)
 
-    @property
-    def score(self) -> float | None:
-        return score_of(self.row)
-
 
 def score_of(row: dict[str, Any]) -> float | None:
     """Gallery ranking: per-image mIoU of the final masks (after the CRF when there is one)."""
@@ -465,10 +460,12 @@ class _Predictor:
         from segops import inference as inf
 
         options = (data.infer_manifest or {}).get("options", {})
-        self.tile = inf._parse_tile(options.get("tile", (512, 1024)))
-        self.overlap = int(options.get("tile_overlap", 64))
-        self.batch = int(options.get("batch_size", 4))
-        self.max_pixels = int(options.get("max_batch_pixels", 1 << 22))
+        default = inf.InferOptions("", "", "")  # what the infer run used for options it did not record
+        self.tile = inf._parse_tile(options.get("tile", default.tile))
+        self.overlap = int(options.get("tile_overlap", default.tile_overlap))
+        self.batch = int(options.get("batch_size", default.batch_size))
+        self.max_pixels = int(options.get("max_batch_pixels", default.max_batch_pixels))
+        self.max_image_pixels = int(options.get("max_pixels", default.max_pixels))
         self.model = None
         self.reason = ""
         candidates = [c for c in (data.paths.model, (data.infer_manifest or {}).get("model_dir")) if c]
@@ -477,7 +474,7 @@ class _Predictor:
                 info = export.load_info(candidate)
                 if info.model_id == data.model_id:
                     self.stride = info.stride
-                    self.model = inf.ServingModel(export.resolve_export_dir(candidate))
+                    self.model = inf.ServingModel(candidate)  # resolves the export dir itself
                     return
         self.reason = f"model {data.model_id} not found in {', '.join(candidates) or 'no model directory'}"
 
@@ -494,23 +491,25 @@ class _Predictor:
 def load_gallery(data: RunData, rows: list[dict[str, Any]], predictor: _Predictor | None) -> list[GalleryItem]:
     from segops import inference as inf
 
+    max_pixels = predictor.max_image_pixels if predictor else imageio.DEFAULT_MAX_PIXELS
     items = []
     for row in rows:
         item = GalleryItem(row)
-        try:
-            item.image = imageio.decode_rgb_image(imageio.read_bytes(row["path"]))
-            item.gt = labels.to_train_ids(imageio.decode_label_png(imageio.read_bytes(row["label_path"])))
+        work = inf.WorkItem(row["path"], row["rel_path"], row["label_path"])
+        try:  # infer's own loader: same checks (size match, known label ids) as the run had
+            example = inf.load_example(work, max_pixels)
+            item.image, item.gt = example.rgb, example.gt
         except (OSError, imageio.BadInput) as exc:
             item.problems.append(f"cannot read the image or its ground truth: {exc}")
             items.append(item)
             continue
-        mask_path = inf.mask_paths(data.paths.infer, inf.WorkItem(row["path"], row["rel_path"]))["trainIds"]
+        mask_path = inf.mask_paths(data.paths.infer, work)["trainIds"]
         try:
             item.crf = imageio.decode_label_png(imageio.read_bytes(mask_path))
             item.mask_miou = _miou(item.gt, item.crf)
         except (OSError, imageio.BadInput) as exc:
             item.problems.append(f"mask {mask_path} unreadable: {exc}")
-        if predictor is not None:
+        if predictor is not None and row.get("crf"):
             item.pred = predictor(item.image)
             if item.pred is not None:
                 item.pred_miou = _miou(item.gt, item.pred)
@@ -715,7 +714,7 @@ class ReportResult:
     notes: list[str]
 
 
-def build_report(paths: ReportPaths, gallery_size: int = 3, recompute_predictions: bool = True) -> ReportResult:
+def build_report(paths: ReportPaths, gallery_size: int = 3) -> ReportResult:
     """Read the stage outputs, write the PNGs and report.html into ``paths.out``."""
     data = load_run(paths)
     head = headline(data)
@@ -730,7 +729,7 @@ def build_report(paths: ReportPaths, gallery_size: int = 3, recompute_prediction
     best_rows, worst_rows = select_gallery(data.rows, gallery_size)
     gallery: dict[str, list[GalleryItem]] = {}
     if best_rows:
-        predictor = _Predictor(data) if recompute_predictions and data.has_crf else None
+        predictor = _Predictor(data) if data.has_crf else None
         if predictor is not None and predictor.model is None:
             data.notes.append(f"gallery: {predictor.reason}; pass --model")
         gallery["gallery_best"] = load_gallery(data, best_rows, predictor)

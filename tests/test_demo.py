@@ -72,7 +72,7 @@ def test_demo_runs_every_stage_and_says_where_everything_is(demo_run):
     assert set(printed_commands(out)) == set(STAGES)
 
 
-def test_each_printed_stage_command_alone_gives_the_same_result(demo_run, tmp_path):
+def test_printed_synth_prepare_infer_commands_alone_give_the_same_result(demo_run, tmp_path):
     run_dir, out = demo_run
     commands = printed_commands(out)
     runner = CliRunner()
@@ -117,7 +117,7 @@ def test_a_rerun_reuses_finished_stages(demo_run):
 def test_what_a_rerun_does_with_each_stage(tmp_path):
     from segops.commands.demo import decide, plan_stages
 
-    stages = {s.name: s for s in plan_stages(str(tmp_path), 6, 4, "64x128", 2, progress=False)}
+    stages = {s.name: s for s in plan_stages(str(tmp_path), 6, 4, (64, 128), 2, progress=False)}
     train = stages["train"]
     Path(train.done_marker).parent.mkdir(parents=True)
     Path(train.done_marker).write_text("{}")

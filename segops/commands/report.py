@@ -37,8 +37,6 @@ def command(run_dir: str | None, infer_dir: str | None, prepared: str | None, mo
         paths = ReportPaths.for_run_dir(run_dir, infer=infer_dir, prepared=prepared, model=model_dir, out=out)
     except ReportError as exc:
         raise click.UsageError(str(exc)) from exc
-    if not os.path.isdir(paths.infer):
-        raise click.ClickException(f"{paths.infer} does not exist: run `segops infer` first, or pass --infer")
     try:
         result = build_report(paths, gallery_size=gallery_size)
     except ReportError as exc:
