@@ -144,14 +144,8 @@ def read_records(
     blocks of ``block`` with a permutation derived from the key and the shard's position."""
     spec = tf.TensorSpec([], tf.string)
     files = tf.data.Dataset.from_tensor_slices(files)
-    if key is None:
-        return files.interleave(
-            lambda path: tf.data.Dataset.from_generator(reader, output_signature=spec, args=(path,)),
-            cycle_length=cycle_length,
-            block_length=1,
-            num_parallel_calls=cycle_length,
-            deterministic=True,
-        )
+    if key is None:  # no shuffle: the reader yields a shard in file order when block <= 1
+        key, block = tf.zeros([2], tf.int64), 0
     return files.enumerate().interleave(
         lambda i, path: tf.data.Dataset.from_generator(
             reader, output_signature=spec, args=(path, _fold(key, i), block)
@@ -389,8 +383,3 @@ def count_records(files: Sequence[str], corrupt: CorruptRecords | None = None) -
     """Number of readable records (reads every shard once; used only when no manifest says it)."""
     reader = ShardReader(corrupt or CorruptRecords())
     return sum(1 for path in files for _ in reader(path))
-
-
-def as_numpy_batches(ds: tf.data.Dataset) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    for x, y in ds:
-        yield x.numpy(), y.numpy()

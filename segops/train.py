@@ -191,7 +191,7 @@ def check_prepared(opts: TrainOptions) -> PreparedData:
         )
     stats_path = os.path.join(root, "stats.json")
     stats = _read_json(stats_path, "statistics") if os.path.exists(stats_path) else {}
-    from segops.input_pipeline import shard_paths  # imports TensorFlow: after the cheap checks
+    from segops.input_pipeline import shard_paths  # tf.io.gfile: lists without starting the runtime
 
     train_files = shard_paths(root, opts.train_split)
     val_files = shard_paths(root, opts.val_split)

@@ -267,7 +267,8 @@ def run_infer(options: inf.InferOptions, beam_args: list[str] | None = None) -> 
     inf.clean_stale_temp(options.output)
     # Rows about to be replaced go first: if this run dies, those images have no row and the
     # next run redoes them; the table never holds two rows for one (image, model).
-    pruned = inf.prune_rows(options.output, model_id, [it.path for it in context.plan.todo])
+    todo = {it.path for it in context.plan.todo}
+    pruned = inf.prune_rows(options.output, model_id, todo)
     dead_path = inf._join(options.output, inf.DEAD_LETTER_FILE)
     if context.plan.todo:
         with beam.Pipeline(options=PipelineOptions(beam_args or [])) as p:
@@ -276,13 +277,12 @@ def run_infer(options: inf.InferOptions, beam_args: list[str] | None = None) -> 
         imageio.write_bytes_atomic(dead_path, b"")  # rewritten on every run, like the pipeline does
     # Rows for this run's images were pruned above, so any row for them now is this invocation's
     # (counting by run id would over-count when a run id is reused).
-    todo = {it.path for it in context.plan.todo}
-    run_rows = inf.read_metrics(options.output, ["path", "model_id"])
+    run_rows = inf.read_metrics(options.output, ["path", "model_id"])  # columns even when empty
     processed = sum(
         1
         for path, m in zip(run_rows.column("path").to_pylist(), run_rows.column("model_id").to_pylist(), strict=True)
         if m == model_id and path in todo
-    ) if run_rows.num_rows else 0
+    )
     summary = inf.summarize(options.output, model_id)
     summary["run_id"] = options.run_id
     inf.write_json_atomic(inf._join(options.output, inf.SUMMARY_FILE), summary)

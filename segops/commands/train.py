@@ -109,7 +109,6 @@ def command(prepared: str, out: str, progress: bool, **kwargs: object) -> None:
     Uses every visible GPU (MirroredStrategy) and several machines with TF_CONFIG
     (MultiWorkerMirroredStrategy); see docs/train.md.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     from segops.train import TrainError, TrainOptions, train
 
     options = TrainOptions(prepared=prepared, out=out, verbose=1 if progress else 2, **kwargs)  # type: ignore[arg-type]
