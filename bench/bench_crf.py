@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def load_frames(root: Path, split: str, n: int) -> list[tuple[str, Any, Any]]:
-    from segops import imageio, labels
+    from segops.core import imageio, labels
 
     frames = []
     for img in sorted((root / "leftImg8bit" / split).glob("*/*_leftImg8bit.png"))[:n]:
@@ -69,7 +69,7 @@ def fit_classifier(frames, iterations: int = 300, per_frame: int = 40000, seed: 
     """Softmax regression on pixel features (full-batch gradient descent with momentum)."""
     import numpy as np
 
-    from segops.labels import NUM_CLASSES
+    from segops.core.labels import NUM_CLASSES
 
     rng = np.random.default_rng(seed)
     xs, ys = [], []
@@ -108,7 +108,7 @@ def soft_gt_probs(gt, seed: int, region_noise: float, pixel_noise: float):
     import cv2
     import numpy as np
 
-    from segops.labels import NUM_CLASSES
+    from segops.core.labels import NUM_CLASSES
 
     rng = np.random.default_rng(seed)
     h, w = gt.shape

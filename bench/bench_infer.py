@@ -59,7 +59,7 @@ def _frames(data: Path, n: int) -> list[Path]:
 
 
 def _decode(path: Path):
-    from segops import imageio
+    from segops.core import imageio
 
     return imageio.decode_rgb_image(path.read_bytes())
 

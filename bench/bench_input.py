@@ -10,7 +10,7 @@ measures images/s of
 * the *floor*: decoding the two PNGs of each record (tf.io.decode_png, image and label) from
   bytes already in memory, nothing else;
 * the pipeline: segops.input_pipeline.train_dataset, i.e. shard reading with CRC checks,
-  parsing via segops.records, random scale 0.5..2 + crop to 512x1024, flip, photometric jitter,
+  parsing via segops.core.records, random scale 0.5..2 + crop to 512x1024, flip, photometric jitter,
   batching (4).
 
 Floor and pipeline are measured alternately, ``--repeats`` times each, and the best of each is

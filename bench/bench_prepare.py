@@ -80,9 +80,9 @@ def floor_per_image(root: Path, passes: int, weight_maps: bool = False,
     shards get (``passes`` = copies gives the same volume), which the floor proper leaves out."""
     import cv2
 
-    from segops.imageio import decode_instance_png, decode_label_png, encode_mask_png
-    from segops.labels import LABEL_ID_TO_TRAIN_ID
-    from segops.records import ExampleFields, encode_example
+    from segops.core.imageio import decode_instance_png, decode_label_png, encode_mask_png
+    from segops.core.labels import LABEL_ID_TO_TRAIN_ID
+    from segops.core.records import ExampleFields, encode_example
     from segops.weights import class_weight_lut, instances_from_ids, unet_border_term, weight_map
     from workflows.prepare import keep_large_buffers_on_heap
 

@@ -21,7 +21,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from segops import __version__, labels
+from segops import __version__
+from segops.core import labels
 
 MODEL_JSON = "model.json"
 KERAS_FILE = "model.keras"
@@ -143,7 +144,7 @@ def _join(base: str, *parts: str) -> str:
 def _read_json(path: str) -> dict[str, Any]:
     from apache_beam.io.filesystems import FileSystems
 
-    from segops.imageio import read_bytes
+    from segops.core.fs import read_bytes
 
     if not FileSystems.exists(path):
         raise ModelError(f"no {MODEL_JSON} at {path}: pass an output directory of `segops train`")

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
-from segops import imageio, labels, metrics
+from segops.core import fs, imageio, labels, metrics
 from segops.crf import CRFParams
 
 LOG = logging.getLogger(__name__)
@@ -458,14 +458,14 @@ class SegmentationModelHandler(ModelHandler):
 
 def load_example(item: WorkItem, max_pixels: int) -> ImageExample:
     """Read and validate one image (+ ground truth); raises BadInput with a reason."""
-    data = imageio.read_bytes(item.path)
+    data = fs.read_bytes(item.path)
     height, width = imageio.image_size(data)  # header only: oversized images never get decoded
     imageio.check_pixels(height, width, max_pixels)
     rgb = imageio.decode_rgb_image(data, max_pixels)
     gt = None
     if item.label_path:
         try:
-            label_ids = imageio.decode_label_png(imageio.read_bytes(item.label_path), max_pixels)
+            label_ids = imageio.decode_label_png(fs.read_bytes(item.label_path), max_pixels)
         except OSError as exc:
             raise imageio.BadInput(f"ground truth {item.label_path} unreadable ({exc})") from exc
         except imageio.BadInput as exc:
@@ -621,7 +621,7 @@ def _metrics_files(output: str) -> list[str]:
 def _read_parquet(path: str, columns: list[str] | None = None) -> Any:
     import pyarrow.parquet as pq
 
-    return pq.read_table(io.BytesIO(imageio.read_bytes(path)), columns=columns)
+    return pq.read_table(io.BytesIO(fs.read_bytes(path)), columns=columns)
 
 
 def read_metrics(output: str, columns: list[str] | None = None) -> Any:
@@ -705,7 +705,7 @@ def prune_rows(output: str, model_id: str, paths: Iterable[str]) -> int:
             continue
         buf = io.BytesIO()
         pq.write_table(kept, buf)
-        imageio.write_bytes_atomic(part, buf.getvalue())
+        fs.write_bytes_atomic(part, buf.getvalue())
     return removed
 
 
@@ -772,4 +772,4 @@ def summarize(output: str, model_id: str) -> dict[str, Any]:
 
 
 def write_json_atomic(path: str, data: Any) -> None:
-    imageio.write_bytes_atomic(path, (json.dumps(data, indent=2, allow_nan=False) + "\n").encode())
+    fs.write_json_atomic(path, data)

@@ -2,8 +2,8 @@
 
 Elements are ``(images, targets)``: ``images`` float32 (N, H, W, 3) in 0..255 and ``targets``
 float32: with weight maps (N, H, W, 2) = [trainId (255 = ignore), per-pixel weight], without
-them the trainIds alone (N, H, W) (segops.losses and segops.metrics accept both forms). Records are parsed only with
-:func:`segops.records.parse_example_tf`.
+them the trainIds alone (N, H, W) (segops.losses and segops.core.metrics accept both forms). Records are parsed only with
+:func:`segops.core.records.parse_example_tf`.
 
 Training data order is a pure function of ``(seed, epoch)``: the shard order, the record shuffle
 and every random augmentation parameter derive from stateless seeds folded from them, so a run
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from segops import records
-from segops.labels import IGNORE_ID
+from segops.core import records
+from segops.core.labels import IGNORE_ID
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from segops.labels import NUM_CLASSES
+from segops.core.labels import NUM_CLASSES
 
 LOSS_KINDS = ("ce", "dice", "ce+dice")
 

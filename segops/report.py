@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from segops import imageio, labels, metrics
+from segops.core import fs, imageio, labels, metrics
 
 LOG = logging.getLogger(__name__)
 
@@ -505,7 +505,7 @@ def load_gallery(data: RunData, rows: list[dict[str, Any]], predictor: _Predicto
             continue
         mask_path = inf.mask_paths(data.paths.infer, work)["trainIds"]
         try:
-            item.crf = imageio.decode_label_png(imageio.read_bytes(mask_path))
+            item.crf = imageio.decode_label_png(fs.read_bytes(mask_path))
             item.mask_miou = _miou(item.gt, item.crf)
         except (OSError, imageio.BadInput) as exc:
             item.problems.append(f"mask {mask_path} unreadable: {exc}")
@@ -743,12 +743,12 @@ def build_report(paths: ReportPaths, gallery_size: int = 3) -> ReportResult:
     for name in PLOT_NAMES:  # a rerun must not leave a stale plot whose section has gone
         target = os.path.join(paths.out, f"{name}.png")
         if name in made:
-            imageio.write_bytes_atomic(target, made[name])
+            fs.write_bytes_atomic(target, made[name])
             written[name] = target
         elif os.path.exists(target):
             os.remove(target)
     html_path = os.path.join(paths.out, HTML_FILE)
-    imageio.write_bytes_atomic(html_path, page.encode("utf-8"))
+    fs.write_bytes_atomic(html_path, page.encode("utf-8"))
     return ReportResult(html_path, written, head, data.notes)
 
 

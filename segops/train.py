@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from segops import labels, records
+from segops.core import labels, records
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +337,7 @@ def _tensorboard_available() -> bool:
 def _make_callbacks(run: _Run) -> list[Any]:
     import keras
 
-    from segops.metrics import MeanIoU
+    from segops.core.metrics import MeanIoU
 
     class EpochEnd(keras.callbacks.Callback):
         """Per-class val IoU and lr into the history (and TensorBoard), checkpoint, early stop.
@@ -486,8 +486,8 @@ def _check_options(opts: TrainOptions, stride: int) -> None:
 def _compile(model: Any, opts: TrainOptions, class_weights: list[float] | None, steps: int) -> None:
     import keras
 
+    from segops.core.metrics import MeanDice, MeanIoU
     from segops.losses import SegmentationLoss
-    from segops.metrics import MeanDice, MeanIoU
 
     lr: Any = opts.lr
     if opts.lr_schedule == "poly":
@@ -540,8 +540,8 @@ def train(opts: TrainOptions, extra_callbacks: list[Any] | None = None) -> Train
     import keras
 
     from segops import input_pipeline as ip
+    from segops.core.metrics import MeanDice, MeanIoU  # noqa: F401
     from segops.losses import SegmentationLoss  # noqa: F401  (registers the class for load_model)
-    from segops.metrics import MeanDice, MeanIoU  # noqa: F401
 
     precision = resolve_precision(opts.precision)
     if num_workers > 1:

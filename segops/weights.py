@@ -29,7 +29,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from segops.labels import IGNORE_ID, LABELS, NUM_CLASSES
+from segops.core.labels import IGNORE_ID, LABELS, NUM_CLASSES
 
 SCHEMES: tuple[str, ...] = ("median_frequency", "enet", "inverse_frequency")
 DEFAULT_SCHEME = "median_frequency"

@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from segops import crf, imageio, labels
+from segops import crf
+from segops.core import imageio, labels
 from segops.datasets.synth import generate_dataset
 
 

@@ -5,7 +5,8 @@ import json
 import keras
 import numpy as np
 
-from segops import export, labels
+from segops import export
+from segops.core import labels
 
 
 def _tiny_model() -> keras.Model:

@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from segops import crf, export, labels, metrics
+from segops import crf, export
 from segops.cli import cli
+from segops.core import labels, metrics
 from segops.inference import InferOptions, mask_paths
 from workflows.infer import run_infer
 

@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from segops import export, labels
+from segops import export
+from segops.core import labels
 from segops.inference import (
     ImageExample,
     InferOptions,

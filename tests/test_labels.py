@@ -3,7 +3,7 @@
 import numpy as np
 from cityscapesscripts.helpers import labels as cs
 
-from segops import labels
+from segops.core import labels
 
 
 def test_table_matches_cityscapesscripts_field_by_field():

@@ -1,4 +1,4 @@
-"""Keras streaming metrics use the numpy definitions of segops.metrics (ignore excluded, classes
+"""Keras streaming metrics use the numpy definitions of segops.core.metrics (ignore excluded, classes
 absent from both ground truth and prediction excluded from the mean)."""
 
 import subprocess
@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from segops import metrics
+from segops.core import metrics
 
 C = 6
 
@@ -73,6 +73,6 @@ def test_serializable():
 
 
 def test_numpy_users_do_not_import_keras():
-    code = "import sys, segops.metrics as m; m.mean_iou([[1]]); print('keras' in sys.modules)"
+    code = "import sys, segops.core.metrics as m; m.mean_iou([[1]]); print('keras' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from segops import metrics
+from segops.core import metrics
 
 
 def test_confusion_matrix_skips_ignore_and_counts_pairs():

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import Frame, brute_force_border, make_dataset, tiny_scene, write_frame, write_png
 
-from segops import labels
+from segops.core import labels
+from segops.core.records import decode_example
 from segops.datasets.cityscapes import discover
-from segops.records import decode_example
 from segops.weights import BORDER_TOLERANCE, instances_from_ids, instances_from_label
 from workflows.prepare import PrepareOptions, run_prepare
 
@@ -186,7 +186,7 @@ def test_weight_maps_equal_brute_force(prepared):
 
 
 def test_tf_parser_reads_the_same_label_and_weights(prepared):
-    from segops.records import parse_example_tf
+    from segops.core.records import parse_example_tf
 
     _, out, _, _, _ = prepared
     raw = read_records(out, "train")[0]
@@ -216,7 +216,7 @@ def test_every_bad_input_is_dead_lettered_and_good_records_land(prepared):
 
 def test_manifest_describes_the_run(prepared):
     root, out, _, _, manifest = prepared
-    from segops.records import SCHEMA_VERSION
+    from segops.core.records import SCHEMA_VERSION
 
     assert manifest == json.loads((out / "manifest.json").read_text())
     assert manifest["schema_version"] == SCHEMA_VERSION
@@ -326,7 +326,7 @@ def _png_chunks(data: bytes) -> list[bytes]:
 
 
 def test_png_chunk_walk_catches_each_kind_of_damage():
-    from segops.imageio import BadInput, check_png_chunks
+    from segops.core.imageio import BadInput, check_png_chunks
 
     _, buf = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
     data = buf.tobytes()

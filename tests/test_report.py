@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from PIL import Image
 from test_demo import tiny_demo
 
-from segops import labels
 from segops.cli import cli
+from segops.core import labels
 from segops.report import PLOT_NAMES, ReportPaths, build_report, fmt, majority_baseline
 
 pytestmark = pytest.mark.slow

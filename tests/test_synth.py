@@ -14,10 +14,10 @@ from cityscapesscripts.helpers.labels import name2label
 from cityscapesscripts.preparation.json2labelImg import json2labelImg
 from click.testing import CliRunner
 
-from segops import labels
 from segops.commands.synth import command as synth_command
+from segops.core import labels
+from segops.core.imageio import png_header
 from segops.datasets import synth
-from segops.imageio import png_header
 
 COUNTS = {"train": 8, "val": 3, "test": 2}
 SIZE = (64, 128)

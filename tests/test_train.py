@@ -10,8 +10,9 @@ import pytest
 from click.testing import CliRunner
 from trainutil import write_prepared
 
-from segops import export, labels
+from segops import export
 from segops.cli import cli
+from segops.core import labels
 from segops.train import TrainOptions, _Run, train
 
 TINY = {"model": "unet", "depth": 2, "base_filters": 4, "batch_size": 4, "crop": (16, 32), "verbose": 0}

@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from segops import metrics, records
 from segops.cli import cli
+from segops.core import metrics, records
 from segops.datasets.synth import generate_dataset
 from workflows.prepare import PrepareOptions, run_prepare
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import brute_force_border
 
 from segops import weights as W
-from segops.labels import IGNORE_ID, NUM_CLASSES
+from segops.core.labels import IGNORE_ID, NUM_CLASSES
 
 
 def _counts(values: dict[int, int]) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Helpers for the training tests: tiny prepared directories written with the real schema
-(segops.records.encode_example + tf.io.TFRecordWriter), before/independently of `segops prepare`."""
+(segops.core.records.encode_example + tf.io.TFRecordWriter), before/independently of `segops prepare`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from segops import records
-from segops.imageio import encode_png
-from segops.labels import NUM_CLASSES
+from segops.core import records
+from segops.core.imageio import encode_png
+from segops.core.labels import NUM_CLASSES
 
 
 def make_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:

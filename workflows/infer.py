@@ -31,8 +31,9 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import RunInference
 
-from segops import __version__, export, imageio
+from segops import __version__, export
 from segops import inference as inf
+from segops.core import fs, imageio
 from segops.crf import CRFParams, refine
 
 LOG = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class WriteMasksFn(beam.DoFn):
             encoded = inf.encode_masks(seg.example.rgb, mask, self._overlay)
             paths = inf.mask_paths(self._output, item, self._overlay)
             for kind, data in encoded.items():
-                imageio.write_bytes_atomic(paths[kind], data)
+                fs.write_bytes_atomic(paths[kind], data)
         except Exception as exc:  # noqa: BLE001 - e.g. a full disk for this one file
             yield _dead(item.path, "write", f"{type(exc).__name__}: {exc}")
             return
@@ -251,7 +252,7 @@ class RunReport:
 
 def _count_lines(path: str) -> int:
     try:
-        return sum(1 for line in imageio.read_bytes(path).decode().splitlines() if line.strip())
+        return sum(1 for line in fs.read_bytes(path).decode().splitlines() if line.strip())
     except OSError:
         return 0
 
@@ -274,7 +275,7 @@ def run_infer(options: inf.InferOptions, beam_args: list[str] | None = None) -> 
         with beam.Pipeline(options=PipelineOptions(beam_args or [])) as p:
             build_infer_pipeline(p, options, context)
     else:
-        imageio.write_bytes_atomic(dead_path, b"")  # rewritten on every run, like the pipeline does
+        fs.write_bytes_atomic(dead_path, b"")  # rewritten on every run, like the pipeline does
     # Rows for this run's images were pruned above, so any row for them now is this invocation's
     # (counting by run id would over-count when a run id is reused).
     run_rows = inf.read_metrics(options.output, ["path", "model_id"])  # columns even when empty
@@ -312,7 +313,7 @@ def _write_manifest(options: inf.InferOptions, report: RunReport, context: RunCo
     path = inf._join(options.output, inf.MANIFEST_FILE)
     runs: list[dict[str, Any]] = []
     with contextlib.suppress(OSError, ValueError):  # first run, or an unreadable old manifest
-        runs = json.loads(imageio.read_bytes(path)).get("runs", [])
+        runs = json.loads(fs.read_bytes(path)).get("runs", [])
     opts = {k: v for k, v in asdict(options).items() if not k.startswith("_")}
     runs.append(
         {

@@ -23,7 +23,7 @@ shuffle held the whole output in RAM. So the shuffle carries only the small part
 sparse border term, class weights, metadata: ~1-10% of a record) and :class:`ExampleCoder` --
 the sink's ``coder``, applied to each element as it is written -- reads the image bytes (checked
 against the length and a digest taken in Analyze), adds the weight map and calls
-``segops.records.encode_example``. Each image file is therefore read twice (validate, then copy).
+``segops.core.records.encode_example``. Each image file is therefore read twice (validate, then copy).
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ import apache_beam as beam
 import numpy as np
 
 from segops import __version__
+from segops.core.imageio import DEFAULT_MAX_PIXELS, BadInput, PngHeader, camera_png_header, check_png_chunks
+from segops.core.labels import CLASS_NAMES, IGNORE_ID, NUM_CLASSES
 from segops.datasets.cityscapes import DEFAULT_UNLABELED_SPLITS, Listing, Pair, discover
-from segops.imageio import DEFAULT_MAX_PIXELS, BadInput, PngHeader, camera_png_header, check_png_chunks
-from segops.labels import CLASS_NAMES, IGNORE_ID, NUM_CLASSES
 from segops.weights import BORDER_TOLERANCE, DEFAULT_SCHEME, SCHEMES, BorderTerm
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def identity_digest(data: bytes) -> int:
     """CRC-32C of the whole file, to notice that it changed between the validating read and the
     copying read. google-crc32c (already required by Beam's TFRecord sink) runs in hardware at
     ~20 GB/s, ~0.2 ms per 3.5 MB frame, so every byte is covered; not a validation
-    (segops.imageio.check_png_chunks is)."""
+    (segops.core.imageio.check_png_chunks is)."""
     import google_crc32c
 
     return google_crc32c.value(data)
@@ -231,7 +231,7 @@ class AnalyzeFn(beam.DoFn):
         return Prepared(label_png=label_png, labelled=True, pixel_counts=counts, border=border, **common)
 
     def _blank(self, height: int, width: int) -> bytes:
-        from segops.imageio import encode_mask_png
+        from segops.core.imageio import encode_mask_png
 
         key = (height, width)
         if key not in self._blank_labels:
@@ -240,7 +240,7 @@ class AnalyzeFn(beam.DoFn):
 
     def _labelled(self, pair: Pair, hdr: PngHeader) -> tuple[bytes, np.ndarray, np.ndarray]:
         """(trainId PNG, labelIds array, trainId pixel counts)."""
-        from segops.imageio import decode_label_png, encode_mask_png
+        from segops.core.imageio import decode_label_png, encode_mask_png
 
         rel_label = _relative(pair.label, pair)
         data = _read(pair.label, rel_label)
@@ -257,7 +257,7 @@ class AnalyzeFn(beam.DoFn):
         return encode_mask_png(train_ids), label, counts
 
     def _border(self, pair: Pair, label: np.ndarray, hdr: PngHeader) -> BorderTerm:
-        from segops.imageio import decode_instance_png
+        from segops.core.imageio import decode_instance_png
         from segops.weights import effective_sigma, instances_from_ids, instances_from_label, unet_border_term
 
         if pair.instance is not None:
@@ -279,7 +279,7 @@ class AnalyzeFn(beam.DoFn):
 
 def _read(path: str, rel: str) -> bytes:
     """File bytes; an unreadable file (permissions, vanished, network) is bad input, not a crash."""
-    from segops.imageio import read_bytes
+    from segops.core.fs import read_bytes
 
     try:
         return read_bytes(path)
@@ -301,7 +301,7 @@ def map_and_count(label_ids: np.ndarray, path: str = "") -> tuple[np.ndarray, np
     """
     import cv2
 
-    from segops.labels import LABEL_ID_TO_TRAIN_ID, VALID_LABEL_ID, unknown_label_ids
+    from segops.core.labels import LABEL_ID_TO_TRAIN_ID, VALID_LABEL_ID, unknown_label_ids
 
     if label_ids.size < (1 << 24):  # float32 bins are exact below 2^24
         hist = cv2.calcHist([label_ids], [0], None, [256], [0, 256]).ravel().astype(np.int64)
@@ -431,8 +431,9 @@ class ExampleCoder(beam.coders.Coder):
         self._lut: np.ndarray | None = None
 
     def encode(self, value: tuple[Prepared, tuple[float, ...] | None]) -> bytes:
-        from segops.imageio import decode_label_png, read_bytes
-        from segops.records import ExampleFields, encode_example
+        from segops.core.fs import read_bytes
+        from segops.core.imageio import decode_label_png
+        from segops.core.records import ExampleFields, encode_example
         from segops.weights import class_weight_lut, weight_map
 
         keep_large_buffers_on_heap()  # a coder has no setup(); the writer may be another process
@@ -460,7 +461,7 @@ class ExampleCoder(beam.coders.Coder):
         return encode_example(fields)
 
     def decode(self, encoded: bytes):
-        raise NotImplementedError("ExampleCoder only writes; read records with segops.records")
+        raise NotImplementedError("ExampleCoder only writes; read records with segops.core.records")
 
     def is_deterministic(self) -> bool:
         return True
@@ -476,9 +477,9 @@ def reason_kind(reason: str) -> str:
 
 
 def _write_json(path: str, obj: Any) -> None:
-    from segops.imageio import write_bytes_atomic
+    from segops.core.fs import write_json_atomic
 
-    write_bytes_atomic(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
+    write_json_atomic(path, obj, indent=1)
 
 
 def shard_paths(output: str, split: str, num_shards: int) -> list[str]:
@@ -537,8 +538,8 @@ def finalize(_, info: RunInfo, stats, class_weights, dead, written, records, rem
     """
     from apache_beam.io.filesystems import FileSystems
 
-    from segops.imageio import write_bytes_atomic
-    from segops.records import SCHEMA_VERSION
+    from segops.core.fs import write_bytes_atomic
+    from segops.core.records import SCHEMA_VERSION
     from segops.weights import effective_sigma
 
     out = info.options.output
@@ -680,7 +681,7 @@ def run_prepare(options: PrepareOptions, beam_args: list[str] | tuple[str, ...] 
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from segops.imageio import read_bytes
+    from segops.core.fs import read_bytes
 
     listing = discover(options.input, options.splits or None, options.unlabeled_splits)
     resolve_weights_split(options, listing)  # fail before starting any worker

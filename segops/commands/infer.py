@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from segops.imageio import DEFAULT_MAX_PIXELS
+from segops.core.imageio import DEFAULT_MAX_PIXELS
 
 
 def _fmt(value: float | None) -> str:

@@ -7,7 +7,7 @@ import os
 
 import click
 
-from segops.imageio import DEFAULT_MAX_PIXELS
+from segops.core.imageio import DEFAULT_MAX_PIXELS
 from segops.weights import DEFAULT_SCHEME, SCHEMES
 
 
@@ -93,7 +93,7 @@ def command(input_dir: str, output_dir: str, beam_args: tuple[str, ...], splits:
 
     from apache_beam.io.filesystems import FileSystems
 
-    from segops.imageio import read_bytes
+    from segops.core.fs import read_bytes
 
     stats = json.loads(read_bytes(FileSystems.join(output_dir, "stats.json")))
     class_weights = json.loads(read_bytes(FileSystems.join(output_dir, "class_weights.json")))

@@ -7,7 +7,7 @@ import os
 
 import click
 
-from segops.labels import CLASS_NAMES
+from segops.core.labels import CLASS_NAMES
 
 CLASS_WEIGHT_CHOICES = ("none", "default", "median_frequency", "enet", "inverse_frequency")
 

@@ -59,8 +59,9 @@ import cv2
 import numpy as np
 
 from segops import __version__
-from segops.imageio import encode_mask_png, encode_png, write_bytes_atomic
-from segops.labels import LABEL_ID_TO_COLOR, NAME_TO_LABEL
+from segops.core.fs import dump_json, write_bytes_atomic
+from segops.core.imageio import encode_mask_png, encode_png
+from segops.core.labels import LABEL_ID_TO_COLOR, NAME_TO_LABEL
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: Real Cityscapes city names, different per split as in the real dataset.
@@ -1135,7 +1136,7 @@ def generate_dataset(out_dir: str, counts: dict[str, int] | None = None, height:
                    for s in counts},
     }
     summary["files_written"] = sum(files.values()) + 1
-    write_bytes_atomic(os.path.join(out_dir, MANIFEST_NAME), (json.dumps(summary, indent=2) + "\n").encode())
+    write_bytes_atomic(os.path.join(out_dir, MANIFEST_NAME), dump_json(summary))
     # not in the manifest (it depends on what was there before): images this run did not write
     summary["other_images"] = {s: _count_images(out_dir, s) - done[s] for s in counts}
     summary["out_dir"] = out_dir

@@ -20,7 +20,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from segops.labels import NUM_CLASSES
+from segops.core.labels import NUM_CLASSES
 from segops.models.blocks import bilinear_kernel, conv_bn_relu, dilated_block, logits_head, normalize_input
 
 FCN_STRIDE = 32

@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from segops.labels import NUM_CLASSES
+from segops.core.labels import NUM_CLASSES
 from segops.models.blocks import conv_bn_relu, dilated_block, logits_head, normalize_input
 
 UPSAMPLING_MODES = ("transpose", "bilinear")

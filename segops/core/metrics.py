@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from segops.labels import IGNORE_ID, NUM_CLASSES
+from segops.core.labels import IGNORE_ID, NUM_CLASSES
 
 
 def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:

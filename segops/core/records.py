@@ -92,7 +92,7 @@ def decode_example(serialized: bytes) -> dict[str, Any]:
     """Parse a record in numpy (for tests, tools and inference over prepared data)."""
     from tensorflow.core.example import example_pb2
 
-    from segops.imageio import decode_label_png, decode_rgb_image
+    from segops.core.imageio import decode_label_png, decode_rgb_image
 
     ex = example_pb2.Example.FromString(serialized)
     f = ex.features.feature

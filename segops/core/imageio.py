@@ -9,7 +9,6 @@ turn it into a dead-letter record.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import struct
 from dataclasses import dataclass
@@ -42,34 +41,6 @@ class PngHeader:
     @property
     def channels(self) -> int:
         return {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(self.color_type, 0)
-
-
-def read_bytes(path: str) -> bytes:
-    """Whole file contents through Beam's FileSystems (local, GCS, S3, HDFS...)."""
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path, compression_type="uncompressed") as f:
-        return f.read()
-
-
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to a temporary sibling and rename it into place.
-
-    Readers never see a half-written file, and a crashed worker leaves only a ``.tmp-*`` file
-    that the next attempt overwrites.
-    """
-    import uuid
-
-    from apache_beam.io.filesystems import FileSystems
-
-    parent = FileSystems.split(path)[0]
-    if parent and not FileSystems.exists(parent):
-        with contextlib.suppress(OSError):  # created concurrently by another worker
-            FileSystems.mkdirs(parent)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with FileSystems.create(tmp) as f:
-        f.write(data)
-    FileSystems.rename([tmp], [path])
 
 
 def png_header(data: bytes) -> PngHeader:

@@ -1,0 +1,72 @@
+"""Every file and directory name segops reads or writes, in one place: the Cityscapes input
+layout (directories and suffixes), each stage's output names, TFRecord shard naming and mask
+naming. Code builds paths from these names, never from literals."""
+
+from __future__ import annotations
+
+# --- the Cityscapes layout (input of prepare and infer, output of synth and review import) ----
+IMAGE_DIR = "leftImg8bit"
+LABEL_DIR = "gtFine"
+IMAGE_STEM_SUFFIX = "_leftImg8bit"  # <city>_<seq>_<frame>_leftImg8bit.png
+IMAGE_SUFFIX = IMAGE_STEM_SUFFIX + ".png"
+LABEL_SUFFIX = "_gtFine_labelIds.png"
+INSTANCE_SUFFIX = "_gtFine_instanceIds.png"
+COLOR_SUFFIX = "_gtFine_color.png"
+POLYGONS_SUFFIX = "_gtFine_polygons.json"
+LABEL_FILES_GLOB = "*_gtFine_*Ids.png"  # labelIds and instanceIds
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+# --- files every stage writes ------------------------------------------------------------------
+MANIFEST_FILE = "manifest.json"  # what produced a directory; written last
+DEAD_LETTER_FILE = "dead_letter.jsonl"
+
+# --- segops synth ------------------------------------------------------------------------------
+SYNTH_MANIFEST_FILE = "segops_synth.json"
+
+# --- segops prepare ----------------------------------------------------------------------------
+STATS_FILE = "stats.json"
+CLASS_WEIGHTS_FILE = "class_weights.json"
+SHARD_TEMPLATE = "-SSSSS-of-NNNNN"  # Beam's shard_name_template
+SHARD_SUFFIX = ".tfrecord"
+SHARD_DIGITS_GLOB = "[0-9]" * 5
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+    """``<split>-SSSSS-of-NNNNN.tfrecord``, as Beam's WriteToTFRecord names shard ``index``."""
+    return f"{split}-{index:05d}-of-{num_shards:05d}{SHARD_SUFFIX}"
+
+
+def shard_glob(split: str = "*") -> str:
+    """Pattern of every shard of ``split`` (any shard count), relative to its split directory."""
+    return f"{split}-{SHARD_DIGITS_GLOB}-of-{SHARD_DIGITS_GLOB}{SHARD_SUFFIX}"
+
+
+# --- segops train ------------------------------------------------------------------------------
+MODEL_JSON = "model.json"  # in a train OUT and in each export directory
+KERAS_FILE = "model.keras"
+SAVED_MODEL_DIR = "saved_model"
+BEST_EXPORT = "best"
+FINAL_EXPORT = "final"
+CHECKPOINT_DIR = "checkpoints"
+TRAIN_STATE_FILE = "state.json"  # inside CHECKPOINT_DIR
+HISTORY_JSON = "history.json"
+HISTORY_CSV = "history.csv"
+LOGS_DIR = "logs"
+
+# --- segops infer ------------------------------------------------------------------------------
+MASKS_DIR = "masks"
+METRICS_DIR = "metrics.parquet"
+SUMMARY_FILE = "summary.json"
+MASK_KINDS = ("trainIds", "labelIds", "color")
+OVERLAY_KIND = "overlay"
+
+
+def mask_name(stem: str, kind: str) -> str:
+    """``<stem>_<kind>.png`` (``_overlay.jpg`` for the overlay)."""
+    return f"{stem}_{kind}.jpg" if kind == OVERLAY_KIND else f"{stem}_{kind}.png"
+
+
+# --- segops report / demo ----------------------------------------------------------------------
+REPORT_DIR = "report"
+REPORT_HTML = "report.html"
+DEMO_STATE_FILE = "demo.json"
