@@ -1,0 +1,62 @@
+"""What the click commands share: HxW and MIN,MAX option callbacks (parsed by
+:mod:`segops.core.options`), turning OptionsError into a usage error, checking the Beam
+arguments after ``--``, and the context settings every command uses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from segops.core.options import OptionsError, parse_hw
+
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+def hw_callback(min_side: int = 1, max_pixels: int | None = None, optional: bool = False
+                ) -> Callable[[click.Context, click.Parameter, str | None], tuple[int, int] | None]:  # fmt: skip
+    """A click callback parsing 'HxW' into (H, W), sides >= ``min_side``, area <= ``max_pixels``."""
+
+    def callback(_ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+        if value is None and optional:
+            return None
+        try:
+            h, w = parse_hw(str(value), what=param.opts[0] if param.opts else "size")
+        except OptionsError as exc:
+            raise click.BadParameter(f"{value!r} is not HxW, e.g. 256x512 or 1024x2048", param=param) from exc
+        if h < min_side or w < min_side:
+            raise click.BadParameter(f"{value!r} is too small: height and width must be at least {min_side}",
+                                     param=param)  # fmt: skip
+        if max_pixels is not None and h * w > max_pixels:
+            raise click.BadParameter(f"{value!r} is too large: at most {max_pixels} pixels", param=param)
+        return h, w
+
+    return callback
+
+
+def range_callback(_ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, float]:
+    """'MIN,MAX' -> (MIN, MAX) with 0 < MIN <= MAX."""
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not MIN,MAX (e.g. 0.5,2.0)", param=param) from None
+    if not 0 < lo <= hi:
+        raise click.BadParameter(f"{value!r}: need 0 < MIN <= MAX", param=param)
+    return lo, hi
+
+
+def check_beam_args(beam_args: tuple[str, ...]) -> list[str]:
+    """The arguments after ``--``, which must all be Beam options (``--name=value``)."""
+    stray = [a for a in beam_args if not a.startswith("--")]
+    if stray:
+        raise click.UsageError(f"unexpected argument(s) {' '.join(stray)}; Beam options look like --runner=...")
+    return list(beam_args)
+
+
+def build_options(factory: Callable[..., Any], **kwargs: Any) -> Any:
+    """``factory(**kwargs)``, with an OptionsError shown as a usage error naming the problem."""
+    try:
+        return factory(**kwargs)
+    except OptionsError as exc:
+        raise click.UsageError(str(exc)) from exc
