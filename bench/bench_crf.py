@@ -6,8 +6,8 @@ For each synthetic 1024x2048 street scene (segops.datasets.synth) and each kind 
 probabilities, in one process pinned to one core and on the *same* probabilities:
 
 * baseline: pydensecrf2 at full resolution over all 19 classes, 5 iterations
-  (``segops.crf.dense_crf_reference``), with a breakdown of where its time goes;
-* the fast path (``segops.crf.refine``) at auto scale and at the ``--scales`` given;
+  (``segops.inference.crf.dense_crf_reference``), with a breakdown of where its time goes;
+* the fast path (``segops.inference.crf.refine``) at auto scale and at the ``--scales`` given;
 * agreement of the fast path's labels with the baseline's argmax, and both accuracies vs the
   ground truth. Times (wall and process CPU, the latter less disturbed by other load on a
   shared machine) are the minimum over ``--repeats`` runs.
@@ -128,12 +128,12 @@ def baseline_breakdown(probs, rgb) -> dict[str, float]:
     import numpy as np
     import pydensecrf.densecrf as dcrf
 
-    from segops.crf import CRFParams, _unary
+    from segops.inference.crf import CRFParams, unary
 
     p = CRFParams()
     h, w, c = probs.shape
     t0 = time.perf_counter()
-    unary = _unary(probs)
+    unary = unary(probs)
     t1 = time.perf_counter()
     d = dcrf.DenseCRF2D(w, h, c)
     d.setUnaryEnergy(unary)
@@ -163,8 +163,8 @@ def main() -> None:
     import numpy as np
 
     cv2.setNumThreads(1)
-    from segops.crf import CRFParams, dense_crf_reference, refine
     from segops.datasets.synth import generate_dataset
+    from segops.inference.crf import CRFParams, dense_crf_reference, refine
 
     data = Path(args.data)
     if len(list((data / "leftImg8bit" / "val").glob("*/*.png"))) < args.images:

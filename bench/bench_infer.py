@@ -6,10 +6,10 @@ Each phase runs in a fresh process pinned to one core (TensorFlow with one intra
 OpenCV with one thread), so "per core" means per core, and its peak RSS is the worker's own
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``):
 
-* ``inference``: the model alone (``segops.inference.predict_probabilities``) per frame, whole
+* ``inference``: the model alone (``segops.inference.tiling.predict_probabilities``) per frame, whole
   frame (the default: a frame fits in the default 1024x2048 tile) and as 512x1024 tiles with
   64 px overlap (what a smaller ``--tile`` costs), tiles batched as the handler does;
-* ``crf``: on those probabilities, the fast path (``segops.crf.refine``) and, in the same
+* ``crf``: on those probabilities, the fast path (``segops.inference.crf.refine``) and, in the same
   process on the same probabilities, the baseline: pydensecrf2 at full resolution, 5 iterations;
 * ``end-to-end``: ``run_infer`` (the Beam pipeline on the DirectRunner, in-process, one worker)
   over 1 and over N frames with --overwrite; the marginal time per frame (T(N) - T(1)) / (N - 1)
@@ -66,7 +66,9 @@ def _decode(path: Path):
 
 def phase_inference(args) -> dict:
     from segops.export import load_info, resolve_export_dir
-    from segops.inference import ServingModel, predict_probabilities
+    from segops.inference.model import ServingModel
+    from segops.inference.options import PredictOptions
+    from segops.inference.tiling import predict_probabilities
 
     info = load_info(args.model)
     t = time.perf_counter()
@@ -75,11 +77,11 @@ def phase_inference(args) -> dict:
     images = [_decode(p) for p in _frames(Path(args.data), args.images)]
     out: dict = {"model_load_s": load_s, "rss_after_load_mib": _rss_mib()}
     for name, tile in (("whole", None), ("tiled", (512, 1024))):
-        predict_probabilities(model, images[:1], info.stride, tile, 64, 4, 1 << 22)  # warm-up (graph tracing)
+        predict_probabilities(model, images[:1], info.stride, PredictOptions(4, 1 << 22, tile or 0, 64))  # warm-up (graph tracing)
         times, cpu = [], []
         for img in images:
             t, c = time.perf_counter(), time.process_time()
-            predict_probabilities(model, [img], info.stride, tile, 64, 4, 1 << 22)
+            predict_probabilities(model, [img], info.stride, PredictOptions(4, 1 << 22, tile or 0, 64))
             times.append(time.perf_counter() - t)
             cpu.append(time.process_time() - c)
         out[f"{name}_s_per_image"] = sum(times) / len(times)
@@ -91,17 +93,19 @@ def phase_inference(args) -> dict:
 def phase_crf(args) -> dict:
     import numpy as np
 
-    from segops.crf import CRFParams, dense_crf_reference, refine
     from segops.export import load_info, resolve_export_dir
-    from segops.inference import ServingModel, predict_probabilities
+    from segops.inference.crf import CRFParams, dense_crf_reference, refine
+    from segops.inference.model import ServingModel
+    from segops.inference.options import PredictOptions
+    from segops.inference.tiling import predict_probabilities
 
     info = load_info(args.model)
     model = ServingModel(resolve_export_dir(args.model), threads=1)
     images = [_decode(p) for p in _frames(Path(args.data), args.images)]
     fast, base, agree, fast_cpu, base_cpu = [], [], [], [], []
-    refine(predict_probabilities(model, images[:1], info.stride, None, 64, 1, 1 << 22)[0], images[0])  # warm-up
+    refine(predict_probabilities(model, images[:1], info.stride, PredictOptions(1, 1 << 22, 0, 64))[0], images[0])  # warm-up
     for img in images:
-        probs = predict_probabilities(model, [img], info.stride, None, 64, 1, 1 << 22)[0]
+        probs = predict_probabilities(model, [img], info.stride, PredictOptions(1, 1 << 22, 0, 64))[0]
         t, c = time.perf_counter(), time.process_time()
         labels = refine(probs, img, CRFParams()).labels
         fast.append(time.perf_counter() - t)
@@ -126,7 +130,7 @@ def phase_e2e(args) -> dict:
     import shutil
     import tempfile
 
-    from segops.inference import InferOptions
+    from segops.inference.options import InferOptions, PredictOptions
     from workflows.infer import run_infer
 
     frames = _frames(Path(args.data), args.images)
@@ -142,7 +146,7 @@ def phase_e2e(args) -> dict:
                 gt_dst = work / f"in{n}" / "gtFine" / "val" / "city" / gt.name
                 gt_dst.parent.mkdir(parents=True, exist_ok=True)
                 os.link(gt, gt_dst)
-            options = InferOptions(args.model, str(work / f"in{n}"), str(work / f"out{n}"), split="val", tf_threads=1, overwrite=True)
+            options = InferOptions(args.model, str(work / f"in{n}"), str(work / f"out{n}"), split="val", predict=PredictOptions(tf_threads=1), overwrite=True)
             t, c = time.perf_counter(), time.process_time()
             report = run_infer(options, ["--direct_num_workers=1"])
             times[n] = time.perf_counter() - t

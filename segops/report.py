@@ -22,7 +22,6 @@ same tiling options as the infer run, and shows the recomputed score next to the
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
 import io
 import json
@@ -30,11 +29,14 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from segops.core import fs, imageio, labels, metrics
+from segops.core import fs, imageio, labels, layout, metrics
+
+if TYPE_CHECKING:
+    from segops.inference.model import Predictor
 
 LOG = logging.getLogger(__name__)
 
@@ -134,15 +136,15 @@ ROW_COLUMNS = (
 
 
 def load_run(paths: ReportPaths) -> RunData:
-    from segops import inference as inf
+    from segops.inference.table import read_metrics
 
-    summary = _read_json(os.path.join(paths.infer, inf.SUMMARY_FILE))
+    summary = _read_json(os.path.join(paths.infer, layout.SUMMARY_FILE))
     if summary is None:
-        raise ReportError(f"{paths.infer} has no {inf.SUMMARY_FILE}: run `segops infer` first (or pass --infer)")
-    table = inf.read_metrics(paths.infer, list(ROW_COLUMNS))  # not the confusion lists: archives are big
+        raise ReportError(f"{paths.infer} has no {layout.SUMMARY_FILE}: run `segops infer` first (or pass --infer)")
+    table = read_metrics(paths.infer, list(ROW_COLUMNS))  # not the confusion lists: archives are big
     rows = [r for r in table.to_pylist() if r["model_id"] == summary["model_id"]]
     rows.sort(key=lambda r: r["rel_path"])
-    manifest = _read_json(os.path.join(paths.infer, inf.MANIFEST_FILE))
+    manifest = _read_json(os.path.join(paths.infer, layout.MANIFEST_FILE))
     data = RunData(paths, summary, rows, manifest, None, None, None, None)
     if paths.prepared:
         data.stats = _read_json(os.path.join(paths.prepared, "stats.json"))
@@ -452,58 +454,34 @@ def _miou(gt: np.ndarray, pred: np.ndarray) -> float | None:
     return None if math.isnan(value) else value
 
 
-class _Predictor:
-    """The model's argmax for a few images, exactly as the infer run computed it."""
+def make_predictor(data: RunData) -> Predictor:
+    """The run's own predictions (its recorded tiling and batching) for the gallery."""
+    from segops.inference.model import Predictor
+    from segops.inference.options import PredictOptions
 
-    def __init__(self, data: RunData) -> None:
-        from segops import export
-        from segops import inference as inf
-
-        options = (data.infer_manifest or {}).get("options", {})
-        default = inf.InferOptions("", "", "")  # what the infer run used for options it did not record
-        self.tile = inf._parse_tile(options.get("tile", default.tile))
-        self.overlap = int(options.get("tile_overlap", default.tile_overlap))
-        self.batch = int(options.get("batch_size", default.batch_size))
-        self.max_pixels = int(options.get("max_batch_pixels", default.max_batch_pixels))
-        self.max_image_pixels = int(options.get("max_pixels", default.max_pixels))
-        self.model = None
-        self.reason = ""
-        candidates = [c for c in (data.paths.model, (data.infer_manifest or {}).get("model_dir")) if c]
-        for candidate in candidates:
-            with contextlib.suppress(export.ModelError, OSError, ValueError):
-                info = export.load_info(candidate)
-                if info.model_id == data.model_id:
-                    self.stride = info.stride
-                    self.model = inf.ServingModel(candidate)  # resolves the export dir itself
-                    return
-        self.reason = f"model {data.model_id} not found in {', '.join(candidates) or 'no model directory'}"
-
-    def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
-        from segops import inference as inf
-
-        if self.model is None:
-            return None
-        probs = inf.predict_probabilities(self.model, [rgb], self.stride, self.tile, self.overlap, self.batch,
-                                          self.max_pixels)[0]  # fmt: skip
-        return probs.argmax(axis=2).astype(np.uint8)
+    manifest = data.infer_manifest or {}
+    candidates = [c for c in (data.paths.model, manifest.get("model_dir")) if c]
+    return Predictor(data.model_id, candidates, PredictOptions.from_record(manifest.get("options")))
 
 
-def load_gallery(data: RunData, rows: list[dict[str, Any]], predictor: _Predictor | None) -> list[GalleryItem]:
-    from segops import inference as inf
+def load_gallery(data: RunData, rows: list[dict[str, Any]], predictor: Predictor | None) -> list[GalleryItem]:
+    from segops.inference.discovery import WorkItem
+    from segops.inference.examples import load_example
+    from segops.inference.masks import mask_paths
 
-    max_pixels = predictor.max_image_pixels if predictor else imageio.DEFAULT_MAX_PIXELS
+    max_pixels = int(((data.infer_manifest or {}).get("options") or {}).get("max_pixels", imageio.DEFAULT_MAX_PIXELS))
     items = []
     for row in rows:
         item = GalleryItem(row)
-        work = inf.WorkItem(row["path"], row["rel_path"], row["label_path"])
+        work = WorkItem(row["path"], row["rel_path"], row["label_path"])
         try:  # infer's own loader: same checks (size match, known label ids) as the run had
-            example = inf.load_example(work, max_pixels)
+            example = load_example(work, max_pixels)
             item.image, item.gt = example.rgb, example.gt
         except (OSError, imageio.BadInput) as exc:
             item.problems.append(f"cannot read the image or its ground truth: {exc}")
             items.append(item)
             continue
-        mask_path = inf.mask_paths(data.paths.infer, work)["trainIds"]
+        mask_path = mask_paths(data.paths.infer, work)["trainIds"]
         try:
             item.crf = imageio.decode_label_png(fs.read_bytes(mask_path))
             item.mask_miou = _miou(item.gt, item.crf)
@@ -729,7 +707,7 @@ def build_report(paths: ReportPaths, gallery_size: int = 3) -> ReportResult:
     best_rows, worst_rows = select_gallery(data.rows, gallery_size)
     gallery: dict[str, list[GalleryItem]] = {}
     if best_rows:
-        predictor = _Predictor(data) if data.has_crf else None
+        predictor = make_predictor(data) if data.has_crf else None
         if predictor is not None and predictor.model is None:
             data.notes.append(f"gallery: {predictor.reason}; pass --model")
         gallery["gallery_best"] = load_gallery(data, best_rows, predictor)

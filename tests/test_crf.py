@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from segops import crf
 from segops.core import imageio, labels
 from segops.datasets.synth import generate_dataset
+from segops.inference import crf
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

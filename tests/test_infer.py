@@ -14,10 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from segops import crf, export
+from segops import export
 from segops.cli import cli
 from segops.core import labels, metrics
-from segops.inference import InferOptions, mask_paths
+from segops.inference import crf
+from segops.inference.masks import mask_paths
+from segops.inference.options import InferOptions
 from workflows.infer import run_infer
 
 H, W = 60, 100  # not a multiple of the model stride (8): padding is exercised
@@ -136,7 +138,7 @@ def test_masks_are_the_crf_result_with_consistent_label_and_colour_pngs(first_ru
 
 
 def _items(options):
-    from segops.inference import discover_inputs
+    from segops.inference.discovery import discover_inputs
 
     return discover_inputs(options)
 

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
 
 from segops import export
 from segops.core import labels
-from segops.inference import (
-    ImageExample,
-    InferOptions,
-    SegmentationModelHandler,
-    ServingModel,
-    WorkItem,
-    discover_inputs,
-    predict_probabilities,
-    reflect_pad,
-    tile_windows,
-)
+from segops.core.options import OptionsError
+from segops.inference.discovery import WorkItem, discover_inputs
+from segops.inference.examples import ImageExample
+from segops.inference.model import SegmentationModelHandler, ServingModel
+from segops.inference.options import InferOptions, PredictOptions
+from segops.inference.tiling import predict_probabilities, reflect_pad, tile_windows
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +60,8 @@ def test_padding_and_tiling_give_the_whole_image_probabilities(serving_model):
     images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((50, 70, 3), (50, 70, 3), (130, 200, 3), (20, 33, 3))]
     whole = [serving_model.predict(img[None])[0] for img in images]
     for tile in (None, (64, 96)):
-        probs = predict_probabilities(serving_model, images, 16, tile, 16, max_batch_images=2, max_batch_pixels=1 << 20)
+        options = PredictOptions(tile=tile or 0, tile_overlap=16, batch_size=2, max_batch_pixels=1 << 20)
+        probs = predict_probabilities(serving_model, images, 16, options)
         for p, expected, img in zip(probs, whole, images, strict=True):
             assert p.shape == (*img.shape[:2], labels.NUM_CLASSES) and p.dtype == np.float32
             np.testing.assert_allclose(p, expected, atol=1e-5)
@@ -71,7 +69,7 @@ def test_padding_and_tiling_give_the_whole_image_probabilities(serving_model):
 
 
 def test_model_handler_runs_a_mixed_size_batch_in_order(tmp_path, serving_model):
-    handler = SegmentationModelHandler(str(tmp_path), 16, batch_size=3)  # model passed in directly
+    handler = SegmentationModelHandler(str(tmp_path), 16, PredictOptions(batch_size=3))  # model passed in directly
     assert handler.batch_elements_kwargs() == {"min_batch_size": 1, "max_batch_size": 3}
     assert handler.share_model_across_processes() is False
     rng = np.random.default_rng(1)
@@ -84,7 +82,7 @@ def test_model_handler_runs_a_mixed_size_batch_in_order(tmp_path, serving_model)
         assert pred.inference_ms > 0
     assert handler.run_inference([], serving_model) == []
     assert handler.get_num_bytes(batch) == sum(ex.rgb.nbytes for ex in batch)
-    assert SegmentationModelHandler("m", 8, share_across_processes=True).share_model_across_processes()
+    assert SegmentationModelHandler("m", 8, PredictOptions(share_model_across_processes=True)).share_model_across_processes()
 
 
 def _touch(path, data: bytes = b"x") -> None:
@@ -98,7 +96,7 @@ def test_discovery_pairs_cityscapes_mirror_and_skips_other_files_and_the_output(
     _touch(tmp_path / "leftImg8bit/val/bonn/readme.txt")
     _touch(tmp_path / "gtFine/val/bonn/bonn_000000_000001_gtFine_labelIds.png")
     _touch(tmp_path / "leftImg8bit/val/out/masks/old_color.png")  # the output dir inside the input
-    opts = InferOptions("m", str(tmp_path), str(tmp_path / "leftImg8bit/val/out"), split="val").validate()
+    opts = InferOptions("m", str(tmp_path), str(tmp_path / "leftImg8bit/val/out"), split="val")
     items = discover_inputs(opts)
     assert [it.rel for it in items] == ["bonn/bonn_000000_000001_leftImg8bit.png", "bonn/bonn_000000_000002_leftImg8bit.png"]
     assert items[0].label_path == str(tmp_path / "gtFine/val/bonn/bonn_000000_000001_gtFine_labelIds.png")
@@ -111,7 +109,7 @@ def test_discovery_with_a_labels_root_and_a_glob(tmp_path):
     _touch(tmp_path / "photos/2024/b.PNG")
     _touch(tmp_path / "photos/2025/c.jpeg")
     _touch(tmp_path / "labels/2024/a.png")
-    opts = InferOptions("m", str(tmp_path / "photos/*/*"), str(tmp_path / "out"), labels=str(tmp_path / "labels")).validate()
+    opts = InferOptions("m", str(tmp_path / "photos/*/*"), str(tmp_path / "out"), labels=str(tmp_path / "labels"))
     items = discover_inputs(opts)
     assert [(it.rel, it.label_path) for it in items] == [
         ("2024/a.jpg", str(tmp_path / "labels/2024/a.png")),
@@ -121,12 +119,13 @@ def test_discovery_with_a_labels_root_and_a_glob(tmp_path):
     assert items[1].stem == "2024/b"
 
 
-def test_options_are_validated_once():
-    opts = InferOptions("m", "root", "out", split="val", tile="256x512").validate()
-    assert opts.tile == (256, 512) and opts.input.endswith("root/leftImg8bit/val")
-    assert opts.validate().input == opts.input  # idempotent
-    assert InferOptions("m", "i", "o", tile="0").validate().tile is None
-    with pytest.raises(ValueError, match="--tile"):
-        InferOptions("m", "i", "o", tile="big").validate()
-    with pytest.raises(ValueError, match="run-id"):
-        InferOptions("m", "i", "o", run_id="a/b").validate()
+def test_options_are_validated_at_construction():
+    opts = InferOptions("m", "root", "out", split="val", predict=PredictOptions(tile="256x512"))
+    assert opts.predict.tile == (256, 512) and opts.source.endswith("root/leftImg8bit/val")
+    again = dataclasses.replace(opts, overwrite=True)  # re-validating changes nothing
+    assert again.source == opts.source and again.predict == opts.predict
+    assert PredictOptions(tile="0").tile is None
+    with pytest.raises(OptionsError, match="--tile"):
+        PredictOptions(tile="big")
+    with pytest.raises(OptionsError, match="run-id"):
+        InferOptions("m", "i", "o", run_id="a/b")

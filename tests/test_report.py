@@ -148,9 +148,9 @@ def test_gallery_shows_the_best_and_worst_images_consistently_with_masks_and_row
     best, worst = select_gallery(data.rows, 2)
     assert len(best) == len(worst) == 2 and not {r["path"] for r in best} & {r["path"] for r in worst}
     assert min(r["mean_iou_after"] for r in best) >= max(r["mean_iou_after"] for r in worst)
-    from segops.report import _Predictor
+    from segops.report import make_predictor
 
-    items = load_gallery(data, best + worst, _Predictor(data))
+    items = load_gallery(data, best + worst, make_predictor(data))
     for it in items:
         assert not it.problems
         # the CRF mask on disk scores exactly what its Parquet row says; the recomputed model

@@ -18,34 +18,30 @@ pruning rows this run replaces, summary.json, manifest.json).
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import re
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import RunInference
 
-from segops import __version__, export
-from segops import inference as inf
-from segops.core import fs, imageio
-from segops.crf import CRFParams, refine
+from segops import export
+from segops.core import deadletter, fs, imageio, layout
+from segops.inference import summary as summaries
+from segops.inference import table
+from segops.inference.crf import CRFParams, refine
+from segops.inference.discovery import WorkItem, discover_inputs
+from segops.inference.examples import ImageExample, Prediction, load_example
+from segops.inference.masks import confidence_stats, encode_masks, mask_paths
+from segops.inference.model import SegmentationModelHandler
+from segops.inference.options import InferOptions
+from segops.inference.run_record import RunReport, output_paths, write_manifest
 
 LOG = logging.getLogger(__name__)
-DEAD = "dead_letter"
-
-
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-
-
-def _dead(path: str, stage: str, reason: str) -> beam.pvalue.TaggedOutput:
-    # object addresses in exception texts ("<BytesIO object at 0x7f..>") would make reruns differ
-    return beam.pvalue.TaggedOutput(DEAD, {"path": path, "stage": stage, "reason": _ADDRESS.sub("", reason)})
+DEAD = deadletter.TAG
 
 
 class DecodeFn(beam.DoFn):
@@ -54,22 +50,22 @@ class DecodeFn(beam.DoFn):
     def __init__(self, max_pixels: int) -> None:
         self._max_pixels = max_pixels
 
-    def process(self, item: inf.WorkItem):
+    def process(self, item: WorkItem):
         try:
-            yield inf.load_example(item, self._max_pixels)
+            yield load_example(item, self._max_pixels)
         except imageio.BadInput as exc:
-            yield _dead(item.path, "decode", exc.reason)
+            yield deadletter.tagged(item.path, "decode", exc.reason)
         except OSError as exc:  # missing/unreadable file (FileSystems raises IOError subclasses)
-            yield _dead(item.path, "read", f"cannot read file ({exc})")
+            yield deadletter.tagged(item.path, "read", f"cannot read file ({exc})")
         except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not fail the batch
-            yield _dead(item.path, "decode", f"{type(exc).__name__}: {exc}")
+            yield deadletter.tagged(item.path, "decode", f"{type(exc).__name__}: {exc}")
 
 
 @dataclass
 class Segmented:
     """What survives the CRF stage: the masks and the numbers, not the probabilities."""
 
-    example: inf.ImageExample
+    example: ImageExample
     pred_before: np.ndarray
     pred_after: np.ndarray | None
     mean_confidence: float
@@ -78,8 +74,8 @@ class Segmented:
     crf_ms: float | None
 
 
-def _argmax(pred: inf.Prediction) -> Segmented:
-    labels, conf, low = inf.confidence_stats(pred.probabilities)
+def _argmax(pred: Prediction) -> Segmented:
+    labels, conf, low = confidence_stats(pred.probabilities)
     return Segmented(pred.example, labels, None, conf, low, pred.inference_ms, None)
 
 
@@ -92,7 +88,7 @@ class DenseCRFFn(beam.DoFn):
     def setup(self) -> None:
         import pydensecrf.densecrf  # noqa: F401  fail in setup, not on the first element
 
-    def process(self, pred: inf.Prediction):
+    def process(self, pred: Prediction):
         seg = _argmax(pred)
         try:
             start = time.perf_counter()
@@ -100,7 +96,7 @@ class DenseCRFFn(beam.DoFn):
             seg.crf_ms = (time.perf_counter() - start) * 1e3
             seg.pred_after = result.labels
         except Exception as exc:  # noqa: BLE001 - one bad image must not fail the batch
-            yield _dead(pred.example.item.path, "crf", f"{type(exc).__name__}: {exc}")
+            yield deadletter.tagged(pred.example.item.path, "crf", f"{type(exc).__name__}: {exc}")
             return
         yield seg
 
@@ -116,12 +112,12 @@ class WriteMasksFn(beam.DoFn):
         item = seg.example.item
         mask = seg.pred_after if seg.pred_after is not None else seg.pred_before
         try:
-            encoded = inf.encode_masks(seg.example.rgb, mask, self._overlay)
-            paths = inf.mask_paths(self._output, item, self._overlay)
+            encoded = encode_masks(seg.example.rgb, mask, self._overlay)
+            paths = mask_paths(self._output, item, self._overlay)
             for kind, data in encoded.items():
                 fs.write_bytes_atomic(paths[kind], data)
         except Exception as exc:  # noqa: BLE001 - e.g. a full disk for this one file
-            yield _dead(item.path, "write", f"{type(exc).__name__}: {exc}")
+            yield deadletter.tagged(item.path, "write", f"{type(exc).__name__}: {exc}")
             return
         yield seg
 
@@ -132,7 +128,7 @@ class MetricsFn(beam.DoFn):
         self._run_id = run_id
 
     def process(self, seg: Segmented):
-        yield inf.metrics_row(
+        yield table.metrics_row(
             seg.example,
             model_id=self._model_id,
             run_id=self._run_id,
@@ -149,9 +145,9 @@ def _failed_batch_to_dead(bad: tuple[Any, Any]) -> list[dict[str, str]]:
     batch, (exc_type, exc_repr, _tb) = bad
     examples = batch if isinstance(batch, list | tuple) else [batch]
     return [
-        {"path": ex.item.path, "stage": "inference", "reason": f"model call failed for its batch: {exc_repr}"}
+        deadletter.record(ex.item.path, "inference", f"model call failed for its batch: {exc_repr}")
         for ex in examples
-        if isinstance(ex, inf.ImageExample)
+        if isinstance(ex, ImageExample)
     ]
 
 
@@ -160,8 +156,8 @@ class RunContext:
     """Driver-side facts a pipeline is built from."""
 
     info: export.ModelInfo
-    items: list[inf.WorkItem]
-    plan: inf.Plan
+    items: list[WorkItem]
+    plan: table.Plan
 
 
 @dataclass
@@ -171,30 +167,21 @@ class InferOutputs:
     context: RunContext
 
 
-def prepare_context(options: inf.InferOptions) -> RunContext:
+def prepare_context(options: InferOptions) -> RunContext:
     """Check the model, list inputs and decide what to skip; raises ModelError / ValueError."""
     info = export.load_info(options.model_dir)
     export.check_compatible(info)
-    items = inf.discover_inputs(options)
+    items = discover_inputs(options)
     if not items:
-        raise ValueError(f"no PNG/JPEG images found under {options.input}")
-    return RunContext(info, items, inf.plan(items, options, info.model_id))
+        raise ValueError(f"no PNG/JPEG images found under {options.source}")
+    return RunContext(info, items, table.plan(items, options, info.model_id))
 
 
-def model_handler(options: inf.InferOptions, info: export.ModelInfo) -> inf.SegmentationModelHandler:
-    return inf.SegmentationModelHandler(
-        export.resolve_export_dir(options.model_dir),
-        info.stride,
-        batch_size=options.batch_size,
-        max_batch_pixels=options.max_batch_pixels,
-        tile=options.tile,
-        tile_overlap=options.tile_overlap,
-        threads=options.tf_threads,
-        share_across_processes=options.share_model_across_processes,
-    )
+def model_handler(options: InferOptions, info: export.ModelInfo) -> SegmentationModelHandler:
+    return SegmentationModelHandler(export.resolve_export_dir(options.model_dir), info.stride, options.predict)
 
 
-def build_infer_pipeline(p: beam.Pipeline, options: inf.InferOptions, context: RunContext | None = None) -> InferOutputs:
+def build_infer_pipeline(p: beam.Pipeline, options: InferOptions, context: RunContext | None = None) -> InferOutputs:
     """Add the inference pipeline for ``options`` to ``p``; returns rows and dead letters."""
     context = context or prepare_context(options)
     model_id = context.info.model_id
@@ -220,122 +207,62 @@ def build_infer_pipeline(p: beam.Pipeline, options: inf.InferOptions, context: R
     # Part files are named per invocation: a run id reused (e.g. a scheduler's date, restarted)
     # then adds files beside the earlier ones instead of overwriting rows it did not redo.
     _ = rows | "WriteParquet" >> beam.io.WriteToParquet(
-        inf._join(options.output, inf.METRICS_DIR, f"run={options.run_id}", f"part-{uuid.uuid4().hex[:12]}"),
-        schema=inf.metrics_schema(),
+        fs.join(options.output, layout.METRICS_DIR, f"run={options.run_id}", f"part-{uuid.uuid4().hex[:12]}"),
+        schema=table.metrics_schema(),
         file_name_suffix=".parquet",
     )
     dead = (decoded[DEAD], failed_inference, crf_dead, written[DEAD]) | "AllDeadLetters" >> beam.Flatten()
     _ = (
         dead
-        | "DeadLetterJson" >> beam.Map(lambda d: json.dumps(d, sort_keys=True))
+        | "DeadLetterJson" >> beam.Map(deadletter.to_line)
         | "WriteDeadLetters" >> beam.io.WriteToText(
-            inf._join(options.output, inf.DEAD_LETTER_FILE), shard_name_template="", num_shards=1
+            fs.join(options.output, layout.DEAD_LETTER_FILE), shard_name_template="", num_shards=1
         )
     )
     return InferOutputs(rows, dead, context)
 
 
-@dataclass
-class RunReport:
-    run_id: str
-    model_id: str
-    found: int
-    processed: int
-    skipped: int
-    dead_lettered: int
-    pruned_rows: int
-    summary: dict[str, Any]
-    output: str
-    seconds: float
-    paths: dict[str, str] = field(default_factory=dict)
-
-
-def _count_lines(path: str) -> int:
-    try:
-        return sum(1 for line in fs.read_bytes(path).decode().splitlines() if line.strip())
-    except OSError:
-        return 0
-
-
-def run_infer(options: inf.InferOptions, beam_args: list[str] | None = None) -> RunReport:
+def run_infer(options: InferOptions, beam_args: list[str] | None = None) -> RunReport:
     """Everything `segops infer` does: check, plan, run the pipeline, summarise, write the manifest."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
     start = time.perf_counter()
-    options.validate()
     context = prepare_context(options)  # before any pipeline: a bad model fails here
     model_id = context.info.model_id
-    inf.clean_stale_temp(options.output)
+    table.clean_stale_temp(options.output)
     # Rows about to be replaced go first: if this run dies, those images have no row and the
     # next run redoes them; the table never holds two rows for one (image, model).
     todo = {it.path for it in context.plan.todo}
-    pruned = inf.prune_rows(options.output, model_id, todo)
-    dead_path = inf._join(options.output, inf.DEAD_LETTER_FILE)
+    pruned = table.prune_rows(options.output, model_id, todo)
+    paths = output_paths(options.output)
     if context.plan.todo:
         with beam.Pipeline(options=PipelineOptions(beam_args or [])) as p:
             build_infer_pipeline(p, options, context)
     else:
-        fs.write_bytes_atomic(dead_path, b"")  # rewritten on every run, like the pipeline does
+        fs.write_bytes_atomic(paths["dead_letter"], b"")  # rewritten on every run, like the pipeline does
     # Rows for this run's images were pruned above, so any row for them now is this invocation's
     # (counting by run id would over-count when a run id is reused).
-    run_rows = inf.read_metrics(options.output, ["path", "model_id"])  # columns even when empty
+    run_rows = table.read_metrics(options.output, ["path", "model_id"])  # columns even when empty
     processed = sum(
         1
         for path, m in zip(run_rows.column("path").to_pylist(), run_rows.column("model_id").to_pylist(), strict=True)
         if m == model_id and path in todo
     )
-    summary = inf.summarize(options.output, model_id)
+    summary = summaries.summarize(options.output, model_id)
     summary["run_id"] = options.run_id
-    inf.write_json_atomic(inf._join(options.output, inf.SUMMARY_FILE), summary)
+    fs.write_json_atomic(paths["summary"], summary)
     report = RunReport(
         run_id=options.run_id,
         model_id=model_id,
         found=len(context.items),
         processed=processed,
         skipped=len(context.plan.skipped),
-        dead_lettered=_count_lines(dead_path),
+        dead_lettered=deadletter.count(paths["dead_letter"]),
         pruned_rows=pruned,
         summary=summary,
         output=options.output,
         seconds=time.perf_counter() - start,
-        paths={
-            "masks": inf._join(options.output, inf.MASKS_DIR),
-            "metrics": inf._join(options.output, inf.METRICS_DIR),
-            "summary": inf._join(options.output, inf.SUMMARY_FILE),
-            "dead_letter": dead_path,
-        },
+        paths=paths,
     )
-    _write_manifest(options, report, context)
+    write_manifest(options, report)
     return report
-
-
-def _write_manifest(options: inf.InferOptions, report: RunReport, context: RunContext) -> None:
-    path = inf._join(options.output, inf.MANIFEST_FILE)
-    runs: list[dict[str, Any]] = []
-    with contextlib.suppress(OSError, ValueError):  # first run, or an unreadable old manifest
-        runs = json.loads(fs.read_bytes(path)).get("runs", [])
-    opts = {k: v for k, v in asdict(options).items() if not k.startswith("_")}
-    runs.append(
-        {
-            "run_id": report.run_id,
-            "model_id": report.model_id,
-            "found": report.found,
-            "processed": report.processed,
-            "skipped": report.skipped,
-            "dead_lettered": report.dead_lettered,
-            "pruned_rows": report.pruned_rows,
-            "seconds": round(report.seconds, 3),
-        }
-    )
-    inf.write_json_atomic(
-        path,
-        {
-            "stage": "infer",
-            "segops_version": __version__,
-            "model_id": report.model_id,
-            "model_dir": options.model_dir,
-            "input": options.input,
-            "options": opts,
-            "runs": runs,
-        },
-    )

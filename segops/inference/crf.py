@@ -55,6 +55,8 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
+from segops.core.options import OptionsError
+
 UNARY_CLIP = 1e-5  # as pydensecrf.utils.unary_from_softmax: -log(1e-5) ~ 11.5 at most
 _JBU_CHUNK = 1 << 16  # band pixels per vectorised step (bounds the temporaries to ~10 MB)
 
@@ -76,14 +78,14 @@ class CRFParams:
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
-            raise ValueError("CRF iterations must be >= 1")
+            raise OptionsError("CRF iterations must be >= 1")
         for name in ("gaussian_sxy", "bilateral_sxy", "bilateral_srgb"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"CRF {name} must be > 0")
+                raise OptionsError(f"CRF {name} must be > 0")
         if self.scale < 0 or self.target_pixels < 1:
-            raise ValueError("CRF scale must be >= 0 (0 = auto) and target_pixels >= 1")
+            raise OptionsError("CRF scale must be >= 0 (0 = auto) and target_pixels >= 1")
         if not 0.0 <= self.min_class_prob < 1.0:
-            raise ValueError("CRF min_class_prob must be in [0, 1)")
+            raise OptionsError("CRF min_class_prob must be in [0, 1)")
 
     def scale_for(self, height: int, width: int) -> int:
         if self.scale:
@@ -110,7 +112,7 @@ def _check_inputs(probs: np.ndarray, image: np.ndarray) -> None:
         )
 
 
-def _unary(probs_hwc: np.ndarray) -> np.ndarray:
+def unary(probs_hwc: np.ndarray) -> np.ndarray:
     """(C, H*W) float32 C-contiguous ``-log p`` as pydensecrf expects."""
     c = probs_hwc.shape[2]
     u = np.clip(probs_hwc, UNARY_CLIP, 1.0).reshape(-1, c).T  # (C, N) view
@@ -126,7 +128,7 @@ def _mean_field(probs: np.ndarray, image: np.ndarray, params: CRFParams, scale: 
 
     h, w, c = probs.shape
     crf = dcrf.DenseCRF2D(w, h, c)
-    crf.setUnaryEnergy(_unary(probs))
+    crf.setUnaryEnergy(unary(probs))
     crf.addPairwiseGaussian(sxy=params.gaussian_sxy / scale, compat=params.gaussian_compat)
     crf.addPairwiseBilateral(
         sxy=params.bilateral_sxy / scale,

@@ -1,0 +1,40 @@
+"""What infer writes per image besides its row: the mask files' names (mirroring the input's
+relative path) and their encodings (trainIds, labelIds, colour PNGs, optional overlay JPEG), and
+the per-pixel confidence statistics taken from the probabilities."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from segops.core import fs, imageio, labels, layout
+from segops.inference.discovery import WorkItem
+
+LOW_CONFIDENCE = 0.5  # a pixel whose top probability is below this counts as low-confidence
+
+
+def mask_paths(output: str, item: WorkItem, overlay: bool = False) -> dict[str, str]:
+    """Output files of ``item``: masks/<stem>_trainIds.png, _labelIds.png, _color.png[, _overlay.jpg]."""
+    kinds = layout.MASK_KINDS + ((layout.OVERLAY_KIND,) if overlay else ())
+    return {kind: fs.join(output, layout.MASKS_DIR, layout.mask_name(item.stem, kind)) for kind in kinds}
+
+
+def overlay_image(rgb: np.ndarray, train_ids: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    color = labels.colorize(train_ids).astype(np.float32)
+    return (rgb.astype(np.float32) * (1 - alpha) + color * alpha + 0.5).astype(np.uint8)
+
+
+def encode_masks(rgb: np.ndarray, train_ids: np.ndarray, overlay: bool) -> dict[str, bytes]:
+    out = {
+        "trainIds": imageio.encode_mask_png(train_ids),
+        "labelIds": imageio.encode_mask_png(labels.to_label_ids(train_ids)),
+        "color": imageio.encode_png(labels.colorize(train_ids)),
+    }
+    if overlay:
+        out[layout.OVERLAY_KIND] = imageio.encode_jpeg(overlay_image(rgb, train_ids))
+    return out
+
+
+def confidence_stats(probs: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """(argmax trainIds uint8, mean top probability, fraction of pixels with top prob < 0.5)."""
+    top = probs.max(axis=2)
+    return probs.argmax(axis=2).astype(np.uint8), float(top.mean()), float((top < LOW_CONFIDENCE).mean())

@@ -1,0 +1,74 @@
+"""What an infer run leaves about itself: the :class:`RunReport` the CLI prints, and the run
+manifest (OUT/manifest.json: the options and one entry per run, appended)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from segops import __version__
+from segops.core import fs, layout
+from segops.inference.options import InferOptions
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    model_id: str
+    found: int
+    processed: int
+    skipped: int
+    dead_lettered: int
+    pruned_rows: int
+    summary: dict[str, Any]
+    output: str
+    seconds: float
+    paths: dict[str, str] = field(default_factory=dict)
+
+
+def output_paths(output: str) -> dict[str, str]:
+    """The run's outputs, as the CLI lists them."""
+    return {
+        "masks": fs.join(output, layout.MASKS_DIR),
+        "metrics": fs.join(output, layout.METRICS_DIR),
+        "summary": fs.join(output, layout.SUMMARY_FILE),
+        "dead_letter": fs.join(output, layout.DEAD_LETTER_FILE),
+    }
+
+
+def write_manifest(options: InferOptions, report: RunReport) -> None:
+    """Rewrite OUT/manifest.json with this run appended to the runs recorded before."""
+    path = fs.join(options.output, layout.MANIFEST_FILE)
+    runs: list[dict[str, Any]] = []
+    with contextlib.suppress(OSError, ValueError):  # first run, or an unreadable old manifest
+        runs = fs.read_json(path).get("runs", [])
+    runs.append(
+        {
+            "run_id": report.run_id,
+            "model_id": report.model_id,
+            "found": report.found,
+            "processed": report.processed,
+            "skipped": report.skipped,
+            "dead_lettered": report.dead_lettered,
+            "pruned_rows": report.pruned_rows,
+            "seconds": round(report.seconds, 3),
+        }
+    )
+    fs.write_json_atomic(
+        path,
+        {
+            "stage": "infer",
+            "segops_version": __version__,
+            "model_id": report.model_id,
+            "model_dir": options.model_dir,
+            "input": options.source,
+            "options": options.to_record(),
+            "runs": runs,
+        },
+    )
+
+
+def read_manifest(output: str) -> dict[str, Any] | None:
+    """An infer OUT's manifest, or None when it has none."""
+    return fs.read_json_or_none(fs.join(output, layout.MANIFEST_FILE))
