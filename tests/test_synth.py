@@ -15,7 +15,7 @@ from cityscapesscripts.preparation.json2labelImg import json2labelImg
 from click.testing import CliRunner
 
 from segops.commands.synth import command as synth_command
-from segops.core import labels
+from segops.core import labels, layout
 from segops.core.imageio import png_header
 from segops.datasets import synth
 
@@ -50,7 +50,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def test_layout_and_naming_are_exactly_cityscapes(dataset: tuple[Path, dict]) -> None:
     root, summary = dataset
     files = set(_files(root))
-    expected = {synth.MANIFEST_NAME}
+    expected = {layout.SYNTH_MANIFEST_FILE}
     for split, n in COUNTS.items():
         stems = _stems(root, split)
         assert len(stems) == n
@@ -121,7 +121,7 @@ def test_an_image_does_not_depend_on_the_counts(dataset: tuple[Path, dict], tmp_
     summary = synth.generate_dataset(str(tmp_path), {"val": 1, "train": 2}, height=SIZE[0], width=SIZE[1], seed=0)
     assert summary["other_images"] == {"train": 0, "val": 1}
     for name, data in small.items():
-        if name != synth.MANIFEST_NAME:
+        if name != layout.SYNTH_MANIFEST_FILE:
             assert full[name] == data, name
 
 
@@ -242,7 +242,7 @@ def test_cli_writes_and_summarises(tmp_path: Path) -> None:
                                                "--size", "48x96", "--seed", "5"])
     assert again.exit_code == 0
     assert "holds 1 more train image(s)" in again.output
-    assert json.loads((tmp_path / "d" / synth.MANIFEST_NAME).read_text())["options"]["seed"] == 5
+    assert json.loads((tmp_path / "d" / layout.SYNTH_MANIFEST_FILE).read_text())["options"]["seed"] == 5
 
 
 @pytest.mark.parametrize("size", ["256", "256x", "axb", "16x512", "256*512"])

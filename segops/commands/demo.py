@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from segops.commands.synth import _size_callback
+from segops.commands.common import hw_callback
 
 STATE_FILE = "demo.json"
 # Measured on 2 CPU cores without a GPU (README, "What the demo does"): 6 min 24 s on an idle
@@ -116,7 +116,8 @@ def _banner(text: str) -> None:
               help="Synthetic training images.")  # fmt: skip
 @click.option("--val", "n_val", type=click.IntRange(1), default=DEMO_VAL, show_default=True,
               help="Synthetic validation images (inference and the report run on these).")  # fmt: skip
-@click.option("--size", default=DEMO_SIZE, show_default=True, callback=_size_callback, metavar="HxW",
+@click.option("--size", default=DEMO_SIZE, show_default=True, metavar="HxW",
+              callback=hw_callback(min_side=32, max_pixels=4096 * 4096),
               help="Image size (also the training crop).")  # fmt: skip
 @click.option("--epochs", type=click.IntRange(1), default=DEMO_EPOCHS, show_default=True, help="Training epochs.")
 @click.option("--fresh", is_flag=True, help="Redo every stage, even those RUN_DIR already holds.")

@@ -3,37 +3,26 @@
 from __future__ import annotations
 
 import os
-import re
 import time
 
 import click
 
-from segops.datasets.synth import CITIES, DEFAULT_COUNTS
-
-_SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
-
-
-def parse_size(value: str) -> tuple[int, int]:
-    """'HEIGHTxWIDTH' -> (height, width); raises click.BadParameter with a usable message."""
-    m = _SIZE.match(value)
-    if not m:
-        raise click.BadParameter(f"{value!r} is not HEIGHTxWIDTH, e.g. 256x512 or 1024x2048", param_hint="--size")
-    height, width = int(m.group(1)), int(m.group(2))
-    if height < 32 or width < 32:
-        raise click.BadParameter(f"{value!r} is too small: height and width must be at least 32",
-                                 param_hint="--size")
-    if height * width > 4096 * 4096:
-        raise click.BadParameter(f"{value!r} is too large: at most 4096*4096 pixels", param_hint="--size")
-    return height, width
-
-
-def _size_callback(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
-    return parse_size(value)
+from segops.commands.common import CONTEXT_SETTINGS, hw_callback
+from segops.core.options import default_of
+from segops.datasets.synth import (
+    CITIES,
+    DEFAULT_COUNTS,
+    DEFAULT_SIZE,
+    MAX_PIXELS,
+    MIN_SIDE,
+    SynthOptions,
+    generate_dataset,
+)
 
 
 @click.command(
     name="synth",
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings=CONTEXT_SETTINGS,
     epilog=(
         "Example: segops synth data/synth && segops prepare data/synth prepared\n\n"
         f"Cities: train {', '.join(CITIES['train'])}; val {', '.join(CITIES['val'])}; "
@@ -47,12 +36,13 @@ def _size_callback(ctx: click.Context, param: click.Parameter, value: str) -> tu
               help="Number of val images.")
 @click.option("--test", "n_test", type=click.IntRange(min=0), default=DEFAULT_COUNTS["test"], show_default=True,
               help="Number of test images (gtFine files carry only void ids, as in real Cityscapes).")
-@click.option("--size", default="256x512", show_default=True, callback=_size_callback, metavar="HxW",
+@click.option("--size", default=f"{DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]}", show_default=True, metavar="HxW",
+              callback=hw_callback(min_side=MIN_SIDE, max_pixels=MAX_PIXELS),
               help="Image size HEIGHTxWIDTH; real Cityscapes is 1024x2048.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=int, default=default_of(SynthOptions, "seed"), show_default=True,
               help="Random seed; each image depends only on (seed, split, index).")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes generating images in parallel.")
+@click.option("--workers", type=click.IntRange(min=1), default=default_of(SynthOptions, "workers"),
+              show_default=True, help="Processes generating images in parallel.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the final summary line.")
 def command(out: str, n_train: int, n_val: int, n_test: int, size: tuple[int, int], seed: int, workers: int,
             quiet: bool) -> None:
@@ -64,8 +54,6 @@ def command(out: str, n_train: int, n_val: int, n_test: int, size: tuple[int, in
     so every segops stage (and cityscapesScripts) reads it as it reads the real dataset.
     The same options always write byte-identical files; files are written atomically.
     """
-    from segops.datasets.synth import generate_dataset
-
     height, width = size
     counts = {"train": n_train, "val": n_val, "test": n_test}
     last_shown: dict[str, int] = {}

@@ -96,9 +96,10 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
     FileSystems.rename([tmp], [path])
 
 
-def dump_json(data: Any, indent: int | str | None = 2) -> bytes:
-    """The one JSON encoding of segops' artifacts: strict (NaN refused), newline-terminated."""
-    return (json.dumps(data, indent=indent, allow_nan=False) + "\n").encode()
+def dump_json(data: Any, indent: int | str | None = 2, newline: bool = True) -> bytes:
+    """The one JSON encoding of segops' artifacts: strict (NaN refused), newline-terminated
+    unless ``newline`` is false (Cityscapes' ``*_gtFine_polygons.json`` files end without one)."""
+    return (json.dumps(data, indent=indent, allow_nan=False) + ("\n" if newline else "")).encode()
 
 
 def write_json_atomic(path: str, data: Any, indent: int | str | None = 2) -> None:
