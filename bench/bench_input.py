@@ -39,7 +39,8 @@ BATCH = 4
 
 def make_data(base: Path, n: int, weight_maps: bool) -> Path:
     from segops.datasets.synth import generate_dataset
-    from workflows.prepare import PrepareOptions, run_prepare
+    from segops.prepare.options import PrepareOptions
+    from workflows.prepare import run_prepare
 
     prepared = base / ("prepared-maps" if weight_maps else "prepared")
     if (prepared / "manifest.json").exists():

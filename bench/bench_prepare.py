@@ -83,8 +83,9 @@ def floor_per_image(root: Path, passes: int, weight_maps: bool = False,
     from segops.core.imageio import decode_instance_png, decode_label_png, encode_mask_png
     from segops.core.labels import LABEL_ID_TO_TRAIN_ID
     from segops.core.records import ExampleFields, encode_example
-    from segops.weights import class_weight_lut, instances_from_ids, unet_border_term, weight_map
-    from workflows.prepare import keep_large_buffers_on_heap
+    from segops.prepare.analyze import keep_large_buffers_on_heap
+    from segops.prepare.class_weights import class_weight_lut
+    from segops.prepare.weight_maps import instances_from_ids, unet_border_term, weight_map
 
     items = []
     for img in sorted((root / "leftImg8bit/train").glob("*/*_leftImg8bit.png")):
@@ -133,7 +134,8 @@ def _cpu() -> tuple[float, float]:
 
 def pipeline_seconds(root: Path, out: Path, weight_maps: bool, beam_args: list[str]) -> Run:
     """(wall, runner CPU, workers CPU) seconds of one whole run."""
-    from workflows.prepare import PrepareOptions, run_prepare
+    from segops.prepare.options import PrepareOptions
+    from workflows.prepare import run_prepare
 
     shutil.rmtree(out, ignore_errors=True)
     options = PrepareOptions(input=str(root), output=str(out), weight_maps=weight_maps, shards=2)
@@ -162,7 +164,8 @@ def per_image(large: Run, small: Run, n_large: int, n_small: int) -> Run:
 def profile(root: Path, weight_maps: bool) -> None:
     """cProfile of the per-image work (Analyze, then the writer's ExampleCoder), called directly."""
     from segops.datasets.cityscapes import discover
-    from workflows.prepare import AnalyzeFn, ExampleCoder, PrepareOptions
+    from segops.prepare.options import PrepareOptions
+    from workflows.prepare import AnalyzeFn, ExampleCoder
 
     options = PrepareOptions(input=str(root), output="unused", weight_maps=weight_maps)
     listing = discover(str(root))
@@ -206,7 +209,8 @@ def segops_code_vs_floor(root: Path, repeats: int, weight_maps: bool) -> None:
     """segops' own per-image code without Beam and without the output write: AnalyzeFn.process
     then the writer's ExampleCoder.encode, called in a loop, against the floor, alternately."""
     from segops.datasets.cityscapes import discover
-    from workflows.prepare import AnalyzeFn, ExampleCoder, PrepareOptions
+    from segops.prepare.options import PrepareOptions
+    from workflows.prepare import AnalyzeFn, ExampleCoder
 
     pairs = discover(str(root)).pairs
     analyze = AnalyzeFn(PrepareOptions(input=str(root), output="unused", weight_maps=weight_maps))

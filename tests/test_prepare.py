@@ -13,8 +13,9 @@ from conftest import Frame, brute_force_border, make_dataset, tiny_scene, write_
 from segops.core import labels
 from segops.core.records import decode_example
 from segops.datasets.cityscapes import discover
-from segops.weights import BORDER_TOLERANCE, instances_from_ids, instances_from_label
-from workflows.prepare import PrepareOptions, run_prepare
+from segops.prepare.options import PrepareOptions
+from segops.prepare.weight_maps import BORDER_TOLERANCE, instances_from_ids, instances_from_label
+from workflows.prepare import run_prepare
 
 H, W = 32, 64
 MAX_PIXELS = H * W  # the "huge" image below is 4x this
@@ -309,7 +310,7 @@ def test_allocator_tuning_applies_on_glibc():
     import platform
     import sys
 
-    from workflows.prepare import keep_large_buffers_on_heap
+    from segops.prepare.analyze import keep_large_buffers_on_heap
 
     expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert keep_large_buffers_on_heap() is expected

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from segops.cli import cli
 from segops.core import metrics, records
 from segops.datasets.synth import generate_dataset
-from workflows.prepare import PrepareOptions, run_prepare
+from segops.prepare.options import PrepareOptions
+from workflows.prepare import run_prepare
 
 
 def _majority_baseline(prepared: str) -> float:

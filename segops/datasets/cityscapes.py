@@ -26,11 +26,17 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-IMAGE_DIR = "leftImg8bit"
-LABEL_DIR = "gtFine"
-IMAGE_SUFFIX = "_leftImg8bit.png"
-LABEL_SUFFIX = "_gtFine_labelIds.png"
-INSTANCE_SUFFIX = "_gtFine_instanceIds.png"
+from segops.core import deadletter
+from segops.core.fs import join, match_sized
+from segops.core.layout import (
+    IMAGE_DIR,
+    IMAGE_SUFFIX,
+    INSTANCE_SUFFIX,
+    LABEL_DIR,
+    LABEL_FILES_GLOB,
+    LABEL_SUFFIX,
+)
+
 DEFAULT_UNLABELED_SPLITS: tuple[str, ...] = ("test",)
 SPLIT_ORDER: tuple[str, ...] = ("train", "val", "test")
 
@@ -65,7 +71,7 @@ class Problem:
     stage: str = "discover"
 
     def to_dict(self) -> dict[str, str]:
-        return {"path": self.path, "stage": self.stage, "reason": self.reason, "split": self.split}
+        return deadletter.record(self.path, self.stage, self.reason, split=self.split)
 
 
 @dataclass
@@ -90,13 +96,6 @@ def _split_key(split: str) -> tuple[int, str]:
     return (SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER), split)
 
 
-def _match(pattern: str) -> list[tuple[str, int]]:
-    from apache_beam.io.filesystems import FileSystems
-
-    (result,) = FileSystems.match([pattern])
-    return [(m.path, int(m.size_in_bytes)) for m in result.metadata_list]
-
-
 def _parse(path: str, prefix: str, top: str, suffix: str) -> tuple[str, str, str, str] | None:
     """(relative path, split, city, frame id) if ``path`` is ``top/<split>/<city>/<frame><suffix>``."""
     rel = path[len(prefix) :] if path.startswith(prefix) else path
@@ -115,11 +114,9 @@ Index = dict[tuple[str, str, str], tuple[str, str, int]]
 def _list(root: str, top: str, pattern: str, suffixes: tuple[str, ...]) -> list[Index]:
     """One listing of ``root/top/*/*/<pattern>``; per suffix: (split, city, frame id) -> (path,
     relative path, size). One match per top folder: on object stores each is a prefix listing."""
-    from apache_beam.io.filesystems import FileSystems
-
     prefix = root + "/"
     found: list[Index] = [{} for _ in suffixes]
-    for path, size in _match(FileSystems.join(root, top, "*", "*", pattern)):
+    for path, size in match_sized(join(root, top, "*", "*", pattern)):
         for index, suffix in zip(found, suffixes, strict=True):
             parsed = _parse(path, prefix, top, suffix)
             if parsed is not None:  # dedupes repeated listings of one object, too
@@ -147,7 +144,7 @@ def discover(
     """
     root = root.rstrip("/") or "/"
     (images,) = _list(root, IMAGE_DIR, "*" + IMAGE_SUFFIX, (IMAGE_SUFFIX,))
-    labels, instances = _list(root, LABEL_DIR, "*_gtFine_*Ids.png", (LABEL_SUFFIX, INSTANCE_SUFFIX))
+    labels, instances = _list(root, LABEL_DIR, LABEL_FILES_GLOB, (LABEL_SUFFIX, INSTANCE_SUFFIX))
 
     image_splits = {key[0] for key in images}
     label_splits = {key[0] for key in labels}

@@ -1,22 +1,9 @@
-"""Class-frequency weights and U-Net per-pixel weight maps.
+"""U-Net per-pixel weight maps: object instances (from instanceIds, or connected components of
+the thing classes), the sparse border term, and the final float16 map.
 
-Class weights (one float per trainId, computed from a split's pixel statistics):
-
-``median_frequency``  SegNet's median-frequency balancing. ``freq(c) = pixels of c / total pixels
-                      of the images that contain c`` and ``w(c) = median(freq) / freq(c)``, the
-                      median taken over the classes present.
-``enet``              ENet's ``w(c) = 1 / ln(1.02 + p(c))`` with ``p(c)`` the class's share of the
-                      labelled (non-ignore) pixels; bounded by ``1/ln(1.02) ~ 50.5``.
-``inverse_frequency`` ``w(c) = 1 / p(c)``, normalised so that the mean weight over the present
-                      classes is 1 (so the overall loss scale stays that of the unweighted loss).
-
-A class absent from the source split gets weight :data:`ABSENT_CLASS_WEIGHT` (0) in every scheme:
-with no pixels there is no frequency to balance, and 0 is finite and makes such pixels (which
-can only occur in other splits) drop out of a weighted loss instead of dominating it.
-
-Per-pixel weight maps follow the U-Net paper:
-``w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))^2 / (2 sigma^2))`` with ``d1``/``d2`` the distances
-to the nearest and second-nearest object instance. The border term is computed once per image
+``w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))^2 / (2 sigma^2))`` with ``w_c`` the class weight
+(:mod:`segops.prepare.class_weights`) and ``d1``/``d2`` the distances to the nearest and
+second-nearest object instance (the U-Net paper). The border term is computed once per image
 without the class weights (:func:`unet_border_term`), kept sparse, and added to the class-weight
 lookup later (:func:`weight_map`). Ignored pixels (trainId 255) get weight 0.
 """
@@ -29,74 +16,14 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from segops.core.labels import IGNORE_ID, LABELS, NUM_CLASSES
+from segops.core.labels import IGNORE_ID, LABELS
 
-SCHEMES: tuple[str, ...] = ("median_frequency", "enet", "inverse_frequency")
-DEFAULT_SCHEME = "median_frequency"
-ENET_C = 1.02
-ABSENT_CLASS_WEIGHT = 0.0
 #: Border terms below this are dropped; it bounds the search radius around each instance.
 BORDER_TOLERANCE = 1e-4
 
 #: labelIds of "thing" classes, whose connected components stand in for instances when no
 #: instanceIds image is available.
 THING_LABEL_IDS: tuple[int, ...] = tuple(lb.id for lb in LABELS if lb.has_instances and lb.id >= 0)
-
-
-# --- class weights -----------------------------------------------------------------------------
-
-
-def median_frequency_weights(pixel_counts: np.ndarray, image_pixels: np.ndarray) -> np.ndarray:
-    """SegNet: ``median(freq) / freq(c)``, ``freq(c) = pixels(c) / pixels of images containing c``."""
-    counts = np.asarray(pixel_counts, dtype=np.float64)
-    denom = np.asarray(image_pixels, dtype=np.float64)
-    present = (counts > 0) & (denom > 0)
-    out = np.full(counts.shape, ABSENT_CLASS_WEIGHT, dtype=np.float64)
-    if present.any():
-        freq = counts[present] / denom[present]
-        out[present] = np.median(freq) / freq
-    return out
-
-
-def enet_weights(pixel_counts: np.ndarray, c: float = ENET_C) -> np.ndarray:
-    """ENet: ``1 / ln(c + p(c))`` with ``p(c)`` the share of labelled pixels."""
-    counts = np.asarray(pixel_counts, dtype=np.float64)
-    total = counts.sum()
-    out = np.full(counts.shape, ABSENT_CLASS_WEIGHT, dtype=np.float64)
-    present = counts > 0
-    if total > 0:
-        out[present] = 1.0 / np.log(c + counts[present] / total)
-    return out
-
-
-def inverse_frequency_weights(pixel_counts: np.ndarray) -> np.ndarray:
-    """``1 / p(c)`` normalised to a mean of 1 over the present classes."""
-    counts = np.asarray(pixel_counts, dtype=np.float64)
-    out = np.full(counts.shape, ABSENT_CLASS_WEIGHT, dtype=np.float64)
-    present = counts > 0
-    if present.any():
-        inv = counts.sum() / counts[present]
-        out[present] = inv / inv.mean()
-    return out
-
-
-def class_weights(pixel_counts: np.ndarray, image_pixels: np.ndarray) -> dict[str, list[float]]:
-    """All schemes, name -> list of NUM_CLASSES floats (finite, >= 0)."""
-    schemes = {
-        "median_frequency": median_frequency_weights(pixel_counts, image_pixels),
-        "enet": enet_weights(pixel_counts),
-        "inverse_frequency": inverse_frequency_weights(pixel_counts),
-    }
-    assert list(schemes) == list(SCHEMES)
-    return {name: [float(v) for v in w] for name, w in schemes.items()}
-
-
-def class_weight_lut(weights: list[float] | np.ndarray) -> np.ndarray:
-    """trainId (0..255) -> weight, float32; ignore and ids >= NUM_CLASSES map to 0."""
-    lut = np.zeros(256, dtype=np.float32)
-    lut[:NUM_CLASSES] = np.asarray(weights, dtype=np.float32)
-    lut[IGNORE_ID] = 0.0
-    return lut
 
 
 # --- instances -------------------------------------------------------------------------------

@@ -1,0 +1,91 @@
+"""Class statistics of `segops prepare` (stats.json): per split the images, total and ignore
+pixels, and per class the pixel count, the number of images containing it and the total pixels
+of those images (what median-frequency weights need). Unlabeled splits only count images.
+
+The accumulator is a dict split -> integer sums (numpy int64 arrays per class), so partial
+results merge exactly and in any order; :class:`ClassStatsFn` is the Beam CombineFn over it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+
+from segops.core.labels import CLASS_NAMES, NUM_CLASSES
+from segops.prepare.analyze import Prepared
+
+Accumulator = dict[str, dict[str, Any]]  # split -> {"images", "total", "counts", "image_counts", "image_pixels"}
+_CLASS_SUMS = ("counts", "image_counts", "image_pixels")
+
+
+def empty_split() -> dict[str, Any]:
+    z = np.zeros(NUM_CLASSES, dtype=np.int64)
+    return {"images": 0, "total": 0, "counts": z, "image_counts": z.copy(), "image_pixels": z.copy()}
+
+
+def add_prepared(acc: Accumulator, item: Prepared) -> Accumulator:
+    """Count one analysed image into ``acc`` (its pixels only when it is labelled)."""
+    s = acc.setdefault(item.split, empty_split())
+    s["images"] += 1
+    if item.pixel_counts is not None:
+        total = item.height * item.width
+        present = item.pixel_counts > 0
+        s["total"] += total
+        s["counts"] = s["counts"] + item.pixel_counts
+        s["image_counts"] = s["image_counts"] + present
+        s["image_pixels"] = s["image_pixels"] + present * total
+    return acc
+
+
+def merge(accumulators: Iterable[Accumulator]) -> Accumulator:
+    out: Accumulator = {}
+    for acc in accumulators:
+        for split, s in acc.items():
+            o = out.setdefault(split, empty_split())
+            o["images"] += s["images"]
+            o["total"] += s["total"]
+            for key in _CLASS_SUMS:
+                o[key] = o[key] + s[key]
+    return out
+
+
+def to_stats(acc: Accumulator, splits: list[str], unlabeled: list[str]) -> dict[str, Any]:
+    """The stats.json document for ``splits`` (a split without images gets zeros)."""
+    labelled_splits, unlabeled_splits = {}, {}
+    for split in splits:
+        s = acc.get(split, empty_split())
+        if split in unlabeled:
+            unlabeled_splits[split] = {"images": int(s["images"])}
+            continue
+        labelled = int(s["counts"].sum())
+        labelled_splits[split] = {
+            "images": int(s["images"]),
+            "total_pixels": int(s["total"]),
+            "ignore_pixels": int(s["total"]) - labelled,
+            "labelled_pixels": labelled,
+            "pixel_counts": [int(v) for v in s["counts"]],
+            "image_counts": [int(v) for v in s["image_counts"]],
+            "image_pixels": [int(v) for v in s["image_pixels"]],
+        }
+    return {"class_names": list(CLASS_NAMES), "splits": labelled_splits, "unlabeled_splits": unlabeled_splits}
+
+
+class ClassStatsFn(beam.CombineFn):
+    """Prepared -> the stats.json document of ``splits`` (integer sums: exact, order-independent)."""
+
+    def __init__(self, splits: list[str], unlabeled: list[str]) -> None:
+        self.splits, self.unlabeled = list(splits), list(unlabeled)
+
+    def create_accumulator(self) -> Accumulator:
+        return {}
+
+    def add_input(self, acc: Accumulator, item: Prepared) -> Accumulator:
+        return add_prepared(acc, item)
+
+    def merge_accumulators(self, accumulators: Iterable[Accumulator]) -> Accumulator:
+        return merge(accumulators)
+
+    def extract_output(self, acc: Accumulator) -> dict[str, Any]:
+        return to_stats(acc, self.splits, self.unlabeled)
