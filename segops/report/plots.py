@@ -94,48 +94,43 @@ def plot_confusion(data: RunData) -> bytes | None:
     return _png(fig)
 
 
-def plot_class_frequency(data: RunData) -> bytes | None:
-    splits = {s: v for s, v in (data.stats or {}).get("splits", {}).items() if v.get("labelled_pixels", 0) > 0}
-    if not splits:
-        return None
+def _class_bars(bars: list[tuple[str, Any, str | None]], ylabel: str, title: str) -> bytes:
+    """One group of bars per class on a log axis; ``bars``: (legend label, a value per class,
+    colour or None for matplotlib's colour cycle)."""
     plt = _pyplot()
     names = list(labels.CLASS_NAMES)
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    width = 0.8 / len(splits)
-    for k, (split, v) in enumerate(splits.items()):
-        share = np.asarray(v["pixel_counts"], dtype=np.float64) / v["labelled_pixels"]
-        ax.bar(x - 0.4 + width * (k + 0.5), share * 100, width=width, label=f"{split} ({v['images']} images)",
-               color=_SPLIT_COLORS[k % len(_SPLIT_COLORS)])  # fmt: skip
+    width = 0.8 / len(bars)
+    for k, (label, values, color) in enumerate(bars):
+        ax.bar(x - 0.4 + width * (k + 0.5), values, width=width, label=label, color=color)
     ax.set_yscale("log")
     ax.set_xticks(x, names, rotation=60, ha="right")
-    ax.set_ylabel("% of labelled pixels (log scale)")
-    ax.set_title(f"Class frequencies (prepare: {layout.STATS_FILE})")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(axis="y", alpha=0.3, which="both")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
     return _png(fig)
+
+
+def plot_class_frequency(data: RunData) -> bytes | None:
+    splits = {s: v for s, v in (data.stats or {}).get("splits", {}).items() if v.get("labelled_pixels", 0) > 0}
+    if not splits:
+        return None
+    bars = [(f"{split} ({v['images']} images)",
+             np.asarray(v["pixel_counts"], dtype=np.float64) / v["labelled_pixels"] * 100,
+             _SPLIT_COLORS[k % len(_SPLIT_COLORS)]) for k, (split, v) in enumerate(splits.items())]  # fmt: skip
+    return _class_bars(bars, "% of labelled pixels (log scale)", f"Class frequencies (prepare: {layout.STATS_FILE})")
 
 
 def plot_class_weights(data: RunData) -> bytes | None:
     cw = data.class_weights
     if not cw or not cw.get("schemes"):
         return None
-    plt = _pyplot()
-    names = list(labels.CLASS_NAMES)
-    x = np.arange(len(names))
-    schemes = cw["schemes"]
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    width = 0.8 / len(schemes)
-    for k, (scheme, weights) in enumerate(schemes.items()):
-        label = scheme + (" (default)" if scheme == cw.get("default_scheme") else "")
-        ax.bar(x - 0.4 + width * (k + 0.5), weights, width=width, label=label)
-    ax.set_yscale("log")
-    ax.set_xticks(x, names, rotation=60, ha="right")
-    ax.set_ylabel("class weight (log scale)")
-    ax.set_title(f"Class weights from the {cw.get('source_split', '?')} split (prepare: {layout.CLASS_WEIGHTS_FILE})")
-    ax.grid(axis="y", alpha=0.3, which="both")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
-    return _png(fig)
+    bars = [(scheme + (" (default)" if scheme == cw.get("default_scheme") else ""), weights, None)
+            for scheme, weights in cw["schemes"].items()]  # fmt: skip
+    title = f"Class weights from the {cw.get('source_split', '?')} split (prepare: {layout.CLASS_WEIGHTS_FILE})"
+    return _class_bars(bars, "class weight (log scale)", title)
 
 
 def plot_training(data: RunData, baseline: float | None) -> bytes | None:
