@@ -20,7 +20,9 @@ from test_demo import tiny_demo
 
 from segops.cli import cli
 from segops.core import labels
-from segops.report import PLOT_NAMES, ReportPaths, build_report, fmt, majority_baseline
+from segops.core.formatting import fmt_score
+from segops.core.layout import REPORT_PLOTS
+from segops.report import ReportPaths, build_report, majority_baseline
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +83,7 @@ def decode_data_uri(src: str) -> bytes:
 
 def test_every_plot_is_a_png_file(run_dir):
     out = run_dir / "report"
-    for name in PLOT_NAMES:
+    for name in REPORT_PLOTS:
         img = Image.open(out / f"{name}.png")
         img.verify()
         assert img.format == "PNG"
@@ -95,13 +97,13 @@ def test_every_plot_is_a_png_file(run_dir):
 def test_html_embeds_every_plot_and_references_nothing_outside(run_dir):
     out = run_dir / "report"
     page = parse(out / "report.html")
-    assert len(page.images) == len(PLOT_NAMES)
+    assert len(page.images) == len(REPORT_PLOTS)
     embedded = []
     for src in page.images:
         png = decode_data_uri(src)
         Image.open(io.BytesIO(png)).verify()
         embedded.append(png)
-    assert sorted(embedded) == sorted((out / f"{n}.png").read_bytes() for n in PLOT_NAMES)  # the same plots
+    assert sorted(embedded) == sorted((out / f"{n}.png").read_bytes() for n in REPORT_PLOTS)  # the same plots
     assert all(tag == "a" and href.startswith("#") for tag, _, href in page.links), page.links
     text = (out / "report.html").read_text()
     assert not re.search(r"url\(|@import|https?://", text)
@@ -114,9 +116,9 @@ def test_numbers_in_the_html_equal_summary_json(run_dir):
     table = {row[0]: row[1:] for row in page.tables["class-iou-table"][1:]}
     assert list(table) == [*labels.CLASS_NAMES, "mean"]
     for name in labels.CLASS_NAMES:
-        assert table[name] == [fmt(before["dataset_iou"][name]), fmt(after["dataset_iou"][name]),
-                               fmt(before["dataset_dice"][name]), fmt(after["dataset_dice"][name])], name  # fmt: skip
-    assert table["mean"][:2] == [fmt(before["dataset_miou"]), fmt(after["dataset_miou"])]
+        assert table[name] == [fmt_score(before["dataset_iou"][name]), fmt_score(after["dataset_iou"][name]),
+                               fmt_score(before["dataset_dice"][name]), fmt_score(after["dataset_dice"][name])], name  # fmt: skip
+    assert table["mean"][:2] == [fmt_score(before["dataset_miou"]), fmt_score(after["dataset_miou"])]
     headline = {row[0]: row[1] for row in page.tables["headline"][1:]}
     assert headline["dataset mIoU, model"] == f"{before['dataset_miou']:.4f}"
     assert headline["dataset mIoU, + CRF"] == f"{after['dataset_miou']:.4f}"
@@ -160,7 +162,7 @@ def test_gallery_shows_the_best_and_worst_images_consistently_with_masks_and_row
     page = parse(tmp_path / "report.html")
     rows = page.tables["gallery_best-table"][1:] + page.tables["gallery_worst-table"][1:]
     assert [r[0] for r in rows] == [r["rel_path"] for r in best + worst]
-    assert [r[2] for r in rows] == [fmt(r["mean_iou_after"]) for r in best + worst]
+    assert [r[2] for r in rows] == [fmt_score(r["mean_iou_after"]) for r in best + worst]
     assert result.headline["labelled_images"] == 4
 
 
@@ -169,7 +171,7 @@ def test_stage_directories_can_be_given_explicitly_and_missing_ones_are_left_out
     full = runner.invoke(cli, ["report", "--infer", str(run_dir / "infer"), "--prepared", str(run_dir / "prepared"),
                                "--model", str(run_dir / "model"), "--out", str(tmp_path / "full")])  # fmt: skip
     assert full.exit_code == 0, full.output
-    for name in PLOT_NAMES:
+    for name in REPORT_PLOTS:
         assert (tmp_path / "full" / f"{name}.png").read_bytes() == (run_dir / "report" / f"{name}.png").read_bytes(), name
 
     only_infer = runner.invoke(cli, ["report", "--infer", str(run_dir / "infer"), "--out", str(tmp_path / "bare")])
@@ -177,7 +179,7 @@ def test_stage_directories_can_be_given_explicitly_and_missing_ones_are_left_out
     made = {p.stem for p in (tmp_path / "bare").glob("*.png")}
     # the infer manifest names the model, so training curves and the pre-CRF gallery still work;
     # without the prepare output, class frequency and weights are left out with a note
-    assert made == set(PLOT_NAMES) - {"class_frequency", "class_weights"}
+    assert made == set(REPORT_PLOTS) - {"class_frequency", "class_weights"}
     assert "no prepare output" in (tmp_path / "bare" / "report.html").read_text()
     assert "no prepare output" in only_infer.output
 

@@ -6,8 +6,11 @@ import os
 
 import click
 
+from segops.commands.common import CONTEXT_SETTINGS
+from segops.report import DEFAULT_GALLERY_SIZE, MAX_GALLERY_SIZE
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("run_dir", required=False, metavar="[RUN_DIR]")
 @click.option("--infer", "infer_dir", default=None, metavar="DIR",
               help="Output of `segops infer` (summary.json, metrics.parquet, masks/). Default: RUN_DIR/infer.")  # fmt: skip
@@ -17,8 +20,8 @@ import click
               help="Output of `segops train` (history.json; its export recomputes the gallery's pre-CRF "
                    "predictions). Default: RUN_DIR/model, else the model the infer run used.")  # fmt: skip
 @click.option("--out", default=None, metavar="DIR", help="Where report.html and the PNGs go. Default: RUN_DIR/report.")
-@click.option("--gallery", "gallery_size", type=click.IntRange(0, 50), default=3, show_default=True,
-              help="Images in each of the best and worst galleries.")  # fmt: skip
+@click.option("--gallery", "gallery_size", type=click.IntRange(0, MAX_GALLERY_SIZE), default=DEFAULT_GALLERY_SIZE,
+              show_default=True, help="Images in each of the best and worst galleries.")  # fmt: skip
 def command(run_dir: str | None, infer_dir: str | None, prepared: str | None, model_dir: str | None,
             out: str | None, gallery_size: int) -> None:  # fmt: skip
     """Self-contained HTML quality report with plots for a run directory.

@@ -67,6 +67,27 @@ def mask_name(stem: str, kind: str) -> str:
 
 
 # --- segops report / demo ----------------------------------------------------------------------
+# RUN_DIR/<name>: the run directory `segops demo RUN_DIR` makes and `segops report RUN_DIR` reads
+RUN_DATA_DIR = "data"
+RUN_PREPARED_DIR = "prepared"
+RUN_MODEL_DIR = "model"
+RUN_INFER_DIR = "infer"
 REPORT_DIR = "report"
 REPORT_HTML = "report.html"
 DEMO_STATE_FILE = "demo.json"
+# every plot the report can make, written as <name>.png next to REPORT_HTML (also its section key)
+REPORT_PLOTS = (
+    "class_iou",
+    "confusion_matrix",
+    "class_frequency",
+    "class_weights",
+    "training_curves",
+    "per_image_miou",
+    "gallery_best",
+    "gallery_worst",
+)
+
+
+def report_plot_name(plot: str) -> str:
+    """``<plot>.png``."""
+    return f"{plot}.png"
