@@ -65,8 +65,8 @@ def _decode(path: Path):
 
 
 def phase_inference(args) -> dict:
-    from segops.export import load_info, resolve_export_dir
     from segops.inference import ServingModel, predict_probabilities
+    from segops.training.export import load_info, resolve_export_dir
 
     info = load_info(args.model)
     t = time.perf_counter()
@@ -92,8 +92,8 @@ def phase_crf(args) -> dict:
     import numpy as np
 
     from segops.crf import CRFParams, dense_crf_reference, refine
-    from segops.export import load_info, resolve_export_dir
     from segops.inference import ServingModel, predict_probabilities
+    from segops.training.export import load_info, resolve_export_dir
 
     info = load_info(args.model)
     model = ServingModel(resolve_export_dir(args.model), threads=1)
@@ -189,7 +189,8 @@ def main() -> None:
         if not Path(args.model, "model.json").exists():
             import keras
 
-            from segops import export, models
+            from segops import models
+            from segops.training import export
 
             keras.utils.set_random_seed(0)
             net = models.build_model("unet", depth=4, base_filters=16)

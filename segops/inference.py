@@ -305,7 +305,7 @@ class ServingModel:
                 tf.config.threading.set_inter_op_parallelism_threads(1)
             except RuntimeError:  # TF already initialised in this process: keep its pools
                 LOG.info("TensorFlow already initialised; --tf-threads not applied in this process")
-        from segops.export import load_serving_fn
+        from segops.training.export import load_serving_fn
 
         self._fn = load_serving_fn(model_dir)
 
@@ -394,7 +394,7 @@ class SegmentationModelHandler(ModelHandler):
 
     Beam's built-in ``TFModelHandlerNumpy`` loads with ``tf.keras.models.load_model`` and calls
     the model on a float batch; our export's callable is a signature with a uint8 keyword input
-    returning a dict, so this handler loads it with :func:`segops.export.load_serving_fn`
+    returning a dict, so this handler loads it with :func:`segops.training.export.load_serving_fn`
     instead. RunInference keeps one loaded model per worker process (Beam's ``shared.Shared``),
     or one per machine shared by all processes with ``share_model_across_processes``.
     """

@@ -456,8 +456,8 @@ class _Predictor:
     """The model's argmax for a few images, exactly as the infer run computed it."""
 
     def __init__(self, data: RunData) -> None:
-        from segops import export
         from segops import inference as inf
+        from segops.training import export
 
         options = (data.infer_manifest or {}).get("options", {})
         default = inf.InferOptions("", "", "")  # what the infer run used for options it did not record

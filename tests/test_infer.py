@@ -14,10 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from segops import crf, export
+from segops import crf
 from segops.cli import cli
 from segops.core import labels, metrics
 from segops.inference import InferOptions, mask_paths
+from segops.training import export
 from workflows.infer import run_infer
 
 H, W = 60, 100  # not a multiple of the model stride (8): padding is exercised

@@ -6,7 +6,6 @@ import keras
 import numpy as np
 import pytest
 
-from segops import export
 from segops.core import labels
 from segops.inference import (
     ImageExample,
@@ -19,6 +18,7 @@ from segops.inference import (
     reflect_pad,
     tile_windows,
 )
+from segops.training import export
 
 
 @pytest.fixture(scope="module")

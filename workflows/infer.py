@@ -31,10 +31,11 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import RunInference
 
-from segops import __version__, export
+from segops import __version__
 from segops import inference as inf
 from segops.core import fs, imageio
 from segops.crf import CRFParams, refine
+from segops.training import export
 
 LOG = logging.getLogger(__name__)
 DEAD = "dead_letter"

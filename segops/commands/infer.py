@@ -83,8 +83,8 @@ def command(model_dir: str, input_path: str, out: str, beam_args: tuple[str, ...
     if stray:
         raise click.UsageError(f"unexpected argument(s) {' '.join(stray)}; Beam options look like --runner=...")
     from segops.crf import CRFParams
-    from segops.export import ModelError
     from segops.inference import InferOptions, new_run_id
+    from segops.training.export import ModelError
     from workflows.infer import run_infer
 
     try:
