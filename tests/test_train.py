@@ -12,9 +12,10 @@ from trainutil import write_prepared
 
 from segops.cli import cli
 from segops.core import labels
+from segops.core.options import OptionsError
 from segops.training import export
 from segops.training.loop import train
-from segops.training.options import TrainOptions
+from segops.training.options import JSON_KEYS, TrainOptions
 from segops.training.state import RunState
 
 TINY = {"model": "unet", "depth": 2, "base_filters": 4, "batch_size": 4, "crop": (16, 32), "verbose": 0}
@@ -167,3 +168,14 @@ def test_help_lists_every_option():
                    "--weight-maps", "--depth", "--base-filters", "--upsampling", "--precision", "--xla",
                    "--resume", "--early-stopping", "--seed", "--val-size"):  # fmt: skip
         assert option in r.output
+
+
+def test_flat_options_round_trip_in_the_recorded_key_order():
+    opts = TrainOptions.from_flat(prepared="p", out="o", model="fcn8s", crop=(64, 96), val_size=(32, 64), dropout=0.2)
+    flat = opts.to_json()
+    assert list(flat) == list(JSON_KEYS)  # state.json / model.json key order
+    assert flat["model"] == "fcn8s" and flat["crop"] == [64, 96] and flat["weight_maps"] is False
+    assert TrainOptions.from_flat(**flat) == opts
+    assert opts.model.hparams() == {"base_filters": 32, "dropout": 0.2, "dilated": False}
+    with pytest.raises(OptionsError, match="multiples of 32 for fcn8s"):
+        TrainOptions.from_flat(prepared="p", out="o", model="fcn8s", crop=(16, 32))

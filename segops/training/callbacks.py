@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 import os
 from collections.abc import Iterator
 from typing import Any
 
 from segops.core import labels, layout
+from segops.core.formatting import is_missing
 from segops.training.state import RunState, class_key
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def make_callbacks(run: RunState) -> list[Any]:
             if writer is not None:
                 with writer.as_default(step=epoch):
                     for name, value in extra.items():
-                        if name.startswith("val_iou_") and not math.isnan(value):
+                        if name.startswith("val_iou_") and not is_missing(value):
                             tf.summary.scalar("val_iou/" + name[len("val_iou_") :], value)
                 writer.flush()
             run.end_epoch(self.model, epoch, dict(logs or {}), extra)

@@ -101,6 +101,8 @@ class SegmentationLoss(keras.losses.Loss):
     targets (the U-Net weight maps); ignored for plain label targets.
     """
 
+    CONFIG_KEYS = ("kind", "class_weights", "use_pixel_weights", "ce_weight", "dice_weight", "epsilon", "num_classes")
+
     def __init__(
         self,
         kind: str = "ce",
@@ -141,13 +143,5 @@ class SegmentationLoss(keras.losses.Loss):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(
-            kind=self.kind,
-            class_weights=self.class_weights,
-            use_pixel_weights=self.use_pixel_weights,
-            ce_weight=self.ce_weight,
-            dice_weight=self.dice_weight,
-            epsilon=self.epsilon,
-            num_classes=self.num_classes,
-        )
+        config.update({key: getattr(self, key) for key in self.CONFIG_KEYS})
         return config

@@ -34,12 +34,15 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
     (N, H, W, C). Pixels whose label is not in 0..C-1 (ignore = 255) are not counted.
     Counts are accumulated exactly in int64 (int32 on JAX without x64), per image in float32
     (exact below 2**24 pixels per image).
-    ``result()`` is implemented by subclasses; :meth:`per_class_iou` etc. evaluate the
-    accumulated matrix with the numpy definitions.
+    ``result()`` is the mean IoU (mean Dice with ``dice = True``); :meth:`per_class_iou` etc.
+    evaluate the accumulated matrix with the numpy definitions.
     """
 
-    def __init__(self, num_classes: int = NUM_CLASSES, name: str = "confusion_matrix", dtype: Any = None) -> None:
-        super().__init__(name=name, dtype=dtype)
+    default_name = "confusion_matrix"
+    dice = False  # result(): mean Dice instead of mean IoU
+
+    def __init__(self, num_classes: int = NUM_CLASSES, name: str | None = None, dtype: Any = None) -> None:
+        super().__init__(name=name or self.default_name, dtype=dtype)
         self.num_classes = num_classes
         self.confusion = self.add_variable(
             shape=(num_classes, num_classes), initializer="zeros", dtype=count_dtype(), name="confusion"
@@ -88,7 +91,7 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
         return ops.where(count > 0, ops.sum(score) / ops.maximum(count, 1.0), float("nan"))
 
     def result(self) -> Any:
-        return self.mean_score(dice=False)
+        return self.mean_score(dice=self.dice)
 
     def get_config(self) -> dict[str, Any]:
         return {"num_classes": self.num_classes, "name": self.name, "dtype": self.dtype}
@@ -98,19 +101,12 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
 class MeanIoU(ConfusionMatrixMetric):
     """Mean IoU over classes present in ground truth or prediction (== segops.core.metrics.mean_iou)."""
 
-    def __init__(self, num_classes: int = NUM_CLASSES, name: str = "mean_iou", dtype: Any = None) -> None:
-        super().__init__(num_classes=num_classes, name=name, dtype=dtype)
-
-    def result(self) -> Any:
-        return self.mean_score(dice=False)
+    default_name = "mean_iou"
 
 
 @keras.saving.register_keras_serializable(package="segops")
 class MeanDice(ConfusionMatrixMetric):
     """Mean Dice over classes present in ground truth or prediction (== segops.core.metrics.mean_dice)."""
 
-    def __init__(self, num_classes: int = NUM_CLASSES, name: str = "mean_dice", dtype: Any = None) -> None:
-        super().__init__(num_classes=num_classes, name=name, dtype=dtype)
-
-    def result(self) -> Any:
-        return self.mean_score(dice=True)
+    default_name = "mean_dice"
+    dice = True

@@ -12,12 +12,11 @@ import csv
 import glob
 import io
 import logging
-import math
 import os
 from typing import Any, Protocol
 
 from segops.core import fs, layout
-from segops.core.formatting import finite_or_none
+from segops.core.formatting import finite_or_none, is_missing
 from segops.training.data import read_json
 from segops.training.options import RESUME_FREE_OPTIONS, TrainError, TrainOptions
 
@@ -95,7 +94,7 @@ class RunState:
         row = {"epoch": done, **{k: finite_or_none(v) for k, v in {**logs, **extra}.items()}}
         self.history.append(row)
         miou = logs.get("val_mean_iou", float("nan"))
-        improved = not math.isnan(miou) and miou > self.best_miou
+        improved = not is_missing(float(miou)) and miou > self.best_miou
         if improved:
             self.best_epoch, self.best_miou = done, float(miou)
         os.makedirs(self.ckpt_dir, exist_ok=True)
