@@ -65,10 +65,10 @@ def _decode(path: Path):
 
 
 def phase_inference(args) -> dict:
-    from segops.export import load_info, resolve_export_dir
     from segops.inference.model import ServingModel
     from segops.inference.options import PredictOptions
     from segops.inference.tiling import predict_probabilities
+    from segops.training.export import load_info, resolve_export_dir
 
     info = load_info(args.model)
     t = time.perf_counter()
@@ -93,11 +93,11 @@ def phase_inference(args) -> dict:
 def phase_crf(args) -> dict:
     import numpy as np
 
-    from segops.export import load_info, resolve_export_dir
     from segops.inference.crf import CRFParams, dense_crf_reference, refine
     from segops.inference.model import ServingModel
     from segops.inference.options import PredictOptions
     from segops.inference.tiling import predict_probabilities
+    from segops.training.export import load_info, resolve_export_dir
 
     info = load_info(args.model)
     model = ServingModel(resolve_export_dir(args.model), threads=1)
@@ -193,7 +193,8 @@ def main() -> None:
         if not Path(args.model, "model.json").exists():
             import keras
 
-            from segops import export, models
+            from segops import models
+            from segops.training import export
 
             keras.utils.set_random_seed(0)
             net = models.build_model("unet", depth=4, base_filters=16)

@@ -9,7 +9,7 @@ measures images/s of
 
 * the *floor*: decoding the two PNGs of each record (tf.io.decode_png, image and label) from
   bytes already in memory, nothing else;
-* the pipeline: segops.input_pipeline.train_dataset, i.e. shard reading with CRC checks,
+* the pipeline: segops.training.input_pipeline.train_dataset, i.e. shard reading with CRC checks,
   parsing via segops.core.records, random scale 0.5..2 + crop to 512x1024, flip, photometric jitter,
   batching (4).
 
@@ -69,7 +69,8 @@ def worker(prepared: Path, cores: int, seconds: float, weight_maps: bool, repeat
 
     tf.config.threading.set_intra_op_parallelism_threads(cores)
     tf.config.threading.set_inter_op_parallelism_threads(cores)
-    from segops import input_pipeline as ip
+    from segops.training import input_pipeline as ip
+    from segops.training.options import AugmentConfig, PipelineConfig
 
     files = ip.shard_paths(str(prepared), "train")
     opts = tf.data.Options()
@@ -87,9 +88,9 @@ def worker(prepared: Path, cores: int, seconds: float, weight_maps: bool, repeat
         num_parallel_calls=cores,
     ).prefetch(2).with_options(opts)
 
-    cfg = ip.PipelineConfig(batch_size=BATCH, with_weights=weight_maps, shuffle_buffer=8,
-                            cycle_length=min(2, len(files)), num_parallel_calls=cores, threads=cores)  # fmt: skip
-    aug = ip.AugmentConfig(crop=CROP, scale_range=(0.5, 2.0))
+    cfg = PipelineConfig(batch_size=BATCH, weight_maps=weight_maps, shuffle_buffer=8,
+                         cycle_length=min(2, len(files)), num_parallel_calls=cores, data_threads=cores)  # fmt: skip
+    aug = AugmentConfig(crop=CROP, scale_range=(0.5, 2.0))
     ds = ip.train_dataset(files, aug, cfg, seed=0, steps_per_epoch=10_000, initial_epoch=0, epochs=1, num_records=len(raw))
     # Alternate the two, `repeats` times, and keep the best of each: the machine may be shared,
     # and other jobs only ever make a measurement slower.

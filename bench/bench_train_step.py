@@ -4,7 +4,7 @@
 
 For each model (the `segops train` defaults: U-Net depth 4 / 32 filters, FCN-8s 32 filters) and
 each thread count (a fresh process: TensorFlow's intra/inter-op pools are fixed at start-up),
-runs ``keras.Model.fit`` exactly as segops.train compiles it (Adam + poly decay, weighted CE,
+runs ``keras.Model.fit`` exactly as segops.training.loop compiles it (Adam + poly decay, weighted CE,
 streaming mIoU/Dice) on in-memory batches, and, in the same process, the forward pass alone
 (``predict_on_batch``) as the reference: a training step costs about 3x a forward pass (forward,
 backward through activations and weights), so train/forward far above 3 would point at
@@ -31,13 +31,13 @@ def worker(model_name: str, threads: int, size: tuple[int, int], batch: int, ste
     import keras
     import numpy as np
 
-    from segops.models import build_model
-    from segops.train import TrainOptions, _compile
+    from segops.training.loop import compile_model
+    from segops.training.options import TrainOptions
 
     keras.utils.set_random_seed(0)
-    opts = TrainOptions(prepared="", out="", model=model_name, epochs=1, batch_size=batch, crop=size)
-    model = build_model(model_name, **opts.hparams())
-    _compile(model, opts, None, steps)
+    opts = TrainOptions.from_flat(prepared="", out="", model=model_name, epochs=1, batch_size=batch, crop=size)
+    model = opts.model.build()
+    compile_model(model, opts, None, steps)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch, *size, 3)).astype("float32")
     y = rng.integers(0, 19, (batch, *size)).astype("float32")

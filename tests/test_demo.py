@@ -160,7 +160,8 @@ def kill_after_first_epoch(train_argv: list[str], run_dir: Path, copy: Path) -> 
     import keras
 
     from segops.commands.train import command as train_command
-    from segops.train import TrainOptions, train
+    from segops.training.loop import train
+    from segops.training.options import TrainOptions
 
     argv = [a.replace(str(run_dir), str(copy)) for a in train_argv[1:] if a not in ("--progress", "--no-progress")]
     params = train_command.make_context("segops train", argv).params
@@ -171,7 +172,7 @@ def kill_after_first_epoch(train_argv: list[str], run_dir: Path, copy: Path) -> 
         def on_epoch_end(self, epoch, logs=None):
             self.model.stop_training = True
 
-    train(TrainOptions(prepared=prepared, out=out, verbose=2, **{**params, "export": False}), extra_callbacks=[Kill()])
+    train(TrainOptions.from_flat(prepared=prepared, out=out, verbose=2, **{**params, "export": False}), extra_callbacks=[Kill()])
     assert json.loads((copy / "model" / "checkpoints" / "state.json").read_text())["epoch"] == 1
     assert not (copy / "model" / "model.json").exists()
 

@@ -5,8 +5,8 @@ import json
 import keras
 import numpy as np
 
-from segops import export
 from segops.core import labels
+from segops.training import export
 
 
 def _tiny_model() -> keras.Model:

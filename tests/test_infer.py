@@ -14,12 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from segops import export
 from segops.cli import cli
 from segops.core import labels, metrics
 from segops.inference import crf
 from segops.inference.masks import mask_paths
 from segops.inference.options import InferOptions
+from segops.training import export
 from workflows.infer import run_infer
 
 H, W = 60, 100  # not a multiple of the model stride (8): padding is exercised

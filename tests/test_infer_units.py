@@ -8,7 +8,6 @@ import keras
 import numpy as np
 import pytest
 
-from segops import export
 from segops.core import labels
 from segops.core.options import OptionsError
 from segops.inference.discovery import WorkItem, discover_inputs
@@ -16,6 +15,7 @@ from segops.inference.examples import ImageExample
 from segops.inference.model import SegmentationModelHandler, ServingModel
 from segops.inference.options import InferOptions, PredictOptions
 from segops.inference.tiling import predict_probabilities, reflect_pad, tile_windows
+from segops.training import export
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 from trainutil import write_prepared, write_shards
 
-from segops import input_pipeline as ip
+from segops.training import input_pipeline as ip
+from segops.training.options import AugmentConfig, PipelineConfig
 
 
 def _encoded_example(h=24, w=40, seed=0):
@@ -27,7 +28,7 @@ def _encoded_example(h=24, w=40, seed=0):
 @pytest.mark.parametrize("scale", [(1.0, 1.0), (0.5, 2.0)])
 def test_augment_keeps_image_label_and_weights_aligned(scale):
     image, label, weight = _encoded_example()
-    cfg = ip.AugmentConfig(crop=(16, 24), scale_range=scale, brightness=0, contrast=0, saturation=0)
+    cfg = AugmentConfig(crop=(16, 24), scale_range=scale, brightness=0, contrast=0, saturation=0)
     for i in range(8):
         key = tf.constant([3, i], tf.int64)
         img, lab, wt = (t.numpy() for t in ip.augment(image, label, weight, key, cfg))
@@ -43,7 +44,7 @@ def test_augment_keeps_image_label_and_weights_aligned(scale):
 
 def test_augment_flips_and_jitters_with_seed():
     image, label, weight = _encoded_example(seed=1)
-    cfg = ip.AugmentConfig(crop=(24, 40), scale_range=(1.0, 1.0))
+    cfg = AugmentConfig(crop=(24, 40), scale_range=(1.0, 1.0))
     flips = set()
     for i in range(12):
         key = tf.constant([0, i], tf.int64)
@@ -58,8 +59,8 @@ def test_augment_flips_and_jitters_with_seed():
 
 def _train_batches(root, **kw):
     files = ip.shard_paths(str(root), "train")
-    cfg = ip.PipelineConfig(batch_size=3, shuffle_buffer=4)
-    aug = ip.AugmentConfig(crop=(16, 16))
+    cfg = PipelineConfig(batch_size=3, shuffle_buffer=4)
+    aug = AugmentConfig(crop=(16, 16))
     args = {"seed": 7, "steps_per_epoch": 3, "initial_epoch": 0, "epochs": 3, "num_records": 7, **kw}
     return [(x.numpy(), y.numpy()) for x, y in ip.train_dataset(files, aug, cfg, **args)]
 
@@ -92,8 +93,8 @@ def test_corrupt_records_are_skipped_counted_and_warned(tmp_path, caplog):
     with open(shard1, "ab") as f:
         f.write(b"this is not a tfrecord")  # garbage appended at the end of the other shard
     corrupt = ip.CorruptRecords()
-    cfg = ip.PipelineConfig(batch_size=2)
-    with caplog.at_level(logging.WARNING, logger="segops.input_pipeline"):
+    cfg = PipelineConfig(batch_size=2)
+    with caplog.at_level(logging.WARNING, logger="segops.training.input_pipeline"):
         batches = [y.numpy() for _, y in ip.eval_dataset([shard0, shard1], cfg, corrupt=corrupt)]
         batches += [y.numpy() for _, y in ip.eval_dataset([shard0, shard1], cfg, corrupt=corrupt)]  # 2nd epoch
     labels = np.concatenate(batches)
@@ -110,7 +111,7 @@ def test_corrupt_records_are_skipped_counted_and_warned(tmp_path, caplog):
 def test_eval_pads_to_stride_with_ignore_and_resizes(tmp_path):
     data = write_prepared(str(tmp_path), {"val": 3}, height=20, width=36, weight_maps=True, num_shards=1)
     files = ip.shard_paths(str(tmp_path), "val")
-    cfg = ip.PipelineConfig(batch_size=3, with_weights=True)
+    cfg = PipelineConfig(batch_size=3, weight_maps=True)
     x, y = next(iter(ip.eval_dataset(files, cfg, stride=8)))
     assert x.shape == (3, 24, 40, 3) and y.shape == (3, 24, 40, 2)
     np.testing.assert_array_equal(y[0, :20, :36, 0].numpy(), data["val"][0][1])
@@ -128,7 +129,7 @@ def test_small_split_is_read_again_within_an_epoch(tmp_path):
     write_shards(str(tmp_path), "train", [(np.zeros((8, 8, 3), np.uint8), np.full((8, 8), i, np.uint8), None) for i in range(2)], 1)
     files = ip.shard_paths(str(tmp_path), "train")
     ds = ip.train_dataset(
-        files, ip.AugmentConfig(crop=(8, 8), scale_range=(1, 1)), ip.PipelineConfig(batch_size=3),
+        files, AugmentConfig(crop=(8, 8), scale_range=(1, 1)), PipelineConfig(batch_size=3),
         seed=0, steps_per_epoch=2, initial_epoch=0, epochs=1, num_records=2,
     )  # fmt: skip
     batches = [y.numpy() for _, y in ds]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from segops.losses import SegmentationLoss, soft_dice_loss, weighted_cross_entropy
+from segops.training.losses import SegmentationLoss, soft_dice_loss, weighted_cross_entropy
 
 C = 5
 

@@ -1,4 +1,4 @@
-"""Keras streaming metrics use the numpy definitions of segops.core.metrics (ignore excluded, classes
+"""Keras streaming metrics (segops.training.metrics) use the numpy definitions of segops.core.metrics (ignore excluded, classes
 absent from both ground truth and prediction excluded from the mean)."""
 
 import subprocess
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from segops.core import metrics
+from segops.training import metrics as keras_metrics
 
 C = 6
 
@@ -26,7 +27,7 @@ def _batches(seed=0):
 
 
 def test_streaming_matches_numpy_over_several_batches():
-    miou, mdice = metrics.MeanIoU(num_classes=C), metrics.MeanDice(num_classes=C)
+    miou, mdice = keras_metrics.MeanIoU(num_classes=C), keras_metrics.MeanDice(num_classes=C)
     cm = np.zeros((C, C), np.int64)
     for labels, logits in _batches():
         # packed targets [label, weight] for one metric, plain labels for the other
@@ -46,7 +47,7 @@ def test_streaming_matches_numpy_over_several_batches():
 
 
 def test_ignore_pixels_are_not_counted():
-    m = metrics.MeanIoU(num_classes=C)
+    m = keras_metrics.MeanIoU(num_classes=C)
     labels = np.full((1, 2, 2), 255)
     labels[0, 0, 0] = 1
     logits = np.zeros((1, 2, 2, C), "float32")
@@ -57,7 +58,7 @@ def test_ignore_pixels_are_not_counted():
 
 
 def test_empty_is_nan_and_reset_clears():
-    m = metrics.MeanIoU(num_classes=C)
+    m = keras_metrics.MeanIoU(num_classes=C)
     assert np.isnan(float(m.result()))
     labels, logits = _batches(1)[0]
     m.update_state(labels, logits)
@@ -67,7 +68,7 @@ def test_empty_is_nan_and_reset_clears():
 
 
 def test_serializable():
-    m = metrics.MeanDice(num_classes=C)
+    m = keras_metrics.MeanDice(num_classes=C)
     clone = keras.metrics.deserialize(keras.metrics.serialize(m))
     assert type(clone) is type(m) and clone.num_classes == C and clone.name == "mean_dice"
 

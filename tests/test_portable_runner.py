@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from segops import export
 from segops.cli import cli
 from segops.core import labels
+from segops.training import export
 
 pytestmark = pytest.mark.slow
 

@@ -16,9 +16,9 @@ import pyarrow.dataset as ds
 import pytest
 from click.testing import CliRunner
 
-from segops import export
 from segops.cli import cli
 from segops.core import labels
+from segops.training import export
 
 pytestmark = pytest.mark.slow
 

@@ -10,10 +10,13 @@ import pytest
 from click.testing import CliRunner
 from trainutil import write_prepared
 
-from segops import export
 from segops.cli import cli
 from segops.core import labels
-from segops.train import TrainOptions, _Run, train
+from segops.core.options import OptionsError
+from segops.training import export
+from segops.training.loop import train
+from segops.training.options import JSON_KEYS, TrainOptions
+from segops.training.state import RunState
 
 TINY = {"model": "unet", "depth": 2, "base_filters": 4, "batch_size": 4, "crop": (16, 32), "verbose": 0}
 
@@ -42,12 +45,12 @@ class _Interrupt(keras.callbacks.Callback):
 def test_resume_gives_the_weights_of_an_uninterrupted_run(prepared, tmp_path):
     opts = {**TINY, "prepared": prepared, "epochs": 2, "dropout": 0.3, "weight_maps": True,
             "class_weights": "median_frequency", "seed": 3, "export": False}  # fmt: skip
-    straight = train(TrainOptions(out=str(tmp_path / "a"), **opts))
+    straight = train(TrainOptions.from_flat(out=str(tmp_path / "a"), **opts))
     with pytest.raises(KeyboardInterrupt):
-        train(TrainOptions(out=str(tmp_path / "b"), **opts), extra_callbacks=[_Interrupt()])
+        train(TrainOptions.from_flat(out=str(tmp_path / "b"), **opts), extra_callbacks=[_Interrupt()])
     state = json.loads((tmp_path / "b/checkpoints/state.json").read_text())
     assert state["epoch"] == 1 and state["checkpoint"] == "epoch-0001.keras" and state["corrupt_records"] == 1
-    resumed = train(TrainOptions(out=str(tmp_path / "b"), resume=True, **opts))
+    resumed = train(TrainOptions.from_flat(out=str(tmp_path / "b"), resume=True, **opts))
 
     a = keras.saving.load_model(str(tmp_path / "a/checkpoints/epoch-0002.keras"))
     b = keras.saving.load_model(str(tmp_path / "b/checkpoints/epoch-0002.keras"))
@@ -65,7 +68,7 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(prepared, tmp_path):
 def test_outputs_history_and_exports(prepared, tmp_path):
     out = tmp_path / "run"
     # mixed_float16 on purpose: the exports must still be float32 models.
-    opts = TrainOptions(prepared=prepared, out=str(out), epochs=2, loss="ce+dice", precision="mixed_float16", **TINY)
+    opts = TrainOptions.from_flat(prepared=prepared, out=str(out), epochs=2, loss="ce+dice", precision="mixed_float16", **TINY)
     result = train(opts)
     assert keras.config.dtype_policy().name == "float32"  # the global policy was restored
     history = json.loads((out / "history.json").read_text())
@@ -97,8 +100,8 @@ def test_outputs_history_and_exports(prepared, tmp_path):
 
 
 def test_early_stopping_counts_epochs_since_best(tmp_path):
-    opts = TrainOptions(prepared="", out=str(tmp_path), early_stopping=2)
-    run = _Run(opts, str(tmp_path), True, corrupt=type("C", (), {"count": 0})())
+    opts = TrainOptions.from_flat(prepared="", out=str(tmp_path), early_stopping=2)
+    run = RunState(opts, str(tmp_path), True, corrupt=type("C", (), {"count": 0})())
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     for epoch, miou in enumerate([0.2, 0.5, 0.4, 0.5]):
         run.end_epoch(model, epoch, {"val_mean_iou": miou}, {})
@@ -149,7 +152,7 @@ def test_bad_prepared_dirs_fail_before_training(tmp_path, prepared):
 def test_existing_run_needs_resume_with_same_options(tmp_path, prepared):
     out = tmp_path / "out"
     (out / "checkpoints").mkdir(parents=True)
-    state = {"options": {**TrainOptions(prepared=prepared, out=str(out)).to_json(), "lr": 0.5}}
+    state = {"options": {**TrainOptions.from_flat(prepared=prepared, out=str(out)).to_json(), "lr": 0.5}}
     (out / "checkpoints/state.json").write_text(json.dumps(state))
     r = CliRunner().invoke(cli, ["train", prepared, str(out)])
     assert r.exit_code == 1 and "--resume" in r.output
@@ -165,3 +168,14 @@ def test_help_lists_every_option():
                    "--weight-maps", "--depth", "--base-filters", "--upsampling", "--precision", "--xla",
                    "--resume", "--early-stopping", "--seed", "--val-size"):  # fmt: skip
         assert option in r.output
+
+
+def test_flat_options_round_trip_in_the_recorded_key_order():
+    opts = TrainOptions.from_flat(prepared="p", out="o", model="fcn8s", crop=(64, 96), val_size=(32, 64), dropout=0.2)
+    flat = opts.to_json()
+    assert list(flat) == list(JSON_KEYS)  # state.json / model.json key order
+    assert flat["model"] == "fcn8s" and flat["crop"] == [64, 96] and flat["weight_maps"] is False
+    assert TrainOptions.from_flat(**flat) == opts
+    assert opts.model.hparams() == {"base_filters": 32, "dropout": 0.2, "dilated": False}
+    with pytest.raises(OptionsError, match="multiples of 32 for fcn8s"):
+        TrainOptions.from_flat(prepared="p", out="o", model="fcn8s", crop=(16, 32))

@@ -28,7 +28,6 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import RunInference
 
-from segops import export
 from segops.core import deadletter, fs, imageio, layout
 from segops.inference import summary as summaries
 from segops.inference import table
@@ -39,6 +38,7 @@ from segops.inference.masks import confidence_stats, encode_masks, mask_paths
 from segops.inference.model import SegmentationModelHandler
 from segops.inference.options import InferOptions
 from segops.inference.run_record import RunReport, output_paths, write_manifest
+from segops.training import export
 
 LOG = logging.getLogger(__name__)
 DEAD = deadletter.TAG

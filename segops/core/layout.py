@@ -52,6 +52,20 @@ TRAIN_STATE_FILE = "state.json"  # inside CHECKPOINT_DIR
 HISTORY_JSON = "history.json"
 HISTORY_CSV = "history.csv"
 LOGS_DIR = "logs"
+PER_CLASS_LOGS_DIR = "validation_per_class"  # inside LOGS_DIR: TensorBoard val_iou/<class>
+SAVED_MODEL_PB = "saved_model.pb"  # inside SAVED_MODEL_DIR (TensorFlow's name)
+CHECKPOINT_GLOB = "epoch-*.keras"  # inside CHECKPOINT_DIR
+
+
+def checkpoint_name(epoch: int) -> str:
+    """``epoch-NNNN.keras``: model and optimizer after ``epoch`` epochs."""
+    return f"epoch-{epoch:04d}.keras"
+
+
+def worker_dir(index: int) -> str:
+    """Where non-chief worker ``index`` of a multi-worker run writes (inside the train OUT)."""
+    return f".worker-{index}"
+
 
 # --- segops infer ------------------------------------------------------------------------------
 MASKS_DIR = "masks"

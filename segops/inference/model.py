@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
-from segops import export
 from segops.inference.examples import ImageExample, Prediction
 from segops.inference.options import PredictOptions
 from segops.inference.tiling import predict_probabilities
+from segops.training import export
 
 LOG = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class SegmentationModelHandler(ModelHandler):
 
     Beam's built-in ``TFModelHandlerNumpy`` loads with ``tf.keras.models.load_model`` and calls
     the model on a float batch; our export's callable is a signature with a uint8 keyword input
-    returning a dict, so this handler loads it with :func:`segops.export.load_serving_fn`
+    returning a dict, so this handler loads it with :func:`segops.training.export.load_serving_fn`
     instead. RunInference keeps one loaded model per worker process (Beam's ``shared.Shared``),
     or one per machine shared by all processes with ``share_model_across_processes``.
     """

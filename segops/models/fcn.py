@@ -3,7 +3,7 @@
 ``build_fcn8s(...)`` returns a ``keras.Model`` mapping float images in 0..255 (N, H, W, 3) to
 per-class logits (N, H, W, num_classes). The encoder has five VGG blocks (2, 2, 3, 3, 3 convs of
 ``base_filters * (1, 2, 4, 8, 8)`` channels, each followed by 2x2 max pooling), so H and W must be
-multiples of 32 (:data:`FCN_STRIDE`). The 8s head scores pool5 (after the "fc6/fc7" convs),
+multiples of 32 (:data:`segops.models.FCN_STRIDE`). The 8s head scores pool5 (after the "fc6/fc7" convs),
 upsamples 2x with a transposed conv, adds the scores of pool4, upsamples 2x again, adds the
 scores of pool3 and upsamples 8x to the input resolution. Transposed convs start as bilinear
 upsampling and the skip scores start at zero (as in the paper), so training starts from the
@@ -23,12 +23,7 @@ from keras import layers
 from segops.core.labels import NUM_CLASSES
 from segops.models.blocks import bilinear_kernel, conv_bn_relu, dilated_block, logits_head, normalize_input
 
-FCN_STRIDE = 32
 VGG_BLOCKS = ((2, 1), (2, 2), (3, 4), (3, 8), (3, 8))  # (convs, width multiplier of base_filters)
-
-
-def fcn8s_stride(**_: object) -> int:
-    return FCN_STRIDE
 
 
 def build_fcn8s(

@@ -2,7 +2,7 @@
 
 ``build_unet(...)`` returns a ``keras.Model`` mapping float images in 0..255, shape
 (N, H, W, 3), to per-class logits (N, H, W, num_classes). H and W must be multiples of
-``2 ** depth`` (:func:`unet_stride`): each of the ``depth`` levels halves the resolution and the
+``2 ** depth`` (:func:`segops.models.unet_stride`): each of the ``depth`` levels halves the resolution and the
 decoder concatenates the encoder feature maps at the same size.
 """
 
@@ -12,13 +12,8 @@ import keras
 from keras import layers
 
 from segops.core.labels import NUM_CLASSES
+from segops.models import UPSAMPLING_MODES
 from segops.models.blocks import conv_bn_relu, dilated_block, logits_head, normalize_input
-
-UPSAMPLING_MODES = ("transpose", "bilinear")
-
-
-def unet_stride(depth: int = 4, **_: object) -> int:
-    return 2**depth
 
 
 def build_unet(

@@ -10,23 +10,21 @@ An *export directory* holds one model in two forms plus its description:
     model.json       architecture, classes, label table, input size, training options, metrics
 
 ``segops train OUT`` writes ``OUT/best/`` and ``OUT/final/`` (two export directories) and
-``OUT/model.json`` naming the default one; :func:`resolve_export_dir` accepts either form.
+``OUT/model.json`` naming the default one; :func:`resolve_export_dir` accepts either form. The
+file names are :mod:`segops.core.layout`'s.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from segops import __version__
-from segops.core import labels
+from segops.core import fs, labels
+from segops.core.layout import KERAS_FILE, MODEL_JSON, SAVED_MODEL_DIR, SAVED_MODEL_PB
 
-MODEL_JSON = "model.json"
-KERAS_FILE = "model.keras"
-SAVED_MODEL_DIR = "saved_model"
 EXPORT_FORMAT_VERSION = 1
 
 
@@ -129,27 +127,15 @@ def export_model(model: Any, out_dir: str, info: ModelInfo) -> ModelInfo:
         tf.io.gfile.rmtree(saved)
     tf.io.gfile.rename(tmp, saved)
 
-    with open(os.path.join(out_dir, MODEL_JSON + ".tmp"), "w") as f:
-        json.dump(info.to_json(), f, indent=2)
-    os.replace(os.path.join(out_dir, MODEL_JSON + ".tmp"), os.path.join(out_dir, MODEL_JSON))
+    fs.write_json_atomic(os.path.join(out_dir, MODEL_JSON), info.to_json())
     return info
 
 
-def _join(base: str, *parts: str) -> str:
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.join(base.rstrip("/"), *parts)
-
-
 def _read_json(path: str) -> dict[str, Any]:
-    from apache_beam.io.filesystems import FileSystems
-
-    from segops.core.fs import read_bytes
-
-    if not FileSystems.exists(path):
-        raise ModelError(f"no {MODEL_JSON} at {path}: pass an output directory of `segops train`")
     try:
-        return json.loads(read_bytes(path))
+        return fs.read_json(path)
+    except FileNotFoundError:
+        raise ModelError(f"no {MODEL_JSON} at {path}: pass an output directory of `segops train`") from None
     except ValueError as exc:
         raise ModelError(f"{path} is not valid JSON ({exc})") from exc
 
@@ -159,17 +145,15 @@ def resolve_export_dir(model_dir: str) -> str:
 
     Read through Beam's FileSystems, so a model on gs:// (or any Beam filesystem) works too.
     """
-    data = _read_json(_join(model_dir, MODEL_JSON))
+    data = _read_json(fs.join(model_dir, MODEL_JSON))
     if "default_export" in data:  # a train run directory pointing to best/ or final/
-        return resolve_export_dir(_join(model_dir, data["default_export"]))
+        return resolve_export_dir(fs.join(model_dir, data["default_export"]))
     return model_dir
 
 
 def load_info(model_dir: str) -> ModelInfo:
-    from apache_beam.io.filesystems import FileSystems
-
     export_dir = resolve_export_dir(model_dir)
-    data = _read_json(_join(export_dir, MODEL_JSON))
+    data = _read_json(fs.join(export_dir, MODEL_JSON))
     try:
         info = ModelInfo.from_json(data)
     except (KeyError, TypeError, ValueError) as exc:
@@ -179,8 +163,8 @@ def load_info(model_dir: str) -> ModelInfo:
             f"{export_dir} was exported with format {info.format_version}; this segops reads "
             f"format {EXPORT_FORMAT_VERSION}: re-export it with this version"
         )
-    if not FileSystems.exists(_join(export_dir, SAVED_MODEL_DIR, "saved_model.pb")):
-        raise ModelError(f"{export_dir} has no {SAVED_MODEL_DIR}/saved_model.pb: the export is incomplete")
+    if not fs.exists(fs.join(export_dir, SAVED_MODEL_DIR, SAVED_MODEL_PB)):
+        raise ModelError(f"{export_dir} has no {SAVED_MODEL_DIR}/{SAVED_MODEL_PB}: the export is incomplete")
     return info
 
 
@@ -198,7 +182,7 @@ def load_serving_fn(model_dir: str) -> Any:
     import tensorflow as tf
 
     export_dir = resolve_export_dir(model_dir)
-    loaded = tf.saved_model.load(_join(export_dir, SAVED_MODEL_DIR))  # TF reads gs:// itself
+    loaded = tf.saved_model.load(fs.join(export_dir, SAVED_MODEL_DIR))  # TF reads gs:// itself
     fn = loaded.signatures["serving_default"]
     fn._segops_keepalive = loaded  # the signature does not keep its trackable owner alive
     return fn

@@ -2,8 +2,10 @@
 
 Elements are ``(images, targets)``: ``images`` float32 (N, H, W, 3) in 0..255 and ``targets``
 float32: with weight maps (N, H, W, 2) = [trainId (255 = ignore), per-pixel weight], without
-them the trainIds alone (N, H, W) (segops.losses and segops.core.metrics accept both forms). Records are parsed only with
-:func:`segops.core.records.parse_example_tf`.
+them the trainIds alone (N, H, W) (segops.training.losses and segops.training.metrics accept
+both forms). Records are parsed only with :func:`segops.core.records.parse_example_tf`. What to
+read and how to augment are :class:`~segops.training.options.PipelineConfig` and
+:class:`~segops.training.options.AugmentConfig`.
 
 Training data order is a pure function of ``(seed, epoch)``: the shard order, the record shuffle
 and every random augmentation parameter derive from stateless seeds folded from them, so a run
@@ -24,13 +26,13 @@ import math
 import struct
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
-from segops.core import records
+from segops.core import layout, records
 from segops.core.labels import IGNORE_ID
+from segops.training.options import AugmentConfig, PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,8 @@ _LUMA = (0.299, 0.587, 0.114)
 
 
 def shard_paths(prepared_dir: str, split: str) -> list[str]:
-    """Sorted shard files ``<prepared_dir>/<split>/<split>-*-of-*.tfrecord`` (any FileSystem TF reads)."""
-    return sorted(tf.io.gfile.glob(f"{prepared_dir.rstrip('/')}/{split}/{split}-*-of-*.tfrecord"))
+    """Sorted shard files ``<prepared_dir>/<split>/<split>-NNNNN-of-NNNNN.tfrecord`` (any FileSystem TF reads)."""
+    return sorted(tf.io.gfile.glob(f"{prepared_dir.rstrip('/')}/{split}/{layout.shard_glob(split)}"))
 
 
 def _masked_crc(data: bytes) -> int:
@@ -175,20 +177,6 @@ def pack(image: tf.Tensor, label: tf.Tensor, weight: tf.Tensor | None) -> tuple[
 # --- augmentation --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Training-time augmentation. ``scale_range``: the prepared image is rescaled by a factor
-    drawn log-uniformly in this range before the crop; ``brightness`` is a fraction of 255,
-    ``contrast`` and ``saturation`` are +- factors around 1 (0 disables each)."""
-
-    crop: tuple[int, int]
-    scale_range: tuple[float, float] = (0.5, 2.0)
-    flip: bool = True
-    brightness: float = 0.125
-    contrast: float = 0.25
-    saturation: float = 0.25
-
-
 def _uniform(key: tf.Tensor, lo: float | tf.Tensor = 0.0, hi: float | tf.Tensor = 1.0) -> tf.Tensor:
     return tf.random.stateless_uniform([], seed=key, minval=lo, maxval=hi, dtype=tf.float32)
 
@@ -235,12 +223,13 @@ def augment(
     image = sample(image, "bilinear", 0.0)
     label = sample(label, "nearest", float(IGNORE_ID))[..., 0]
 
-    if cfg.saturation > 0 or cfg.contrast > 0 or cfg.brightness > 0:
+    brightness, contrast, saturation = cfg.color_jitter
+    if saturation > 0 or contrast > 0 or brightness > 0:
         # Saturation s (blend with the luma), contrast c (around the mean luma m, estimated on
         # every 8th pixel), brightness d: one 3x3 colour matrix and an offset, one pass.
-        s = _uniform(keys[4], 1 - cfg.saturation, 1 + cfg.saturation) if cfg.saturation > 0 else 1.0
-        c = _uniform(keys[5], 1 - cfg.contrast, 1 + cfg.contrast) if cfg.contrast > 0 else 1.0
-        d = 255.0 * _uniform(keys[6], -cfg.brightness, cfg.brightness) if cfg.brightness > 0 else 0.0
+        s = _uniform(keys[4], 1 - saturation, 1 + saturation) if saturation > 0 else 1.0
+        c = _uniform(keys[5], 1 - contrast, 1 + contrast) if contrast > 0 else 1.0
+        d = 255.0 * _uniform(keys[6], -brightness, brightness) if brightness > 0 else 0.0
         luma = tf.constant(_LUMA, tf.float32)
         m = tf.tensordot(tf.reduce_mean(image[::8, ::8], axis=[0, 1]), luma, axes=1)
         matrix = c * (s * tf.eye(3) + (1 - s) * luma[:, None] * tf.ones([1, 3]))  # out = img @ matrix
@@ -256,24 +245,14 @@ def augment(
 # --- datasets ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PipelineConfig:
-    batch_size: int
-    with_weights: bool = False
-    shuffle_buffer: int = 64  # records of a shard shuffled together (before decoding; see ShardReader)
-    cycle_length: int = 4  # shards read in parallel
-    num_parallel_calls: int = AUTOTUNE  # parallel decode + augment
-    threads: int | None = None  # private tf.data thread pool size (None: TF's default)
-
-
 def _options(cfg: PipelineConfig) -> tf.data.Options:
     opts = tf.data.Options()
     opts.deterministic = True
-    # Shards are assigned to workers by the caller (train.py); tf.distribute must not re-shard a
-    # generator-based dataset.
+    # Shards are assigned to workers by the caller (segops.training.loop); tf.distribute must
+    # not re-shard a generator-based dataset.
     opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    if cfg.threads:
-        opts.threading.private_threadpool_size = cfg.threads
+    if cfg.data_threads:
+        opts.threading.private_threadpool_size = cfg.data_threads
         opts.threading.max_intra_op_parallelism = 1
     return opts
 
@@ -317,7 +296,7 @@ def train_dataset(
         examples = tf.data.Dataset.range(passes).flat_map(lambda i: one_pass(epoch_key, i))
 
         def load(index: tf.Tensor, serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            image, label, weight = decode(serialized, cfg.with_weights)
+            image, label, weight = decode(serialized, cfg.weight_maps)
             return pack(*augment(image, label, weight, _fold(aug_key, index), aug))
 
         examples = examples.enumerate().map(load, num_parallel_calls=cfg.num_parallel_calls, deterministic=True)
@@ -360,7 +339,7 @@ def eval_dataset(
     reader = ShardReader(corrupt or CorruptRecords())
 
     def load(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        image, label, weight = decode(serialized, cfg.with_weights)
+        image, label, weight = decode(serialized, cfg.weight_maps)
         if size is not None:
             image = tf.image.resize(image, size, method="bilinear")
             label = tf.image.resize(label[..., None], size, method="nearest")[..., 0]
@@ -372,7 +351,7 @@ def eval_dataset(
     ds = ds.map(load, num_parallel_calls=cfg.num_parallel_calls, deterministic=True).ignore_errors(log_warning=True)
     # Pads images of different sizes to the largest in the batch; the label (and weight) channel
     # is padded with 255: ignore pixels, whose weight never counts.
-    target_shape = [None, None, 2] if cfg.with_weights else [None, None]
+    target_shape = [None, None, 2] if cfg.weight_maps else [None, None]
     ds = ds.padded_batch(cfg.batch_size, ([None, None, 3], target_shape), padding_values=(0.0, float(IGNORE_ID)))
     if stride > 1:
         ds = ds.map(lambda x, y: pad_to_multiple(x, y, stride))

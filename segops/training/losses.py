@@ -3,7 +3,7 @@
 Backend-neutral (``keras.ops`` only). Every function takes
 
 * ``y_true``: either integer trainIds (N, H, W) / (N, H, W, 1), or the packed targets produced
-  by :mod:`segops.input_pipeline`, float (N, H, W, 2) = [trainId, per-pixel weight];
+  by :mod:`segops.training.input_pipeline`, float (N, H, W, 2) = [trainId, per-pixel weight];
 * ``logits``: (N, H, W, C) in any float dtype; they are cast to float32 first, so the losses are
   safe under mixed_float16 / mixed_bfloat16 policies.
 
@@ -34,8 +34,7 @@ import keras
 from keras import ops
 
 from segops.core.labels import NUM_CLASSES
-
-LOSS_KINDS = ("ce", "dice", "ce+dice")
+from segops.training.options import LOSS_KINDS
 
 
 def split_targets(y_true: Any, num_classes: int) -> tuple[Any, Any, Any]:
@@ -102,6 +101,8 @@ class SegmentationLoss(keras.losses.Loss):
     targets (the U-Net weight maps); ignored for plain label targets.
     """
 
+    CONFIG_KEYS = ("kind", "class_weights", "use_pixel_weights", "ce_weight", "dice_weight", "epsilon", "num_classes")
+
     def __init__(
         self,
         kind: str = "ce",
@@ -142,13 +143,5 @@ class SegmentationLoss(keras.losses.Loss):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(
-            kind=self.kind,
-            class_weights=self.class_weights,
-            use_pixel_weights=self.use_pixel_weights,
-            ce_weight=self.ce_weight,
-            dice_weight=self.dice_weight,
-            epsilon=self.epsilon,
-            num_classes=self.num_classes,
-        )
+        config.update({key: getattr(self, key) for key in self.CONFIG_KEYS})
         return config

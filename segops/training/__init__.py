@@ -1,0 +1,16 @@
+"""``segops train``: from a prepared directory to exported models.
+
+    options.py         TrainOptions and its parts (model, optimisation, augmentation, data), choices
+    data.py            checks of the prepared directory, class weights
+    input_pipeline.py  tf.data over the shards: reading, augmentation, batches
+    losses.py          weighted cross-entropy, soft Dice, their sum
+    metrics.py         Keras streaming confusion matrix, mean IoU, mean Dice
+    devices.py         precision, dtype policy, tf.distribute strategy, worker info
+    state.py           history, checkpoints, state.json; resume checks
+    callbacks.py       per-epoch callbacks (per-class IoU, checkpoint, TensorBoard)
+    loop.py            train(): plan, build or load, fit, summarise, export
+    export.py          the export directory format (model.keras, saved_model/, model.json) and loading
+
+The package imports nothing heavy itself: ``segops.training.options`` and ``export`` load without
+TensorFlow.
+"""

@@ -1,0 +1,315 @@
+"""The training loop around ``keras.Model.fit``: checkpoints, exact resume, export.
+
+``train(TrainOptions(...))`` reads a ``segops prepare`` directory and writes (see
+docs/architecture.md):
+
+    OUT/checkpoints/epoch-NNNN.keras   model + optimizer after epoch NNNN (the last and the best kept)
+    OUT/checkpoints/state.json         epoch, seed, options, history, best epoch: the commit point
+    OUT/history.json, OUT/history.csv  one row per epoch
+    OUT/logs/                          TensorBoard
+    OUT/final/, OUT/best/              export directories (segops.training.export), OUT/model.json
+
+Resume is exact: the checkpoint holds weights and optimizer state (iterations, so also the poly
+learning-rate position), state.json the epoch counter and history (segops.training.state), and
+the input pipeline's data order is a function of (seed, epoch) only; so epochs 1..k + resume
+k+1..n produce the weights of an uninterrupted run.
+
+:func:`train` reads as its steps: check the input, plan the run (workers, steps, state), build or
+load the model, fit, then summarise and export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from segops.core import fs, labels, layout
+from segops.core.formatting import finite_or_none
+from segops.training.callbacks import make_callbacks
+from segops.training.data import PreparedData, check_prepared, resolve_class_weights
+from segops.training.devices import dtype_policy, resolve_precision, select_strategy, worker_info
+from segops.training.options import POLY_POWER, SGD_MOMENTUM, TrainError, TrainOptions
+from segops.training.state import RunState, check_resume, class_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    out: str
+    epochs_trained: int
+    best_epoch: int
+    best_val_mean_iou: float
+    best_val_iou_per_class: dict[str, float | None]
+    final_val_mean_iou: float
+    corrupt_records: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+@dataclass
+class Plan:
+    """What this process trains: its output directory, its shards, the steps per epoch, and the
+    epoch it starts from (after a resume)."""
+
+    out: str
+    data: PreparedData
+    train_records: int
+    steps: int
+    precision: str
+    scheme: str
+    class_weights: list[float] | None
+    run: RunState
+    state: dict[str, Any] | None
+
+    @property
+    def initial_epoch(self) -> int:
+        return self.state["epoch"] if self.state else 0
+
+
+# --- compiling -----------------------------------------------------------------------------------
+
+
+def make_optimizer(opts: TrainOptions, steps: int) -> Any:
+    """Adam or momentum SGD, with the poly schedule over all ``epochs * steps`` steps or a constant lr."""
+    import keras
+
+    optim = opts.optim
+    lr: Any = optim.lr
+    if optim.lr_schedule == "poly":
+        lr = keras.optimizers.schedules.PolynomialDecay(
+            optim.lr, decay_steps=max(optim.epochs * steps, 1), end_learning_rate=0.0, power=POLY_POWER
+        )
+    if optim.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=lr)
+    return keras.optimizers.SGD(learning_rate=lr, momentum=SGD_MOMENTUM)
+
+
+def compile_model(model: Any, opts: TrainOptions, class_weights: list[float] | None, steps: int) -> None:
+    """Compile ``model`` as training does: optimizer, segmentation loss, streaming mIoU and Dice."""
+    from segops.training.losses import SegmentationLoss
+    from segops.training.metrics import MeanDice, MeanIoU
+
+    loss = SegmentationLoss(opts.optim.loss, class_weights=class_weights, use_pixel_weights=opts.data.weight_maps)
+    model.compile(
+        optimizer=make_optimizer(opts, steps), loss=loss, metrics=[MeanIoU(), MeanDice()], jit_compile=bool(opts.xla)
+    )
+
+
+# --- the steps of a run --------------------------------------------------------------------------
+
+
+def plan_run(opts: TrainOptions, data: PreparedData, scheme: str, class_weights: list[float] | None) -> Plan:
+    """This worker's output directory and shards, the steps per epoch and the saved state to
+    resume from. Raises TrainError for a run that cannot start."""
+    from segops.training import input_pipeline as ip
+
+    index, num_workers, is_chief = worker_info()
+    out = opts.out if is_chief else os.path.join(opts.out, layout.worker_dir(index))
+    check_resume(opts, out)
+    os.makedirs(out, exist_ok=True)
+
+    precision = resolve_precision(opts.precision)
+    if num_workers > 1:
+        if len(data.train_files) < num_workers:
+            raise TrainError(f"{len(data.train_files)} training shards for {num_workers} workers: prepare more shards")
+        # Each worker trains on its own shards. Validation is not split: every worker evaluates
+        # all of it, which multiplies the summed confusion matrix by the worker count and leaves
+        # IoU/Dice (ratios) unchanged.
+        data = dataclasses.replace(data, train_files=data.train_files[index::num_workers])
+    corrupt = ip.CorruptRecords()
+    train_records = data.train_records
+    if train_records is None:
+        train_records = ip.count_records(data.train_files, corrupt)
+    else:
+        train_records = math.ceil(train_records / num_workers)
+    if train_records == 0:
+        raise TrainError(f"{opts.prepared}: no readable training records")
+    steps = opts.optim.steps_per_epoch or max(train_records * num_workers // opts.data.batch_size, 1)
+
+    run = RunState(opts, out, is_chief, corrupt)
+    run.extra_state = {"precision": precision, "class_weight_scheme": scheme}
+    state = run.load_state() if opts.resume else None
+    return Plan(out, data, train_records, steps, precision, scheme, class_weights, run, state)
+
+
+def load_or_build_model(opts: TrainOptions, plan: Plan) -> Any:
+    """The checkpoint the saved state names, or a new compiled model (inside the dtype policy
+    and strategy scope)."""
+    import keras
+
+    if plan.state:
+        model = keras.saving.load_model(os.path.join(plan.run.ckpt_dir, plan.state["checkpoint"]))
+        if bool(opts.xla) != bool(model.jit_compile):
+            model.jit_compile = bool(opts.xla)
+        return model
+    model = opts.model.build()
+    compile_model(model, opts, plan.class_weights, plan.steps)
+    return model
+
+
+def fit(model: Any, opts: TrainOptions, plan: Plan, extra_callbacks: list[Any]) -> None:
+    """``model.fit`` over epochs ``initial_epoch .. epochs-1``, validating after each."""
+    from segops.training import input_pipeline as ip
+
+    corrupt = plan.run.corrupt
+    train_ds = ip.train_dataset(
+        plan.data.train_files,
+        opts.augment,
+        opts.data,
+        seed=opts.seed,
+        steps_per_epoch=plan.steps,
+        initial_epoch=plan.initial_epoch,
+        epochs=opts.optim.epochs,
+        num_records=plan.train_records,
+        corrupt=corrupt,
+    )
+    val_ds = ip.eval_dataset(
+        plan.data.val_files, opts.data.for_validation(), size=opts.data.val_size, stride=opts.model.stride,
+        corrupt=corrupt,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        # Keras says "ran out of data" at the end of every validation pass of a dataset of
+        # unknown length; a short *training* input is detected below instead.
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=opts.optim.epochs,
+            initial_epoch=plan.initial_epoch,
+            steps_per_epoch=plan.steps,
+            callbacks=make_callbacks(plan.run) + extra_callbacks,
+            verbose=opts.verbose,
+            shuffle=False,
+        )
+    run = plan.run
+    trained = run.history[-1]["epoch"] if run.history else plan.initial_epoch
+    if trained < opts.optim.epochs and not run.stopped_early:
+        log.warning("training input ran out after epoch %d of %d (corrupt records?)", trained, opts.optim.epochs)
+
+
+def train(opts: TrainOptions, extra_callbacks: list[Any] | None = None) -> TrainResult:
+    """Train, checkpoint every epoch, export best and final. Raises :class:`TrainError` for bad
+    input or options before anything is trained (options are checked when ``opts`` is made).
+    ``extra_callbacks`` run after the built-in ones (so after each epoch's checkpoint is written)."""
+    # MultiWorkerMirroredStrategy must exist before TensorFlow runs anything.
+    strategy = select_strategy()
+    data = check_prepared(opts)
+    scheme, class_weights = resolve_class_weights(opts, data)
+    plan = plan_run(opts, data, scheme, class_weights)
+
+    import keras
+
+    from segops.training import losses, metrics  # noqa: F401  (registers their classes for load_model)
+
+    keras.utils.set_random_seed(opts.seed)
+    with dtype_policy(plan.precision), strategy.scope():
+        model = load_or_build_model(opts, plan)
+        if plan.state and plan.state.get("stopped_early"):
+            plan.run.stopped_early = True
+        elif plan.initial_epoch < opts.optim.epochs:
+            fit(model, opts, plan, list(extra_callbacks or []))
+    if plan.run.corrupt.count:
+        log.warning("%d corrupt records were skipped (see warnings above)", plan.run.corrupt.count)
+    if not plan.run.history:
+        raise TrainError("no epoch was trained")
+    result = summarise(opts, plan.run)
+    if plan.run.is_chief and opts.export:
+        export_run(opts, plan, model, result)
+    return result
+
+
+# --- summary and export --------------------------------------------------------------------------
+
+
+def _nan_if_none(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _best_row(run: RunState) -> dict[str, Any]:
+    return run.history[run.best_epoch - 1] if run.best_epoch else run.history[-1]
+
+
+def summarise(opts: TrainOptions, run: RunState) -> TrainResult:
+    best_row = _best_row(run)
+    return TrainResult(
+        out=opts.out,
+        epochs_trained=run.history[-1]["epoch"],
+        best_epoch=best_row["epoch"],
+        best_val_mean_iou=_nan_if_none(best_row.get("val_mean_iou")),
+        best_val_iou_per_class={name: best_row.get("val_" + class_key(name)) for name in labels.CLASS_NAMES},
+        final_val_mean_iou=_nan_if_none(run.history[-1].get("val_mean_iou")),
+        corrupt_records=run.corrupt.count,
+        history=run.history,
+        stopped_early=run.stopped_early,
+    )
+
+
+def float32_copy(model: Any, opts: TrainOptions) -> Any:
+    """The same weights in a float32, uncompiled model (what exports hold, whatever the training
+    precision; the .keras file then loads with plain Keras, no segops classes needed)."""
+    with dtype_policy("float32"):
+        copy = opts.model.build()
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def export_run(opts: TrainOptions, plan: Plan, model: Any, result: TrainResult) -> None:
+    """OUT/final (the last epoch), OUT/best (the best checkpoint) and OUT/model.json naming best
+    as the default export."""
+    import keras
+
+    from segops.training import export
+
+    run = plan.run
+    training = {
+        **opts.to_json(),
+        "precision_used": plan.precision,
+        "class_weight_scheme": plan.scheme,
+        "steps_per_epoch": plan.steps,
+        "hparams": opts.model.hparams(),
+        "epochs_trained": result.epochs_trained,
+        "stopped_early": run.stopped_early,
+        "corrupt_records": run.corrupt.count,
+    }
+
+    def info(row: dict[str, Any]) -> export.ModelInfo:
+        return export.ModelInfo(
+            architecture=opts.model.name,
+            num_classes=labels.NUM_CLASSES,
+            input_size=tuple(opts.augment.crop),
+            stride=opts.model.stride,
+            training=training,
+            metrics={
+                "epoch": row["epoch"],
+                "val_mean_iou": row.get("val_mean_iou"),
+                "val_mean_dice": row.get("val_mean_dice"),
+                "val_loss": row.get("val_loss"),
+                "val_iou_per_class": {n: row.get("val_" + class_key(n)) for n in labels.CLASS_NAMES},
+                "best_val_mean_iou": finite_or_none(result.best_val_mean_iou),
+            },
+        )
+
+    best_row = _best_row(run)
+    final_dir = os.path.join(opts.out, layout.FINAL_EXPORT)
+    final_info = export.export_model(float32_copy(model, opts), final_dir, info(run.history[-1]))
+    best_model = keras.saving.load_model(run.checkpoint_path(best_row["epoch"]), compile=False)
+    best_dir = os.path.join(opts.out, layout.BEST_EXPORT)
+    best_info = export.export_model(float32_copy(best_model, opts), best_dir, info(best_row))
+    summary = {
+        "default_export": layout.BEST_EXPORT,
+        "best": {"dir": layout.BEST_EXPORT, "model_id": best_info.model_id, **best_info.metrics},
+        "final": {"dir": layout.FINAL_EXPORT, "model_id": final_info.model_id, **final_info.metrics},
+        "architecture": opts.model.name,
+        "epochs_trained": result.epochs_trained,
+        "stopped_early": run.stopped_early,
+        "corrupt_records": run.corrupt.count,
+        "history": layout.HISTORY_JSON,
+        "training": training,
+    }
+    fs.write_json_atomic(os.path.join(opts.out, layout.MODEL_JSON), summary)

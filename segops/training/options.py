@@ -1,0 +1,234 @@
+"""Options of ``segops train``: one frozen dataclass per concern (:class:`ModelOptions`,
+:class:`OptimOptions`, :class:`AugmentConfig`, :class:`PipelineConfig`) composed into
+:class:`TrainOptions`, each validated at construction (:class:`TrainError`, an
+:class:`~segops.core.options.OptionsError`), and the choices the CLI offers. No TensorFlow or
+Keras here: the CLI imports this module for its choices and defaults.
+
+The *flat* form is the CLI's flag names (``--batch-size`` -> ``batch_size``):
+:meth:`TrainOptions.from_flat` builds the options from it and :meth:`TrainOptions.to_json` writes
+it, in the key order of :data:`JSON_KEYS`, into ``checkpoints/state.json`` and ``model.json``,
+where ``--resume`` compares it with the interrupted run's. A field whose flag name differs from
+its own says so in its metadata (``{FLAG: "model"}``; ``{FLAG: None}``: not a flag).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from segops.core.options import OptionsError
+from segops.models import MODEL_NAMES, UPSAMPLING_MODES, get_spec
+from segops.prepare.class_weights import SCHEMES
+
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+LOSS_KINDS = ("ce", "dice", "ce+dice")
+OPTIMIZERS = ("adam", "sgd")
+SGD_MOMENTUM = 0.9
+LR_SCHEDULES = ("poly", "constant")
+POLY_POWER = 0.9  # poly: lr * (1 - step/total)^POLY_POWER, to 0 over all steps
+NO_CLASS_WEIGHTS = "none"
+DEFAULT_CLASS_WEIGHTS = "default"  # class_weights.json's default_scheme
+CLASS_WEIGHT_CHOICES = (NO_CLASS_WEIGHTS, DEFAULT_CLASS_WEIGHTS, *SCHEMES)
+AUTOTUNE = -1  # tf.data.AUTOTUNE, without importing TensorFlow
+
+FLAG = "flag"  # dataclass field metadata key: the field's flat (flag) name, None for no flag
+
+# The flat options in the order state.json and model.json have always recorded them.
+JSON_KEYS = (
+    "prepared", "out", "model", "epochs", "batch_size", "crop", "lr", "optimizer", "lr_schedule", "loss",
+    "class_weights", "weight_maps", "depth", "base_filters", "upsampling", "dilated", "dropout", "scale_range",
+    "flip", "jitter", "precision", "xla", "resume", "early_stopping", "seed", "val_size", "val_batch_size",
+    "steps_per_epoch", "train_split", "val_split", "shuffle_buffer", "cycle_length", "data_threads", "verbose",
+    "export",
+)  # fmt: skip
+# Options that may differ on --resume without changing the result of the remaining epochs.
+RESUME_FREE_OPTIONS = ("resume", "out", "prepared", "verbose", "early_stopping", "xla", "export", "data_threads")
+
+_COUNTS_MESSAGE = "--epochs and --batch-size must be >= 1 and --lr > 0"
+
+
+class TrainError(OptionsError):
+    """A problem the user can fix (bad options, bad prepared dir, incompatible run); raised before
+    training. The CLI shows it with exit status 1."""
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """The network: an architecture of the :mod:`segops.models` registry and the
+    hyper-parameters its builder takes (the others are ignored: ``depth`` for FCN-8s)."""
+
+    name: str = field(default="unet", metadata={FLAG: "model"})
+    depth: int = 4  # U-Net levels
+    base_filters: int = 32
+    upsampling: str = "transpose"  # U-Net decoder
+    dilated: bool = False
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name not in MODEL_NAMES:
+            raise TrainError(f"--model must be one of {', '.join(MODEL_NAMES)}, got {self.name!r}")
+        if self.depth < 1 or self.base_filters < 1:
+            raise TrainError("--depth and --base-filters must be >= 1")
+        if self.upsampling not in UPSAMPLING_MODES:
+            raise TrainError(f"--upsampling must be one of {', '.join(UPSAMPLING_MODES)}")
+        if not 0 <= self.dropout < 1:
+            raise TrainError("--dropout must be in [0, 1)")
+
+    def hparams(self) -> dict[str, Any]:
+        """Keyword hyper-parameters of the model builder."""
+        return {name: getattr(self, name) for name in get_spec(self.name).hparams}
+
+    @property
+    def stride(self) -> int:
+        return get_spec(self.name).stride(**self.hparams())
+
+    def build(self) -> Any:
+        """A new ``keras.Model`` (in the current dtype policy)."""
+        return get_spec(self.name).build(**self.hparams())
+
+
+@dataclass(frozen=True)
+class OptimOptions:
+    """What is minimised, how and for how long."""
+
+    epochs: int = 20
+    steps_per_epoch: int | None = None  # None: train records // batch size
+    lr: float = 1e-3
+    optimizer: str = "adam"  # adam | sgd (momentum SGD_MOMENTUM)
+    lr_schedule: str = "poly"  # poly | constant
+    loss: str = "ce"  # ce | dice | ce+dice
+    class_weights: str = NO_CLASS_WEIGHTS  # none | default | a scheme of class_weights.json
+    early_stopping: int | None = None  # patience in epochs on val mIoU
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSS_KINDS:
+            raise TrainError(f"--loss must be one of {', '.join(LOSS_KINDS)}")
+        if self.optimizer not in OPTIMIZERS or self.lr_schedule not in LR_SCHEDULES:
+            raise TrainError(f"--optimizer must be {' or '.join(OPTIMIZERS)}, --lr-schedule {' or '.join(LR_SCHEDULES)}")
+        if self.epochs < 1 or self.lr <= 0:
+            raise TrainError(_COUNTS_MESSAGE)
+        if self.class_weights not in CLASS_WEIGHT_CHOICES:
+            raise TrainError(f"unknown class-weight scheme {self.class_weights!r}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation. ``scale_range``: the prepared image is rescaled by a factor
+    drawn log-uniformly in this range before the crop; ``jitter`` turns on the photometric
+    jitter, whose strengths are ``brightness`` (a fraction of 255), ``contrast`` and
+    ``saturation`` (+- factors around 1; 0 disables each)."""
+
+    crop: tuple[int, int] = (256, 512)
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    flip: bool = True
+    jitter: bool = True
+    brightness: float = field(default=0.125, metadata={FLAG: None})
+    contrast: float = field(default=0.25, metadata={FLAG: None})
+    saturation: float = field(default=0.25, metadata={FLAG: None})
+
+    def __post_init__(self) -> None:
+        h, w = self.crop
+        if h <= 0 or w <= 0:
+            raise TrainError(f"--crop {h}x{w}: height and width must be positive")
+        lo, hi = self.scale_range
+        if not 0 < lo <= hi:
+            raise TrainError(f"--scale-range {lo},{hi}: need 0 < min <= max")
+
+    @property
+    def color_jitter(self) -> tuple[float, float, float]:
+        """(brightness, contrast, saturation) strengths in effect (all 0 without ``jitter``)."""
+        return (self.brightness, self.contrast, self.saturation) if self.jitter else (0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """What training reads and how: splits, batch sizes, and the tf.data reading parameters."""
+
+    batch_size: int = 8  # global (split over replicas)
+    weight_maps: bool = False  # read the records' U-Net weight maps (packed targets) and weight the CE
+    train_split: str = "train"
+    val_split: str = "val"
+    val_size: tuple[int, int] | None = None  # None: the prepared size
+    val_batch_size: int | None = None  # None: batch_size
+    shuffle_buffer: int = 64  # records of a shard shuffled together (before decoding; see ShardReader)
+    cycle_length: int = 4  # shards read in parallel
+    data_threads: int | None = None  # private tf.data thread pool size (None: TF's default)
+    num_parallel_calls: int = field(default=AUTOTUNE, metadata={FLAG: None})  # parallel decode + augment
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise TrainError(_COUNTS_MESSAGE)
+        if self.cycle_length < 1:
+            raise TrainError("cycle_length must be >= 1")
+
+    def for_validation(self) -> PipelineConfig:
+        return dataclasses.replace(self, batch_size=self.val_batch_size or self.batch_size)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything ``segops train`` needs: the paths, the four concerns, and how the run goes."""
+
+    prepared: str
+    out: str
+    model: ModelOptions = field(default_factory=ModelOptions)
+    optim: OptimOptions = field(default_factory=OptimOptions)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    data: PipelineConfig = field(default_factory=PipelineConfig)
+    seed: int = 0  # initialisation, data order, augmentation
+    precision: str = "auto"
+    xla: bool = False
+    resume: bool = False
+    verbose: int = 1  # Keras progress bar (0 silent, 1 bar, 2 one line per epoch)
+    export: bool = True  # write OUT/best, OUT/final, OUT/model.json at the end (off: checkpoints only)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise TrainError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        stride = self.model.stride
+        h, w = self.augment.crop
+        if h % stride or w % stride:
+            rule = get_spec(self.model.name).stride_rule.format(**dataclasses.asdict(self.model))
+            raise TrainError(
+                f"--crop {h}x{w}: height and width must be positive multiples of {stride} for {self.model.name} ({rule})"
+            )
+
+    @classmethod
+    def from_flat(cls, **flat: Any) -> TrainOptions:
+        """Options from flag names (the CLI's keywords, or a recorded ``to_json()``; lists are
+        read as tuples). An unknown name is a TypeError, as for any constructor."""
+        rest = {k: tuple(v) if isinstance(v, list) else v for k, v in flat.items()}
+        sections = {}
+        for name, section in _sections().items():
+            names = _flag_names(section)
+            sections[name] = section(**{names[k]: rest.pop(k) for k in list(rest) if k in names})
+        return cls(**sections, **rest)
+
+    def to_json(self) -> dict[str, Any]:
+        """The flat options (tuples as lists), keys in :data:`JSON_KEYS` order."""
+        flat: dict[str, Any] = {}
+        sections = _sections()
+        for owner in (self, *(getattr(self, name) for name in sections)):
+            for flag, name in _flag_names(type(owner)).items():
+                if owner is self and name in sections:
+                    continue
+                value = getattr(owner, name)
+                flat[flag] = list(value) if isinstance(value, tuple) else value
+        return {key: flat[key] for key in JSON_KEYS}
+
+
+def _flag_names(cls: type) -> dict[str, str]:
+    """flag name -> field name of the fields of ``cls`` that are flags."""
+    names = {f.metadata.get(FLAG, f.name): f.name for f in dataclasses.fields(cls)}
+    names.pop(None, None)
+    return names
+
+
+def _sections() -> dict[str, type]:
+    """TrainOptions' fields that hold an options dataclass -> that dataclass."""
+    return {
+        f.name: f.default_factory
+        for f in dataclasses.fields(TrainOptions)
+        if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory)
+    }
