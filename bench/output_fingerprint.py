@@ -29,13 +29,14 @@ VARIES = ("manifest.json", "/logs/", "fingerprint.pb", "/checkpoints/", "state.j
 TIMING_COLUMNS = ("inference_ms", "crf_ms")
 
 
-def parquet_digest(path: Path) -> str:
-    """Hash of a results part file's rows without the per-image timings (wall-clock numbers)."""
+def parquet_digest(path: Path, work: Path) -> str:
+    """Hash of a results part file's rows without the per-image timings (wall-clock numbers) and
+    with the work directory's absolute path replaced, so two work directories compare."""
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
     table = table.drop_columns([c for c in TIMING_COLUMNS if c in table.column_names]).sort_by("path")
-    return hashlib.sha256(repr(table.to_pydict()).encode()).hexdigest()
+    return hashlib.sha256(repr(table.to_pydict()).replace(str(work), "WORKDIR").encode()).hexdigest()
 
 
 def segops(*args: str) -> None:
@@ -69,7 +70,7 @@ def main() -> None:
             if any(v in "/" + rel for v in VARIES):
                 print(f"(varies)  {rel}")
             elif rel.endswith(".parquet"):
-                print(f"{parquet_digest(path)}  {re.sub(r'part-[0-9a-f]+', 'part-*', rel)} (rows, timings dropped)")
+                print(f"{parquet_digest(path, work)}  {re.sub(r'part-[0-9a-f]+', 'part-*', rel)} (rows, timings dropped)")
             else:
                 print(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {rel}")
 
