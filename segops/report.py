@@ -99,7 +99,7 @@ def _read_json(path: str) -> Any | None:
 class RunData:
     paths: ReportPaths
     summary: dict[str, Any]
-    rows: list[dict[str, Any]]  # metrics.parquet rows of summary["model_id"], sorted by rel_path
+    rows: list[dict[str, Any]]  # results-table rows of summary["model_id"], sorted by rel_path
     infer_manifest: dict[str, Any] | None
     stats: dict[str, Any] | None
     class_weights: dict[str, Any] | None

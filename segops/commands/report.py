@@ -10,7 +10,7 @@ import click
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.argument("run_dir", required=False, metavar="[RUN_DIR]")
 @click.option("--infer", "infer_dir", default=None, metavar="DIR",
-              help="Output of `segops infer` (summary.json, metrics.parquet, masks/). Default: RUN_DIR/infer.")  # fmt: skip
+              help="Output of `segops infer` (summary.json, results/, masks/). Default: RUN_DIR/infer.")  # fmt: skip
 @click.option("--prepared", default=None, metavar="DIR",
               help="Output of `segops prepare` (stats.json, class_weights.json). Default: RUN_DIR/prepared.")  # fmt: skip
 @click.option("--model", "model_dir", default=None, metavar="DIR",
