@@ -31,6 +31,7 @@ from pathlib import Path
 
 H, W = 32, 64
 PER_DIR = 1000
+LINKS_PER_BASE = 50_000
 
 
 def make_model(work: Path) -> Path:
@@ -49,15 +50,17 @@ def make_model(work: Path) -> Path:
 
 
 def make_archive(root: Path, n: int, start: int = 0) -> None:
-    """Images start..n-1 as hard links to one PNG (cheap at a million)."""
+    """Images start..n-1 as hard links to a few PNGs (cheap at a million; ext4 allows 65000
+    links per file, so one base image per LINKS_PER_BASE images)."""
     import numpy as np
 
     from segops.core.imageio import encode_png
 
-    base = root.parent / "base.png"
-    if not base.exists():
-        base.write_bytes(encode_png(np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)))
     for i in range(start, n):
+        base = root.parent / f"base{i // LINKS_PER_BASE}.png"
+        if not base.exists():
+            rng = np.random.default_rng(i // LINKS_PER_BASE)
+            base.write_bytes(encode_png(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)))
         d = root / f"d{i // PER_DIR:05d}"
         if i % PER_DIR == 0 or i == start:
             d.mkdir(parents=True, exist_ok=True)
