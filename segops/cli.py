@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("segops.commands.synth", "Generate the built-in synthetic dataset in the Cityscapes layout."),
     "prepare": ("segops.commands.prepare", "Raw Cityscapes layout -> sharded TFRecords, statistics, class weights (Beam)."),
     "train": ("segops.commands.train", "Train U-Net or FCN-8s on prepared TFRecords; export for inference."),
-    "infer": ("segops.commands.infer", "Batch inference with dense-CRF refinement: masks, Parquet metrics (Beam)."),
+    "infer": ("segops.commands.infer", "Batch inference with dense-CRF refinement: masks, a results table (Beam)."),
     "report": ("segops.commands.report", "Self-contained HTML quality report with plots for a run directory."),
     "demo": ("segops.commands.demo", "Run synth -> prepare -> train -> infer -> report end to end."),
 }

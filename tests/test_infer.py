@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
 import cv2
 import keras
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -19,6 +19,7 @@ from segops.core import labels, metrics
 from segops.inference import crf
 from segops.inference.masks import mask_paths
 from segops.inference.options import InferOptions
+from segops.inference.table import open_table, read_metrics
 from segops.training import export
 from workflows.infer import run_infer
 
@@ -146,7 +147,7 @@ def _items(options):
 def test_parquet_rows_equal_an_independent_numpy_computation(first_run, dataset, serving):
     report, options = first_run
     _, frames = dataset
-    table = pq.read_table(str(Path(options.output) / "metrics.parquet"))
+    table = read_metrics(options.output)
     assert table.num_rows == 3
     rows = {r["path"]: r for r in table.to_pylist()}
     for path, (rgb, label_ids) in frames.items():
@@ -200,7 +201,7 @@ def test_summary_equals_cityscapes_evaluation_of_the_label_id_masks(first_run, d
             assert after["dataset_iou"][name] == pytest.approx(expected, abs=1e-6)
     assert after["dataset_miou"] == pytest.approx(result["averageScoreClasses"], abs=1e-6)
     # the other number, named differently: mean over images of per-image mIoU
-    per_image = [r["mean_iou_after"] for r in pq.read_table(str(Path(options.output) / "metrics.parquet")).to_pylist()]
+    per_image = [r["mean_iou_after"] for r in read_metrics(options.output).to_pylist()]
     assert after["mean_of_per_image_miou"] == pytest.approx(np.mean(per_image))
     assert summary["before_crf"]["dataset_miou"] is not None and summary["labelled_images"] == 3
 
@@ -213,7 +214,7 @@ def test_rerun_skips_everything_overwrite_reprocesses_and_rows_never_duplicate(m
         return run_infer(InferOptions(model_dir, str(root / "leftImg8bit" / "val"), str(out), **kw))
 
     def keys():
-        table = pq.read_table(str(out / "metrics.parquet"), columns=["path", "model_id", "run_id"])
+        table = read_metrics(str(out), ["path", "model_id", "run_id"])
         pairs = list(zip(table.column("path").to_pylist(), table.column("model_id").to_pylist(), strict=True))
         assert len(pairs) == len(set(pairs)) == 3
         return sorted(table.column("run_id").to_pylist())
@@ -228,18 +229,22 @@ def test_rerun_skips_everything_overwrite_reprocesses_and_rows_never_duplicate(m
     assert {p: p.read_bytes() for p in (out / "masks").rglob("*.png")} == masks
     assert json.loads((out / "summary.json").read_text())["after_crf"] == first.summary["after_crf"]
 
-    # an interrupted run: one image lost a mask file -> only that image is redone, its old row replaced
-    victim = next((out / "masks" / "bremen").glob("*_color.png"))
-    victim.unlink()
+    # one input changed since its row was written (new modification time): only it is redone,
+    # its old row replaced in the same transaction
+    changed = next((root / "leftImg8bit" / "val" / "bremen").glob("*.png"))
+    os.utime(changed, (changed.stat().st_atime, changed.stat().st_mtime + 60))
     third = run(run_id="r3")
     assert (third.processed, third.skipped, third.pruned_rows) == (1, 2, 1)
-    assert keys() == ["r1", "r1", "r3"] and victim.exists()
+    assert keys() == ["r1", "r1", "r3"]
+    assert {p: p.read_bytes() for p in (out / "masks").rglob("*.png")} == masks  # same pixels, same masks
 
     fourth = run(run_id="r4", overwrite=True)
     assert (fourth.processed, fourth.skipped, fourth.pruned_rows) == (3, 0, 3)
     assert keys() == ["r4"] * 3
     assert {p: p.read_bytes() for p in (out / "masks").rglob("*.png")} == masks  # same model, same masks
-    assert not list((out / "metrics.parquet").glob("run=r1/*.parquet"))
+    versions = [open_table(str(out), run_id=r).version() for r in ("r1", "r3", "r4")]
+    assert versions == sorted(versions) and second.table_version == first.table_version  # nothing to commit
+    assert sorted(open_table(str(out), run_id="r1").to_pyarrow_table().column("run_id").to_pylist()) == ["r1"] * 3
 
 
 def test_reusing_a_run_id_keeps_the_rows_it_did_not_redo(model_dir, dataset, tmp_path):
@@ -250,10 +255,11 @@ def test_reusing_a_run_id_keeps_the_rows_it_did_not_redo(model_dir, dataset, tmp
         return run_infer(InferOptions(model_dir, str(root / "leftImg8bit" / "val"), str(out), run_id="nightly"))
 
     assert run().processed == 3
-    next((out / "masks").rglob("*_color.png")).unlink()  # the restarted job must redo one image
+    changed = next((root / "leftImg8bit" / "val").rglob("*.png"))  # the restarted job must redo one image
+    os.utime(changed, (changed.stat().st_atime, changed.stat().st_mtime + 60))
     again = run()
     assert (again.processed, again.skipped, again.pruned_rows) == (1, 2, 1)
-    table = pq.read_table(str(out / "metrics.parquet"), columns=["path", "run_id"])
+    table = read_metrics(str(out), ["path", "run_id"])
     assert sorted(table.column("path").to_pylist()) == sorted(str(p) for p in (root / "leftImg8bit" / "val").rglob("*.png"))
     assert set(table.column("run_id").to_pylist()) == {"nightly"}
 
@@ -287,7 +293,7 @@ def test_bad_inputs_are_dead_lettered_and_the_rest_lands(model_dir, tmp_path):
     assert "is 50x60" in dead["ulm_000000_000004"]["reason"]
     assert "unknown label ids [200]" in dead["ulm_000000_000005"]["reason"]
     assert "over the limit" in dead["ulm_000000_000006"]["reason"]
-    table = pq.read_table(str(out / "metrics.parquet"))
+    table = read_metrics(str(out))
     assert table.column("path").to_pylist() == [str(city / "ulm_000000_000001_leftImg8bit.png")]
     assert (out / "masks" / "ulm" / "ulm_000000_000001_trainIds.png").exists()
     assert not (out / "masks" / "ulm" / "ulm_000000_000004_trainIds.png").exists()
@@ -307,7 +313,7 @@ def test_unlabelled_images_in_any_layout_get_masks_and_confidence_only(model_dir
     train = read_png(out / "masks" / "a_trainIds.png")
     np.testing.assert_array_equal(train, _probs(serving, rgb_a).argmax(axis=2))  # --no-crf: argmax
     assert (out / "masks" / "sub" / "deeper" / "b_color.png").exists()
-    rows = pq.read_table(str(out / "metrics.parquet")).to_pylist()
+    rows = read_metrics(str(out)).to_pylist()
     for row in rows:
         assert row["has_labels"] is False and row["crf"] is False and row["crf_ms"] is None
         assert row["mean_iou_before"] is None and row["confusion_before"] is None and row["iou_after_road"] is None

@@ -16,12 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
 from segops.cli import cli
 from segops.core import labels
+from segops.inference.table import read_metrics
 from segops.training import export
 
 pytestmark = pytest.mark.slow
@@ -110,7 +110,7 @@ def run_cli(args: list[str]) -> str:
 
 def outputs(out: Path) -> tuple[dict[str, bytes], list[dict], dict]:
     masks = {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "masks").rglob("*")) if p.is_file()}
-    table = pq.read_table(out / "metrics.parquet")
+    table = read_metrics(str(out))
     rows = sorted(
         ({k: v for k, v in r.items() if k not in (*VOLATILE, "run")} for r in table.to_pylist()), key=lambda r: r["path"]
     )

@@ -2,22 +2,25 @@
 
 One unchanged command line (`segops infer MODEL ARCHIVE OUT --labels LABELS`) runs after every
 delivery into a growing archive: each run processes only the new images, a run whose pipeline
-raised and a run that was killed half-way are simply started again, and the Parquet table of all
-runs holds exactly one row per (image, model).
+raised and a run that was killed before its commit are simply started again, and the results
+table (Delta Lake) holds exactly one row per (image, model), read the way the docs read it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
-import pyarrow.dataset as ds
+import duckdb
 import pytest
 from click.testing import CliRunner
 
 from segops.cli import cli
 from segops.core import labels
+from segops.inference.table import open_table
 from segops.training import export
 
 pytestmark = pytest.mark.slow
@@ -84,8 +87,9 @@ def relabel(model: Path, archive: Archive, run_id: str) -> tuple[int, dict]:
 
 
 def union(out: Path):
-    """All runs' rows as one table, the way docs/scheduled.md queries them."""
-    return ds.dataset(out / "metrics.parquet", format="parquet", partitioning="hive").to_table()
+    """The table's rows (latest version), queried with DuckDB the way docs/scheduled.md does."""
+    rows = open_table(str(out)).to_pyarrow_dataset()  # noqa: F841 - DuckDB scans the Python variable
+    return duckdb.sql("SELECT path, rel_path, model_id, run_id AS run, has_labels FROM rows").to_arrow_table()
 
 
 def test_a_growing_archive_is_relabelled_incrementally_and_failed_runs_are_just_restarted(source, tmp_path):
@@ -117,36 +121,40 @@ def test_a_growing_archive_is_relabelled_incrementally_and_failed_runs_are_just_
     shutil.copytree(model, broken)
     for f in (broken / "saved_model" / "variables").glob("variables.data-*"):
         f.write_bytes(f.read_bytes()[:16])
+    version = open_table(str(archive.out)).version()
     code, run = relabel(broken, archive, "r3-failed")
     assert code != 0 and run == {}  # the run died before recording itself
-    assert not list((archive.out / "metrics.parquet").glob("run=r3-failed/**/*.parquet"))  # no rows committed
+    assert open_table(str(archive.out)).version() == version  # the table is as it was: no rows committed
     assert not any(p.exists() for img in day3 for p in archive.masks_of(img))
     code, run = relabel(model, archive, "r3")  # started again, unchanged
     assert code == 0 and (run["processed"], run["skipped"]) == (2, 5)
     assert all(p.exists() for img in day3 for p in archive.masks_of(img))
-    assert not list((archive.out / "metrics.parquet").rglob("beam-temp-*/*"))  # the failed run's temp files
 
-    # a run killed half-way: masks of one image written, none of another, no rows committed
-    # (Beam writes the Parquet files at the very end), a temporary directory left behind
+    # a run killed before its commit: its masks partly written, its staged rows left behind, the
+    # table without its rows (here: run r4, then the table restored to the version before it)
     day4 = archive.deliver("2026-11-04", 2)
+    version = open_table(str(archive.out)).version()
     code, run = relabel(model, archive, "r4")
     assert code == 0 and run["processed"] == 2
-    shutil.rmtree(archive.out / "metrics.parquet" / "run=r4")
+    open_table(str(archive.out)).restore(version)
     for p in archive.masks_of(day4[1]):
         p.unlink()
-    temp = archive.out / "metrics.parquet" / "run=r4" / "beam-temp-part-0123"
-    temp.mkdir(parents=True)
-    (temp / "0a1b2c3d").write_bytes(b"PAR1 half a file")
+    stale = archive.out / ".staging" / "r4-killed" / "part-0123.parquet"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"PAR1 half a file")
+    day_ago = time.time() - 2 * 86400
+    os.utime(stale, (day_ago, day_ago))
     code, run = relabel(model, archive, "r5")
     assert code == 0 and (run["processed"], run["skipped"]) == (2, 7)
-    assert not temp.exists()
+    assert not stale.parent.exists()  # a killed run's staging older than a day is cleared
     assert all(p.exists() for img in day4 for p in archive.masks_of(img))
 
-    # nothing new: the pipeline does not even start, the table stays as it was
+    # nothing new: nothing is committed, the table stays as it was
     before = union(archive.out).num_rows
+    version = open_table(str(archive.out)).version()
     code, run = relabel(model, archive, "r6")
     assert code == 0 and (run["processed"], run["skipped"]) == (0, 9)
-    assert union(archive.out).num_rows == before
+    assert union(archive.out).num_rows == before and open_table(str(archive.out)).version() == version
 
     # the union of all runs: N + M + ... rows, one per image, all for this model
     t = union(archive.out)

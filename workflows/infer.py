@@ -1,19 +1,22 @@
-"""The `segops infer` Beam pipeline: images -> RunInference -> dense CRF -> masks + Parquet rows.
+"""The `segops infer` Beam pipeline: list -> plan -> RunInference -> dense CRF -> masks + rows.
 
-Reads as a sentence of transforms::
+Reads as a sentence of transforms; the driver hands it the input pattern, the model and the
+results table's version, never a list of images::
 
-    work items (listed on the driver, already-done images skipped)
-      | Reshuffle                       spread over workers
-      | Decode                          read + validate image and ground truth (dead-letter bad ones)
+    input pattern | ListingPatterns | Reshuffle | MatchAll        listing spreads over workers
+                  | Images                  WorkItem: relative path, fingerprint, ground truth
+    table version | IndexFiles | Reshuffle | ReadIndex             (path, fingerprint) of done rows
+    both          | CoGroupByKey | Plan     new or changed images only (counted: found, skipped)
+      | Reshuffle | Decode                  read + validate image and ground truth (dead-letter bad ones)
       | RunInference(SegmentationModelHandler)   one model per worker process, same-size batches
       | DenseCRF  (or Argmax with --no-crf)      its own stage; drops the probabilities after
       | WriteMasks                      trainIds / labelIds / colour PNGs (+ overlay), atomic
-      | Metrics                         one row per image: before/after-CRF IoU, Dice, confusion
-      | WriteToParquet                  OUT/metrics.parquet/run=<run_id>/part-*.parquet
+      | Metrics | WriteToParquet        this run's rows, staged under OUT/.staging/<run_id>/
     dead letters of every stage | WriteToText   OUT/dead_letter.jsonl
 
-:func:`run_infer` adds the driver-side steps around it (model check, listing, skip plan,
-pruning rows this run replaces, summary.json, manifest.json).
+:func:`run_infer` adds the driver-side steps around it: check the model, create the results
+table if needed, run, commit the staged rows in one transaction (segops.inference.table), write
+summary.json from a streaming scan of the table, and the manifest.
 """
 
 from __future__ import annotations
@@ -26,13 +29,15 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.io import fileio
+from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.ml.inference.base import RunInference
 
 from segops.core import deadletter, fs, imageio, layout
 from segops.inference import summary as summaries
 from segops.inference import table
 from segops.inference.crf import CRFParams, refine
-from segops.inference.discovery import WorkItem, discover_inputs
+from segops.inference.discovery import WorkItem, input_root, listing_patterns, work_item
 from segops.inference.examples import ImageExample, Prediction, load_example
 from segops.inference.masks import confidence_stats, encode_masks, mask_paths
 from segops.inference.model import SegmentationModelHandler
@@ -42,6 +47,41 @@ from segops.training import export
 
 LOG = logging.getLogger(__name__)
 DEAD = deadletter.TAG
+COUNTERS = "segops_infer"
+
+
+class ImagesFn(beam.DoFn):
+    """Listed file -> WorkItem (relative path, fingerprint, ground truth); other files dropped."""
+
+    def __init__(self, root: str, output: str, labels_root: str | None) -> None:
+        self._root, self._output, self._labels = root, output, labels_root
+        self._found = Metrics.counter(COUNTERS, "images_found")
+
+    def process(self, meta: Any):
+        item = work_item(meta.path, meta.size_in_bytes, meta.last_updated_in_seconds, self._root, self._output,
+                         self._labels)  # fmt: skip
+        if item is not None:
+            self._found.inc()
+            yield item.path, item
+
+
+class PlanFn(beam.DoFn):
+    """(path, {image: [WorkItem], done: [fingerprint]}) -> the WorkItem when it is new, changed
+    since its row was written (size or modification time), or ``--overwrite`` is set."""
+
+    def __init__(self, overwrite: bool) -> None:
+        self._overwrite = overwrite
+        self._skipped = Metrics.counter(COUNTERS, "images_skipped")
+        self._todo = Metrics.counter(COUNTERS, "images_todo")
+
+    def process(self, keyed: tuple[str, dict[str, list[Any]]]):
+        _, groups = keyed
+        for item in groups["image"]:
+            if not self._overwrite and any(tuple(fp) == item.fingerprint for fp in groups["done"]):
+                self._skipped.inc()
+                continue
+            self._todo.inc()
+            yield item
 
 
 class DecodeFn(beam.DoFn):
@@ -152,48 +192,53 @@ def _failed_batch_to_dead(bad: tuple[Any, Any]) -> list[dict[str, str]]:
 
 
 @dataclass
-class RunContext:
-    """Driver-side facts a pipeline is built from."""
-
-    info: export.ModelInfo
-    items: list[WorkItem]
-    plan: table.Plan
-
-
-@dataclass
 class InferOutputs:
     rows: beam.PCollection
     dead_letters: beam.PCollection
-    context: RunContext
 
 
-def prepare_context(options: InferOptions) -> RunContext:
-    """Check the model, list inputs and decide what to skip; raises ModelError / ValueError."""
+def check_model(options: InferOptions) -> export.ModelInfo:
+    """The model's info, checked before any pipeline is built; raises ModelError."""
     info = export.load_info(options.model_dir)
     export.check_compatible(info)
-    items = discover_inputs(options)
-    if not items:
-        raise ValueError(f"no PNG/JPEG images found under {options.source}")
-    return RunContext(info, items, table.plan(items, options, info.model_id))
+    return info
 
 
 def model_handler(options: InferOptions, info: export.ModelInfo) -> SegmentationModelHandler:
     return SegmentationModelHandler(export.resolve_export_dir(options.model_dir), info.stride, options.predict)
 
 
-def build_infer_pipeline(p: beam.Pipeline, options: InferOptions, context: RunContext | None = None) -> InferOutputs:
-    """Add the inference pipeline for ``options`` to ``p``; returns rows and dead letters."""
-    context = context or prepare_context(options)
-    model_id = context.info.model_id
-    decoded = (
+def build_infer_pipeline(p: beam.Pipeline, options: InferOptions, info: export.ModelInfo,
+                         table_version: int) -> InferOutputs:  # fmt: skip
+    """Add the inference pipeline for ``options`` to ``p``. Its size does not depend on the
+    input: listing and planning happen in the pipeline, against ``table_version``."""
+    root, _ = input_root(options.source)
+    listed = (
         p
-        | "ListInputs" >> beam.Create(context.plan.todo, reshuffle=False)
+        | "Source" >> beam.Create([options.source])
+        | "ListingPatterns" >> beam.FlatMap(listing_patterns)
+        | "SpreadPatterns" >> beam.Reshuffle()
+        | "MatchFiles" >> fileio.MatchAll()
+        | "Images" >> beam.ParDo(ImagesFn(root, options.output, options.labels))
+    )
+    output, model_id = options.output, info.model_id
+    done = (
+        p
+        | "TableVersion" >> beam.Create([table_version])
+        | "IndexFiles" >> beam.FlatMap(lambda version: table.index_files(output, version))
+        | "SpreadIndex" >> beam.Reshuffle()
+        | "ReadIndex" >> beam.FlatMap(table.read_index, model_id)
+    )
+    decoded = (
+        {"image": listed, "done": done}
+        | "JoinDone" >> beam.CoGroupByKey()
+        | "Plan" >> beam.ParDo(PlanFn(options.overwrite))
         | "Spread" >> beam.Reshuffle()
         | "Decode" >> beam.ParDo(DecodeFn(options.max_pixels)).with_outputs(DEAD, main="ok")
     )
     predictions, failed = (
         decoded.ok
-        | "RunInference" >> RunInference(model_handler(options, context.info)).with_exception_handling()
+        | "RunInference" >> RunInference(model_handler(options, info)).with_exception_handling()
     )
     failed_inference = failed.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch_to_dead)
     if options.crf:
@@ -204,10 +249,8 @@ def build_infer_pipeline(p: beam.Pipeline, options: InferOptions, context: RunCo
         crf_dead = p | "NoCRFDeadLetters" >> beam.Create([])
     written = segmented | "WriteMasks" >> beam.ParDo(WriteMasksFn(options.output, options.overlay)).with_outputs(DEAD, main="ok")
     rows = written.ok | "Metrics" >> beam.ParDo(MetricsFn(model_id, options.run_id))
-    # Part files are named per invocation: a run id reused (e.g. a scheduler's date, restarted)
-    # then adds files beside the earlier ones instead of overwriting rows it did not redo.
-    _ = rows | "WriteParquet" >> beam.io.WriteToParquet(
-        fs.join(options.output, layout.METRICS_DIR, f"run={options.run_id}", f"part-{uuid.uuid4().hex[:12]}"),
+    _ = rows | "StageRows" >> beam.io.WriteToParquet(
+        fs.join(table.staging_dir(options.output, options.run_id), f"part-{uuid.uuid4().hex[:12]}"),
         schema=table.metrics_schema(),
         file_name_suffix=".parquet",
     )
@@ -219,50 +262,52 @@ def build_infer_pipeline(p: beam.Pipeline, options: InferOptions, context: RunCo
             fs.join(options.output, layout.DEAD_LETTER_FILE), shard_name_template="", num_shards=1
         )
     )
-    return InferOutputs(rows, dead, context)
+    return InferOutputs(rows, dead)
+
+
+def _counter(result: Any, name: str) -> int:
+    found = result.metrics().query(MetricsFilter().with_namespace(COUNTERS).with_name(name))["counters"]
+    return int(sum(c.committed or 0 for c in found)) if found else 0
 
 
 def run_infer(options: InferOptions, beam_args: list[str] | None = None) -> RunReport:
-    """Everything `segops infer` does: check, plan, run the pipeline, summarise, write the manifest."""
+    """Everything `segops infer` does: check, run the pipeline, commit its rows in one
+    transaction, summarise, write the manifest."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
     start = time.perf_counter()
-    context = prepare_context(options)  # before any pipeline: a bad model fails here
-    model_id = context.info.model_id
-    table.clean_stale_temp(options.output)
-    # Rows about to be replaced go first: if this run dies, those images have no row and the
-    # next run redoes them; the table never holds two rows for one (image, model).
-    todo = {it.path for it in context.plan.todo}
-    pruned = table.prune_rows(options.output, model_id, todo)
-    paths = output_paths(options.output)
-    if context.plan.todo:
-        with beam.Pipeline(options=PipelineOptions(beam_args or [])) as p:
-            build_infer_pipeline(p, options, context)
-    else:
-        fs.write_bytes_atomic(paths["dead_letter"], b"")  # rewritten on every run, like the pipeline does
-    # Rows for this run's images were pruned above, so any row for them now is this invocation's
-    # (counting by run id would over-count when a run id is reused).
-    run_rows = table.read_metrics(options.output, ["path", "model_id"])  # columns even when empty
-    processed = sum(
-        1
-        for path, m in zip(run_rows.column("path").to_pylist(), run_rows.column("model_id").to_pylist(), strict=True)
-        if m == model_id and path in todo
-    )
-    summary = summaries.summarize(options.output, model_id)
+    info = check_model(options)  # before any pipeline: a bad model fails here
+    table.check_layout(options.output)
+    version = table.ensure_table(options.output)
+    table.remove_staging(options.output, options.run_id)  # a killed earlier attempt of this run id
+    table.remove_stale_staging(options.output)
+    p = beam.Pipeline(options=PipelineOptions(beam_args or []))
+    build_infer_pipeline(p, options, info, version)
+    result = p.run()
+    result.wait_until_finish()
+    found = _counter(result, "images_found")
+    if found == 0:
+        raise ValueError(f"no PNG/JPEG images found under {options.source}")
+    committed = table.commit_run(options.output, options.run_id, info.model_id)
+    table.remove_staging(options.output, options.run_id)
+    summary = summaries.summarize(options.output, info.model_id)
     summary["run_id"] = options.run_id
+    summary["table_version"] = committed.version if committed.version is not None else version
+    paths = output_paths(options.output)
     fs.write_json_atomic(paths["summary"], summary)
     report = RunReport(
         run_id=options.run_id,
-        model_id=model_id,
-        found=len(context.items),
-        processed=processed,
-        skipped=len(context.plan.skipped),
+        model_id=info.model_id,
+        found=found,
+        processed=committed.rows,
+        skipped=_counter(result, "images_skipped"),
         dead_lettered=deadletter.count(paths["dead_letter"]),
-        pruned_rows=pruned,
+        pruned_rows=committed.replaced,
         summary=summary,
         output=options.output,
         seconds=time.perf_counter() - start,
         paths=paths,
+        table_version=summary["table_version"],
     )
     write_manifest(options, report)
     return report

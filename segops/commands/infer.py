@@ -75,14 +75,14 @@ def format_summary(report: Any) -> str:
 @click.option("--tile-overlap", default=PREDICT.tile_overlap, show_default=True, type=int, help="Minimum overlap of neighbouring tiles, in pixels.")
 @click.option("--tf-threads", default=PREDICT.tf_threads, show_default=True, type=int, help="TensorFlow intra-op threads per worker (0 = default).")
 @click.option("--share-model-across-processes", is_flag=True, help="One model per machine instead of per worker process.")
-@click.option("--run-id", default=None, help="Name of this run's Parquet partition (default: UTC time + random).")
+@click.option("--run-id", default=None, help="Name of this run in the results table's history (default: UTC time + random).")
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- BEAM_OPTIONS...]")
 def command(model_dir: str, input_path: str, out: str, beam_args: tuple[str, ...], **kw: Any) -> None:
     """Batch inference with dense-CRF refinement over a directory, glob or Cityscapes split.
 
-    Writes OUT/masks/ (trainIds, labelIds, colour PNGs mirroring INPUT), OUT/metrics.parquet
-    (one row per image and model), OUT/summary.json and OUT/dead_letter.jsonl. Images already
-    done for this model are skipped. Beam options go after `--`, e.g.
+    Writes OUT/masks/ (trainIds, labelIds, colour PNGs mirroring INPUT), OUT/results (a Delta
+    Lake table, one row per image and model, one version per run), OUT/summary.json and
+    OUT/dead_letter.jsonl. Images already done for this model, and unchanged since, are skipped. Beam options go after `--`, e.g.
     `-- --direct_num_workers=2 --direct_running_mode=multi_processing`.
     """
     args = check_beam_args(beam_args)

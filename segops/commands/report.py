@@ -13,7 +13,7 @@ from segops.report import DEFAULT_GALLERY_SIZE, MAX_GALLERY_SIZE
 @click.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("run_dir", required=False, metavar="[RUN_DIR]")
 @click.option("--infer", "infer_dir", default=None, metavar="DIR",
-              help="Output of `segops infer` (summary.json, metrics.parquet, masks/). Default: RUN_DIR/infer.")  # fmt: skip
+              help="Output of `segops infer` (summary.json, results/, masks/). Default: RUN_DIR/infer.")  # fmt: skip
 @click.option("--prepared", default=None, metavar="DIR",
               help="Output of `segops prepare` (stats.json, class_weights.json). Default: RUN_DIR/prepared.")  # fmt: skip
 @click.option("--model", "model_dir", default=None, metavar="DIR",

@@ -50,13 +50,19 @@ def is_glob(path: str) -> bool:
     return any(ch in path for ch in "*?[")
 
 
-def match_sized(pattern: str) -> list[tuple[str, int]]:
-    """(path, size in bytes) of the files matching ``pattern`` (Beam glob: ``*`` within a path
-    component, ``**`` across components), in the filesystem's order."""
+def match_metadata(pattern: str) -> list[Any]:
+    """Beam ``FileMetadata`` (path, size_in_bytes, last_updated_in_seconds) of the files matching
+    ``pattern``."""
     from apache_beam.io.filesystems import FileSystems
 
     (result,) = FileSystems.match([pattern])
-    return [(m.path, int(m.size_in_bytes)) for m in result.metadata_list]
+    return list(result.metadata_list)
+
+
+def match_sized(pattern: str) -> list[tuple[str, int]]:
+    """(path, size in bytes) of the files matching ``pattern`` (Beam glob: ``*`` within a path
+    component, ``**`` across components), in the filesystem's order."""
+    return [(m.path, int(m.size_in_bytes)) for m in match_metadata(pattern)]
 
 
 def match(pattern: str) -> list[str]:

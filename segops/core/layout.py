@@ -69,7 +69,9 @@ def worker_dir(index: int) -> str:
 
 # --- segops infer ------------------------------------------------------------------------------
 MASKS_DIR = "masks"
-METRICS_DIR = "metrics.parquet"
+RESULTS_TABLE = "results"  # Delta Lake table: one row per (image, model)
+STAGING_DIR = ".staging"  # <run_id>/: a run's Parquet rows until its commit
+LEGACY_METRICS_DIR = "metrics.parquet"  # segops < 0.2: plain Parquet partitions (refused, with advice)
 SUMMARY_FILE = "summary.json"
 MASK_KINDS = ("trainIds", "labelIds", "color")
 OVERLAY_KIND = "overlay"

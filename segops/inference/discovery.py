@@ -1,6 +1,8 @@
-"""Which images an infer run reads: the input root and match pattern for a directory, a glob or a
-Cityscapes split; each image's relative path (the mask layout mirrors it); and where its ground
-truth is (``--labels`` root, or the ``gtFine`` mirror of a ``leftImg8bit`` tree)."""
+"""Which images an infer run reads: the input root and the patterns that list it (one per top-level
+directory, so listing spreads over workers), each image's relative path (the mask layout mirrors
+it) and fingerprint (size, modification time), and where its ground truth is (``--labels`` root,
+or the ``gtFine`` mirror of a ``leftImg8bit`` tree). Everything here runs per element on workers
+except :func:`discover_inputs`, the same listing in one process for tools and tests."""
 
 from __future__ import annotations
 
@@ -18,6 +20,12 @@ class WorkItem:
     path: str
     rel: str  # path relative to the input root; the mask layout mirrors it
     label_path: str | None = None
+    size: int | None = None  # bytes, and modification time (epoch seconds): the input's fingerprint
+    mtime: float | None = None
+
+    @property
+    def fingerprint(self) -> tuple[int | None, float | None]:
+        return self.size, self.mtime
 
     @property
     def stem(self) -> str:
@@ -37,6 +45,36 @@ def input_root(source: str) -> tuple[str, str]:
             fixed.append(part)
         return "/".join(fixed), source
     return source, fs.join(source, "**")
+
+
+def listing_patterns(source: str) -> list[str]:
+    """Match patterns that together list ``source``: for a local directory one per top-level
+    subdirectory (``sub/**``) plus one for its own files, so each can be matched on a different
+    worker; a glob, or a directory on an object store (no cheap directory listing), is one pattern."""
+    import os
+
+    root, pattern = input_root(source)
+    if fs.is_glob(source) or fs.has_scheme(root) or not os.path.isdir(root):
+        return [pattern]
+    with os.scandir(root) as entries:
+        subdirs = sorted(e.name for e in entries if e.is_dir())
+    return [fs.join(root, "*"), *(fs.join(root, d, "**") for d in subdirs)]
+
+
+def find_label(image_path: str, rel: str, labels_root: str | None) -> str | None:
+    """The ground truth of one image, if it exists (one existence check per candidate)."""
+    if labels_root:
+        return next((c for c in label_candidates(rel, labels_root) if fs.exists(c)), None)
+    mirror = cityscapes_label_for(image_path)
+    return mirror if mirror is not None and fs.exists(mirror) else None
+
+
+def work_item(path: str, size: int, mtime: float, root: str, output: str, labels_root: str | None) -> WorkItem | None:
+    """The WorkItem of one listed file, or None when it is not an input image."""
+    if not is_input_image(path, output):
+        return None
+    rel = fs.relpath(path, root)
+    return WorkItem(path, rel, find_label(path, rel, labels_root), int(size), float(mtime))
 
 
 def is_input_image(path: str, output: str) -> bool:
@@ -71,28 +109,15 @@ def label_candidates(rel: str, labels_root: str) -> list[str]:
 
 
 def discover_inputs(options: InferOptions) -> list[WorkItem]:
-    """List input images (PNG/JPEG) and pair them with ground truth, with one match per root.
-
-    Ground truth, when ``options.labels`` is set, is looked up under that root at the image's
-    relative path (:func:`label_candidates`); otherwise, for Cityscapes names, in the ``gtFine``
-    mirror of the ``leftImg8bit`` tree. Files under the output directory are never inputs.
-    """
-    root, pattern = input_root(options.source)
-    items = [WorkItem(p, fs.relpath(p, root)) for p in fs.match(pattern) if is_input_image(p, options.output)]
-    if not items:
-        return []
-    if options.labels:
-        existing = set(fs.match(fs.join(options.labels, "**")))
-        return [
-            WorkItem(it.path, it.rel, next((c for c in label_candidates(it.rel, options.labels) if c in existing), None))
-            for it in items
-        ]
-    mirror = cityscapes_label_for(fs.join(root, "x" + layout.IMAGE_SUFFIX))
-    if mirror is None:
-        return items
-    existing = set(fs.match(fs.join(posixpath.dirname(mirror), "**")))
-    out = []
-    for it in items:
-        label = cityscapes_label_for(it.path)
-        out.append(WorkItem(it.path, it.rel, label if label in existing else None))
-    return out
+    """Every input image of ``options`` listed here, in one process, with the functions the
+    pipeline runs on workers (:func:`listing_patterns`, :func:`work_item`); sorted by path.
+    For tools and tests: `segops infer` itself never lists on the driver."""
+    root, _ = input_root(options.source)
+    items = []
+    for pattern in listing_patterns(options.source):
+        for meta in fs.match_metadata(pattern):
+            item = work_item(meta.path, meta.size_in_bytes, meta.last_updated_in_seconds, root, options.output,
+                             options.labels)  # fmt: skip
+            if item is not None:
+                items.append(item)
+    return sorted(items, key=lambda it: it.path)

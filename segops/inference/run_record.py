@@ -25,13 +25,14 @@ class RunReport:
     output: str
     seconds: float
     paths: dict[str, str] = field(default_factory=dict)
+    table_version: int | None = None  # the results table's version after this run
 
 
 def output_paths(output: str) -> dict[str, str]:
     """The run's outputs, as the CLI lists them."""
     return {
         "masks": fs.join(output, layout.MASKS_DIR),
-        "metrics": fs.join(output, layout.METRICS_DIR),
+        "results": fs.join(output, layout.RESULTS_TABLE),
         "summary": fs.join(output, layout.SUMMARY_FILE),
         "dead_letter": fs.join(output, layout.DEAD_LETTER_FILE),
     }
@@ -51,7 +52,8 @@ def write_manifest(options: InferOptions, report: RunReport) -> None:
             "processed": report.processed,
             "skipped": report.skipped,
             "dead_lettered": report.dead_lettered,
-            "pruned_rows": report.pruned_rows,
+            "replaced_rows": report.pruned_rows,
+            "table_version": report.table_version,
             "seconds": round(report.seconds, 3),
         }
     )

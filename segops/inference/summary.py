@@ -1,75 +1,143 @@
-"""The dataset summary of `segops infer` (summary.json), recomputed from the results table alone:
-the Cityscapes dataset mIoU from the summed confusion matrix, per-class IoU and Dice, before and
-after the CRF, and the mean of per-image scores (a different number, named so)."""
+"""The dataset summary of `segops infer` (summary.json) as a streaming aggregation over the results
+table: record batches of a few columns are folded into running totals (confusion matrices,
+counts, sums), so driver memory does not grow with the number of rows. It holds the Cityscapes
+dataset mIoU from the summed confusion matrix, per-class IoU and Dice before and after the CRF,
+and the mean of per-image scores (a different number, named so)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from segops.core import labels, metrics
 from segops.core.formatting import finite_or_none
-from segops.inference.table import read_metrics
+
+SCAN_BATCH_ROWS = 4096  # ~12 MB of confusion matrices per batch
+STAGE_KEYS = (("before", "before_crf"), ("after", "after_crf"))
+SUMMARY_COLUMNS = ("has_labels", "crf", "mean_confidence", "mean_iou_before", "mean_iou_after",
+                   "confusion_before", "confusion_after")  # fmt: skip
+DEFINITIONS = {
+    "dataset_iou": "per class TP/(TP+FP+FN) from the confusion matrix summed over all labelled "
+    "images, ground-truth ignore excluded (Cityscapes); dataset_miou is its mean over classes "
+    "with a score",
+    "mean_of_per_image_miou": "mean over labelled images of each image's mIoU (a different number)",
+}
+
+
+def _zeros() -> np.ndarray:
+    return np.zeros((labels.NUM_CLASSES, labels.NUM_CLASSES), np.int64)
+
+
+@dataclass
+class StageTotals:
+    images: int = 0
+    confusion: np.ndarray = field(default_factory=_zeros)
+    per_image_miou_sum: float = 0.0
+    per_image_miou_count: int = 0
+
+
+@dataclass
+class Totals:
+    """Running totals of one model's rows; :meth:`add_batch` folds in a pyarrow RecordBatch."""
+
+    images: int = 0
+    labelled_images: int = 0
+    crf_images: int = 0
+    confidence_sum: float = 0.0
+    stages: dict[str, StageTotals] = field(default_factory=lambda: {s: StageTotals() for s, _ in STAGE_KEYS})
+
+    def add_batch(self, batch: Any) -> None:
+        has_labels = np.asarray(batch.column("has_labels").to_numpy(zero_copy_only=False), dtype=bool)
+        crf = np.asarray(batch.column("crf").to_numpy(zero_copy_only=False), dtype=bool)
+        self.images += batch.num_rows
+        self.labelled_images += int(has_labels.sum())
+        self.crf_images += int(crf.sum())
+        self.confidence_sum += float(np.nansum(batch.column("mean_confidence").to_numpy(zero_copy_only=False)))
+        for stage, _ in STAGE_KEYS:
+            selected = has_labels & crf if stage == "after" else has_labels
+            totals = self.stages[stage]
+            totals.images += int(selected.sum())
+            totals.confusion += _confusion_sum(batch.column(f"confusion_{stage}"), selected)
+            per_image = batch.column(f"mean_iou_{stage}").to_numpy(zero_copy_only=False).astype(np.float64)
+            per_image = per_image[selected]
+            per_image = per_image[~np.isnan(per_image)]
+            totals.per_image_miou_sum += float(per_image.sum())
+            totals.per_image_miou_count += int(per_image.size)
+
+
+def _confusion_sum(column: Any, selected: np.ndarray) -> np.ndarray:
+    """Sum of the selected, non-null flattened 19x19 matrices of a list<int64> column."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    use = pa.array(selected) if not isinstance(selected, pa.Array) else selected
+    use = pc.and_(use, pc.is_valid(column))
+    chosen = pc.filter(column, use)
+    if len(chosen) == 0:
+        return _zeros()
+    cells = labels.NUM_CLASSES * labels.NUM_CLASSES
+    values = pc.list_flatten(chosen).to_numpy(zero_copy_only=False).astype(np.int64)
+    return values.reshape(-1, cells).sum(axis=0).reshape(labels.NUM_CLASSES, labels.NUM_CLASSES)
 
 
 def _class_dict(values: np.ndarray) -> dict[str, float | None]:
     return {name: finite_or_none(float(v)) for name, v in zip(labels.CLASS_NAMES, values, strict=True)}
 
 
-def summarize(output: str, model_id: str) -> dict[str, Any]:
-    """Dataset summary for ``model_id`` recomputed from metrics.parquet alone.
-
-    ``dataset_*``: from the confusion matrix summed over labelled images (the Cityscapes
-    definition; equals cityscapesScripts' evalPixelLevelSemanticLabeling on the labelId masks).
-    ``mean_of_per_image_*``: the average of the per-image scores, a different number.
-    """
-    import pyarrow.compute as pc
-
-    table = read_metrics(output)
-    rows = table.filter(pc.equal(table.column("model_id"), model_id)) if table.num_rows else table
-    n = rows.num_rows
+def summary_from_totals(model_id: str, totals: Totals) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "model_id": model_id,
-        "images": n,
-        "labelled_images": 0,
-        "definitions": {
-            "dataset_iou": "per class TP/(TP+FP+FN) from the confusion matrix summed over all labelled "
-            "images, ground-truth ignore excluded (Cityscapes); dataset_miou is its mean over classes "
-            "with a score",
-            "mean_of_per_image_miou": "mean over labelled images of each image's mIoU (a different number)",
-        },
+        "images": totals.images,
+        "labelled_images": totals.labelled_images,
+        "definitions": DEFINITIONS,
         "before_crf": None,
         "after_crf": None,
     }
-    if n == 0:
+    if totals.images == 0:
         return summary
-    has_labels = np.asarray(rows.column("has_labels").to_pylist(), dtype=bool)
-    crf = np.asarray(rows.column("crf").to_pylist(), dtype=bool)
-    summary["labelled_images"] = int(has_labels.sum())
-    summary["crf_images"] = int(crf.sum())
-    conf = np.asarray(rows.column("mean_confidence").to_pylist(), dtype=np.float64)
-    summary["mean_confidence"] = float(conf.mean())
-    for stage, key in (("before", "before_crf"), ("after", "after_crf")):
-        sel = has_labels & (crf if stage == "after" else True)
-        if not sel.any():
+    summary["crf_images"] = totals.crf_images
+    summary["mean_confidence"] = totals.confidence_sum / totals.images
+    for stage, key in STAGE_KEYS:
+        st = totals.stages[stage]
+        if st.images == 0:
             continue
-        cms = rows.column(f"confusion_{stage}").to_pylist()
-        total = np.zeros((labels.NUM_CLASSES, labels.NUM_CLASSES), np.int64)
-        for cm, use in zip(cms, sel, strict=True):
-            if use and cm is not None:
-                total += np.asarray(cm, np.int64).reshape(labels.NUM_CLASSES, labels.NUM_CLASSES)
-        per_image = np.asarray([v if v is not None else np.nan for v in rows.column(f"mean_iou_{stage}").to_pylist()])
-        per_image = per_image[sel]
-        iou, dice = metrics.iou_per_class(total), metrics.dice_per_class(total)
+        iou, dice = metrics.iou_per_class(st.confusion), metrics.dice_per_class(st.confusion)
+        per_image = st.per_image_miou_sum / st.per_image_miou_count if st.per_image_miou_count else None
         summary[key] = {
-            "images": int(sel.sum()),
+            "images": st.images,
             "dataset_miou": finite_or_none(metrics.nanmean_or_nan(iou)),
             "dataset_mdice": finite_or_none(metrics.nanmean_or_nan(dice)),
-            "dataset_pixel_accuracy": finite_or_none(metrics.pixel_accuracy(total)),
+            "dataset_pixel_accuracy": finite_or_none(metrics.pixel_accuracy(st.confusion)),
             "dataset_iou": _class_dict(iou),
             "dataset_dice": _class_dict(dice),
-            "mean_of_per_image_miou": finite_or_none(metrics.nanmean_or_nan(per_image)),
-            "confusion_matrix": total.tolist(),
+            "mean_of_per_image_miou": finite_or_none(per_image),
+            "confusion_matrix": st.confusion.tolist(),
         }
     return summary
+
+
+def summarize_table(dt: Any, model_id: str) -> dict[str, Any]:
+    """Summary of ``model_id``'s rows in a results table (``deltalake.DeltaTable``), one batch of
+    :data:`SCAN_BATCH_ROWS` rows and :data:`SUMMARY_COLUMNS` at a time."""
+    from segops.inference.table import model_filter, rows_dataset
+
+    totals = Totals()
+    dataset = rows_dataset(dt.file_uris())
+    for batch in dataset.to_batches(columns=list(SUMMARY_COLUMNS), filter=model_filter(model_id),
+                                    batch_size=SCAN_BATCH_ROWS):  # fmt: skip
+        if batch.num_rows:
+            totals.add_batch(batch)
+    return summary_from_totals(model_id, totals)
+
+
+def summarize(output: str, model_id: str) -> dict[str, Any]:
+    """Summary of ``model_id`` over the results table of infer output ``output`` (latest version)."""
+    from segops.inference.table import TableError, open_table
+
+    try:
+        dt = open_table(output)
+    except TableError:
+        return summary_from_totals(model_id, Totals())
+    return summarize_table(dt, model_id)

@@ -1,14 +1,27 @@
-"""The results table of `segops infer`: one row per (image, model) with its per-class IoU/Dice
-before and after the CRF and its confusion matrices (:func:`metrics_schema`, :func:`metrics_row`),
-and its upkeep across runs: reading it, deciding which images are already done (:func:`plan`),
-and removing the rows a run is about to replace (:func:`prune_rows`)."""
+"""The results table of `segops infer`: a Delta Lake table at OUT/results with one row per
+(image, model): per-class IoU/Dice before and after the CRF, confusion matrices, and the input's
+fingerprint (size, modification time) that tells a changed image from a done one.
+
+* :func:`metrics_schema` / :func:`metrics_row`: the row format (docs/infer.md).
+* :func:`ensure_table` creates the table before a run; :func:`index_files` and
+  :func:`read_index` let workers read the (path, fingerprint) index of one model at a pinned
+  version without the driver touching rows.
+* :func:`commit_run`: the driver's one transaction per run. Workers wrote the run's rows as
+  Parquet files under OUT/.staging/<run>; the commit MERGEs them on (path, model_id), so a row an
+  image already had is replaced, never duplicated. Delta's optimistic concurrency makes a second,
+  overlapping run's commit fail when the first added rows; it is then retried on the new version
+  (MERGE is idempotent on the key), so two runs into one OUT end with one row per (image, model).
+* :func:`open_table` (optionally as of a version, a run id or a time) and :func:`read_metrics`
+  for readers; every run is a table version.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import io
+import datetime
 import json
-from collections.abc import Iterable, Sequence
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +29,20 @@ import numpy as np
 
 from segops.core import fs, labels, layout, metrics
 from segops.core.formatting import finite_or_none
-from segops.inference.discovery import WorkItem
 from segops.inference.examples import ImageExample
-from segops.inference.masks import mask_paths
-from segops.inference.options import InferOptions
+
+LOG = logging.getLogger(__name__)
+
+KEY_COLUMNS = ("path", "model_id")
+FINGERPRINT_COLUMNS = ("input_size", "input_mtime")
+RUN_ID_PROPERTY = "segops.run_id"  # commit metadata: which run wrote a table version
+COMMIT_ATTEMPTS = 20  # concurrent runs into one OUT retry their MERGE on the new version
+INDEX_BATCH_ROWS = 65536
+STALE_STAGING_SECONDS = 86400.0  # a run's staged rows older than this belong to a killed run
+
+
+class TableError(RuntimeError):
+    """The results table cannot be used as it is (old layout, failed commit); says what to do."""
 
 
 def _column_name(name: str) -> str:
@@ -31,13 +54,15 @@ STAGES = ("before", "after")
 
 
 def metrics_schema() -> Any:
-    """Explicit Parquet schema of metrics.parquet (documented in docs/infer.md)."""
+    """Explicit schema of the results table (documented in docs/infer.md)."""
     import pyarrow as pa
 
     cols: list[tuple[str, Any]] = [
         ("path", pa.string()),
         ("rel_path", pa.string()),
         ("label_path", pa.string()),
+        ("input_size", pa.int64()),
+        ("input_mtime", pa.float64()),
         ("height", pa.int32()),
         ("width", pa.int32()),
         ("model_id", pa.string()),
@@ -99,12 +124,15 @@ def metrics_row(
     inference_ms: float,
     crf_ms: float | None,
 ) -> dict[str, Any]:
-    """One Parquet row (see :func:`metrics_schema`); per-class scores null where undefined."""
+    """One row (see :func:`metrics_schema`); per-class scores null where undefined."""
     h, w = pred_before.shape
+    item = example.item
     row: dict[str, Any] = {
-        "path": example.item.path,
-        "rel_path": example.item.rel,
-        "label_path": example.item.label_path,
+        "path": item.path,
+        "rel_path": item.rel,
+        "label_path": item.label_path,
+        "input_size": item.size,
+        "input_mtime": item.mtime,
         "height": int(h),
         "width": int(w),
         "model_id": model_id,
@@ -122,95 +150,206 @@ def metrics_row(
     return row
 
 
-def _metrics_files(output: str) -> list[str]:
-    """Committed part files of metrics.parquet (Beam's temporary directories excluded)."""
-    root = fs.join(output, layout.METRICS_DIR)
-    return [p for p in fs.match(fs.join(root, "**")) if p.endswith(".parquet") and "/beam-temp-" not in p]
+# --------------------------------------------------------------------------------------------
+# where the table and a run's staged rows live
 
 
-def _read_parquet(path: str, columns: list[str] | None = None) -> Any:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(io.BytesIO(fs.read_bytes(path)), columns=columns)
-
-
-def read_metrics(output: str, columns: list[str] | None = None) -> Any:
-    """All rows of OUT/metrics.parquet (every run partition) as one pyarrow Table."""
+def model_filter(model_id: str) -> Any:
+    """Dataset filter for one model's rows (delta-rs may store strings as string_view: cast)."""
     import pyarrow as pa
+    import pyarrow.dataset as ds
 
-    tables = [_read_parquet(p, columns) for p in _metrics_files(output)]
-    tables = [t for t in tables if t.num_rows]
-    if not tables:
-        schema = metrics_schema()
-        return schema.empty_table() if columns is None else pa.schema([schema.field(c) for c in columns]).empty_table()
-    return pa.concat_tables(tables)
+    return ds.field("model_id").cast(pa.string()) == model_id
 
 
-def clean_stale_temp(output: str) -> int:
-    """Remove ``beam-temp-*`` directories an interrupted run left under metrics.parquet."""
-    stale = {p[: p.index("/beam-temp-") + 1] + p[p.index("/beam-temp-") + 1 :].split("/")[0]
-             for p in fs.match(fs.join(output, layout.METRICS_DIR, "**")) if "/beam-temp-" in p}  # fmt: skip
-    if stale:
-        fs.delete(sorted(stale))
-    return len(stale)
+def rows_dataset(data_files: list[str]) -> Any:
+    """A pyarrow dataset over the table's data files read with :func:`metrics_schema` (delta-rs
+    writes strings as string_view, which pyarrow's filter kernels do not take)."""
+    import pyarrow.dataset as ds
+
+    return ds.dataset(data_files, format="parquet", schema=metrics_schema())
+
+
+def table_uri(output: str) -> str:
+    return fs.join(output, layout.RESULTS_TABLE)
+
+
+def staging_dir(output: str, run_id: str) -> str:
+    """Where this run's workers write their Parquet rows before the commit."""
+    return fs.join(output, layout.STAGING_DIR, run_id)
+
+
+def check_layout(output: str) -> None:
+    """Refuse an OUT written by segops < 0.2 (Parquet partitions, no transaction log)."""
+    old = fs.join(output, layout.LEGACY_METRICS_DIR)
+    if fs.match(fs.join(old, "**")):
+        raise TableError(
+            f"{output} holds results in the old layout ({layout.LEGACY_METRICS_DIR}/, plain Parquet "
+            f"partitions). segops now keeps them in a Delta Lake table ({layout.RESULTS_TABLE}/). "
+            f"Write to a new OUT, or move {old} aside: the next run then redoes every image into the new table."
+        )
+
+
+def _storage_uri(output: str) -> str:
+    uri = table_uri(output)
+    return uri if fs.has_scheme(uri) else fs.normalise(uri)
+
+
+def ensure_table(output: str) -> int:
+    """Create the (empty) results table if there is none; returns its current version."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import CommitFailedError, DeltaError
+
+    uri = _storage_uri(output)
+    for _ in range(COMMIT_ATTEMPTS):
+        if DeltaTable.is_deltatable(uri):
+            return DeltaTable(uri).version()
+        with contextlib.suppress(CommitFailedError, DeltaError):  # created concurrently: read it
+            DeltaTable.create(uri, schema=metrics_schema(), mode="ignore", name="segops_results")
+    return DeltaTable(uri).version()
+
+
+def open_table(output: str, version: int | None = None, run_id: str | None = None,
+               as_of: datetime.datetime | str | None = None) -> Any:  # fmt: skip
+    """The results table (``deltalake.DeltaTable``): the latest version, or as of a ``version``,
+    the version a ``run_id`` committed, or a point in time ``as_of`` (time travel)."""
+    from deltalake import DeltaTable
+
+    uri = _storage_uri(output)
+    if not DeltaTable.is_deltatable(uri):
+        raise TableError(f"{output} has no results table ({layout.RESULTS_TABLE}/): run `segops infer` first")
+    dt = DeltaTable(uri)
+    if run_id is not None:
+        version = version_of_run(dt, run_id)
+    if version is not None:
+        dt.load_as_version(version)
+    elif as_of is not None:
+        dt.load_as_version(as_of)
+    return dt
+
+
+def version_of_run(dt: Any, run_id: str) -> int:
+    """The table version that run ``run_id`` committed."""
+    for entry in dt.history():
+        if entry.get(RUN_ID_PROPERTY) == run_id:
+            return int(entry["version"])
+    raise TableError(f"no table version was committed by run {run_id!r}")
+
+
+def read_metrics(output: str, columns: list[str] | None = None, model_id: str | None = None) -> Any:
+    """The rows (optionally of one model) as a pyarrow Table; empty (with the schema) when there
+    is no table yet. Loads them all: for archive-sized tables scan :func:`open_table` instead."""
+    from deltalake import DeltaTable
+
+    schema = metrics_schema()
+    empty = schema.empty_table() if columns is None else schema.empty_table().select(columns)
+    uri = _storage_uri(output)
+    if not DeltaTable.is_deltatable(uri):
+        return empty
+    dataset = rows_dataset(DeltaTable(uri).file_uris())
+    wanted = model_filter(model_id) if model_id is not None else None
+    return dataset.to_table(columns=columns, filter=wanted)
+
+
+# --------------------------------------------------------------------------------------------
+# the index of done images, read on workers
+
+
+def index_files(output: str, version: int) -> list[str]:
+    """Data files of the table at ``version`` (runs on a worker: reads only the log)."""
+    from deltalake import DeltaTable
+
+    return list(DeltaTable(_storage_uri(output), version=version).file_uris())
+
+
+def read_index(data_file: str, model_id: str) -> list[tuple[str, tuple[int | None, float | None]]]:
+    """(path, (input_size, input_mtime)) of ``model_id``'s rows in one data file."""
+    dataset = rows_dataset([data_file])
+    out: list[tuple[str, tuple[int | None, float | None]]] = []
+    for batch in dataset.to_batches(columns=["path", *FINGERPRINT_COLUMNS], filter=model_filter(model_id),
+                                    batch_size=INDEX_BATCH_ROWS):  # fmt: skip
+        paths, sizes, mtimes = (batch.column(c).to_pylist() for c in ("path", *FINGERPRINT_COLUMNS))
+        out.extend(zip(paths, zip(sizes, mtimes, strict=True), strict=True))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the run's one transaction
 
 
 @dataclass
-class Plan:
-    todo: list[WorkItem]
-    skipped: list[WorkItem]
+class CommitResult:
+    version: int | None  # the table version this run committed (None: nothing to commit)
+    rows: int  # rows this run wrote (new images and redone ones)
+    replaced: int  # earlier rows of the same (image, model) it replaced
+    attempts: int
 
 
-def plan(items: Sequence[WorkItem], options: InferOptions, model_id: str) -> Plan:
-    """Split ``items`` into those to process and those already done for this model.
+def _staged_rows(output: str, run_id: str) -> Any:
+    import pyarrow.dataset as ds
 
-    Done = all its mask files exist (one match over OUT/masks) *and* metrics.parquet holds a row
-    for (path, model_id). Masks are written before rows are committed, so an image whose masks
-    exist but whose row is missing was interrupted mid-run and is processed again.
-    """
-    if options.overwrite:
-        return Plan(list(items), [])
-    existing = set(fs.match(fs.join(options.output, layout.MASKS_DIR, "**")))
-    table = read_metrics(options.output, ["path", "model_id"])
-    done_rows = {p for p, m in zip(table.column("path").to_pylist(), table.column("model_id").to_pylist(), strict=True) if m == model_id}
-    todo, skipped = [], []
-    for it in items:
-        outputs = mask_paths(options.output, it, options.overlay).values()
-        (skipped if it.path in done_rows and all(p in existing for p in outputs) else todo).append(it)
-    return Plan(todo, skipped)
+    files = [p for p in fs.match(fs.join(staging_dir(output, run_id), "**")) if p.endswith(".parquet")]
+    if not files:
+        return metrics_schema().empty_table()
+    return ds.dataset(files, format="parquet", schema=metrics_schema()).to_table()
 
 
-def prune_rows(output: str, model_id: str, paths: Iterable[str]) -> int:
-    """Delete rows (path, model_id) for ``paths`` from earlier runs' part files; returns rows removed.
+def commit_run(output: str, run_id: str, model_id: str) -> CommitResult:
+    """MERGE this run's staged rows into the table in one transaction, retried on conflicts."""
+    from deltalake import CommitProperties, DeltaTable
+    from deltalake.exceptions import CommitFailedError
 
-    Run before the pipeline writes its own partition: if the run then dies, those images have
-    no row and the next run processes them again, so the table never holds two rows for one
-    (image, model).
-    """
+    rows = _staged_rows(output, run_id)
+    if rows.num_rows == 0:
+        return CommitResult(None, 0, 0, 0)
+    if len(set(rows.column("path").to_pylist())) != rows.num_rows:  # a worker retried a bundle
+        rows = _last_row_per_path(rows)
+    uri = _storage_uri(output)
+    props = CommitProperties(custom_metadata={RUN_ID_PROPERTY: run_id, "segops.model_id": model_id})
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        dt = DeltaTable(uri)
+        try:
+            stats = (
+                dt.merge(rows, predicate="t.path = s.path AND t.model_id = s.model_id", source_alias="s",
+                         target_alias="t", commit_properties=props)  # fmt: skip
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute()
+            )
+        except CommitFailedError as exc:  # another run committed first: MERGE again on its version
+            LOG.info("commit of run %s conflicted (%s); retrying on the new version", run_id, exc)
+            time.sleep(min(0.2 * attempt, 2.0))
+            continue
+        dt = DeltaTable(uri)
+        return CommitResult(dt.version(), rows.num_rows, int(stats.get("num_target_rows_updated", 0)), attempt)
+    raise TableError(f"could not commit run {run_id} after {COMMIT_ATTEMPTS} attempts (other runs kept "
+                     f"committing into {output}); its masks are written: rerun to commit its rows")  # fmt: skip
+
+
+def _last_row_per_path(rows: Any) -> Any:
+    """One row per path (the last staged), should a retried bundle have staged an image twice."""
     import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    targets = pa.array(sorted(set(paths)), pa.string())
-    if len(targets) == 0:
-        return 0
-    removed = 0
-    for part in _metrics_files(output):
-        table = _read_parquet(part)
-        drop = pc.and_(pc.equal(table.column("model_id"), model_id), pc.is_in(table.column("path"), value_set=targets))
-        n = pc.sum(drop).as_py() or 0
-        if not n:
-            continue
-        kept = table.filter(pc.invert(drop))
-        removed += n
-        if kept.num_rows == 0:
-            fs.delete([part])
-            partition = fs.split(part)[0]
-            if not fs.match(fs.join(partition, "**")):  # drop the emptied run=... directory too
-                with contextlib.suppress(Exception):
-                    fs.delete([partition])
-            continue
-        buf = io.BytesIO()
-        pq.write_table(kept, buf)
-        fs.write_bytes_atomic(part, buf.getvalue())
-    return removed
+    paths = rows.column("path").to_pylist()
+    last = {p: i for i, p in enumerate(paths)}
+    return rows.take(pa.array(sorted(last.values())))
+
+
+def remove_stale_staging(output: str, max_age_s: float = STALE_STAGING_SECONDS) -> list[str]:
+    """Remove the staging directories of runs killed before their commit: those whose newest
+    file is older than ``max_age_s`` (a run still in progress keeps writing to its own)."""
+    import time
+
+    newest: dict[str, float] = {}
+    for meta in fs.match_metadata(fs.join(output, layout.STAGING_DIR, "**")):
+        run_dir = fs.join(output, layout.STAGING_DIR, fs.relpath(meta.path, fs.join(output, layout.STAGING_DIR)).split("/")[0])
+        newest[run_dir] = max(newest.get(run_dir, 0.0), meta.last_updated_in_seconds)
+    stale = sorted(d for d, t in newest.items() if time.time() - t > max_age_s)
+    for run_dir in stale:
+        fs.delete([run_dir])
+    return stale
+
+
+def remove_staging(output: str, run_id: str) -> None:
+    with contextlib.suppress(OSError):  # FileSystems.delete removes a directory recursively
+        fs.delete([staging_dir(output, run_id)])
