@@ -57,7 +57,7 @@ def make_archive(root: Path, n: int, start: int = 0) -> None:
     from segops.core.imageio import encode_png
 
     for i in range(start, n):
-        base = root.parent / f"base{i // LINKS_PER_BASE}.png"
+        base = root.parent / f"{root.name}-base{i // LINKS_PER_BASE}.png"
         if not base.exists():
             rng = np.random.default_rng(i // LINKS_PER_BASE)
             base.write_bytes(encode_png(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)))

@@ -24,11 +24,11 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.io import fileio
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.ml.inference.base import RunInference
@@ -38,7 +38,7 @@ from segops.inference import summary as summaries
 from segops.inference import table
 from segops.inference.crf import CRFParams, refine
 from segops.inference.discovery import WorkItem, input_root, listing_patterns, work_item
-from segops.inference.examples import ImageExample, Prediction, load_example
+from segops.inference.examples import ImageExample, Prediction, Segmented, load_example
 from segops.inference.masks import confidence_stats, encode_masks, mask_paths
 from segops.inference.model import SegmentationModelHandler
 from segops.inference.options import InferOptions
@@ -101,22 +101,18 @@ class DecodeFn(beam.DoFn):
             yield deadletter.tagged(item.path, "decode", f"{type(exc).__name__}: {exc}")
 
 
-@dataclass
-class Segmented:
-    """What survives the CRF stage: the masks and the numbers, not the probabilities."""
-
-    example: ImageExample
-    pred_before: np.ndarray
-    pred_after: np.ndarray | None
-    mean_confidence: float
-    low_confidence_fraction: float
-    inference_ms: float
-    crf_ms: float | None
-
-
 def _argmax(pred: Prediction) -> Segmented:
     labels, conf, low = confidence_stats(pred.probabilities)
     return Segmented(pred.example, labels, None, conf, low, pred.inference_ms, None)
+
+
+def _or_dead(path: str, stage: str, work: Callable[[], Segmented]) -> Any:
+    """``work()``, or a dead letter naming ``stage`` when it raises: one bad image (or a full
+    disk for one file) must not fail the batch."""
+    try:
+        return work()
+    except Exception as exc:  # noqa: BLE001
+        return deadletter.tagged(path, stage, f"{type(exc).__name__}: {exc}")
 
 
 class DenseCRFFn(beam.DoFn):
@@ -129,16 +125,14 @@ class DenseCRFFn(beam.DoFn):
         import pydensecrf.densecrf  # noqa: F401  fail in setup, not on the first element
 
     def process(self, pred: Prediction):
+        yield _or_dead(pred.example.item.path, "crf", lambda: self._refine(pred))
+
+    def _refine(self, pred: Prediction) -> Segmented:
         seg = _argmax(pred)
-        try:
-            start = time.perf_counter()
-            result = refine(pred.probabilities, pred.example.rgb, self._params)
-            seg.crf_ms = (time.perf_counter() - start) * 1e3
-            seg.pred_after = result.labels
-        except Exception as exc:  # noqa: BLE001 - one bad image must not fail the batch
-            yield deadletter.tagged(pred.example.item.path, "crf", f"{type(exc).__name__}: {exc}")
-            return
-        yield seg
+        start = time.perf_counter()
+        seg.pred_after = refine(pred.probabilities, pred.example.rgb, self._params).labels
+        seg.crf_ms = (time.perf_counter() - start) * 1e3
+        return seg
 
 
 class WriteMasksFn(beam.DoFn):
@@ -149,36 +143,14 @@ class WriteMasksFn(beam.DoFn):
         self._overlay = overlay
 
     def process(self, seg: Segmented):
-        item = seg.example.item
+        yield _or_dead(seg.example.item.path, "write", lambda: self._write(seg))
+
+    def _write(self, seg: Segmented) -> Segmented:
         mask = seg.pred_after if seg.pred_after is not None else seg.pred_before
-        try:
-            encoded = encode_masks(seg.example.rgb, mask, self._overlay)
-            paths = mask_paths(self._output, item, self._overlay)
-            for kind, data in encoded.items():
-                fs.write_bytes_atomic(paths[kind], data)
-        except Exception as exc:  # noqa: BLE001 - e.g. a full disk for this one file
-            yield deadletter.tagged(item.path, "write", f"{type(exc).__name__}: {exc}")
-            return
-        yield seg
-
-
-class MetricsFn(beam.DoFn):
-    def __init__(self, model_id: str, run_id: str) -> None:
-        self._model_id = model_id
-        self._run_id = run_id
-
-    def process(self, seg: Segmented):
-        yield table.metrics_row(
-            seg.example,
-            model_id=self._model_id,
-            run_id=self._run_id,
-            pred_before=seg.pred_before,
-            pred_after=seg.pred_after,
-            mean_confidence=seg.mean_confidence,
-            low_confidence_fraction=seg.low_confidence_fraction,
-            inference_ms=seg.inference_ms,
-            crf_ms=seg.crf_ms,
-        )
+        paths = mask_paths(self._output, seg.example.item, self._overlay)
+        for kind, data in encode_masks(seg.example.rgb, mask, self._overlay).items():
+            fs.write_bytes_atomic(paths[kind], data)
+        return seg
 
 
 def _failed_batch_to_dead(bad: tuple[Any, Any]) -> list[dict[str, str]]:
@@ -248,7 +220,7 @@ def build_infer_pipeline(p: beam.Pipeline, options: InferOptions, info: export.M
         segmented = predictions | "Argmax" >> beam.Map(_argmax)
         crf_dead = p | "NoCRFDeadLetters" >> beam.Create([])
     written = segmented | "WriteMasks" >> beam.ParDo(WriteMasksFn(options.output, options.overlay)).with_outputs(DEAD, main="ok")
-    rows = written.ok | "Metrics" >> beam.ParDo(MetricsFn(model_id, options.run_id))
+    rows = written.ok | "Metrics" >> beam.Map(table.metrics_row, model_id=model_id, run_id=options.run_id)
     _ = rows | "StageRows" >> beam.io.WriteToParquet(
         fs.join(table.staging_dir(options.output, options.run_id), f"part-{uuid.uuid4().hex[:12]}"),
         schema=table.metrics_schema(),

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -23,6 +24,19 @@ class Prediction(NamedTuple):
     example: ImageExample
     probabilities: np.ndarray  # (H, W, C) float32
     inference_ms: float  # this image's share of its model calls
+
+
+@dataclass
+class Segmented:
+    """What survives the CRF stage: the masks and the numbers, not the probabilities."""
+
+    example: ImageExample
+    pred_before: np.ndarray
+    pred_after: np.ndarray | None
+    mean_confidence: float
+    low_confidence_fraction: float
+    inference_ms: float
+    crf_ms: float | None
 
 
 def load_example(item: WorkItem, max_pixels: int) -> ImageExample:

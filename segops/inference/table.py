@@ -29,7 +29,7 @@ import numpy as np
 
 from segops.core import fs, labels, layout, metrics
 from segops.core.formatting import finite_or_none
-from segops.inference.examples import ImageExample
+from segops.inference.examples import Segmented
 
 LOG = logging.getLogger(__name__)
 
@@ -112,19 +112,9 @@ def _stage_metrics(gt: np.ndarray | None, pred: np.ndarray | None, stage: str) -
     return row
 
 
-def metrics_row(
-    example: ImageExample,
-    *,
-    model_id: str,
-    run_id: str,
-    pred_before: np.ndarray,
-    pred_after: np.ndarray | None,
-    mean_confidence: float,
-    low_confidence_fraction: float,
-    inference_ms: float,
-    crf_ms: float | None,
-) -> dict[str, Any]:
+def metrics_row(seg: Segmented, *, model_id: str, run_id: str) -> dict[str, Any]:
     """One row (see :func:`metrics_schema`); per-class scores null where undefined."""
+    example, pred_before, pred_after, crf_ms = seg.example, seg.pred_before, seg.pred_after, seg.crf_ms
     h, w = pred_before.shape
     item = example.item
     row: dict[str, Any] = {
@@ -139,10 +129,10 @@ def metrics_row(
         "run_id": run_id,
         "crf": pred_after is not None,
         "has_labels": example.gt is not None,
-        "inference_ms": float(inference_ms),
+        "inference_ms": float(seg.inference_ms),
         "crf_ms": None if crf_ms is None else float(crf_ms),
-        "mean_confidence": float(mean_confidence),
-        "low_confidence_fraction": float(low_confidence_fraction),
+        "mean_confidence": float(seg.mean_confidence),
+        "low_confidence_fraction": float(seg.low_confidence_fraction),
         "crf_changed_fraction": None if pred_after is None else float(np.mean(pred_after != pred_before)),
     }
     row.update(_stage_metrics(example.gt, pred_before, "before"))
