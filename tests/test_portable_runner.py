@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from trainutil import synth_val_and_tiny_unet
 
 from segops.cli import cli
-from segops.core import labels
 from segops.inference.table import read_metrics
-from segops.training import export
 
 pytestmark = pytest.mark.slow
 
@@ -89,17 +88,7 @@ def portable_services(tmp_path, request):
 @pytest.fixture(scope="module")
 def model_and_data(tmp_path_factory):
     """A tiny U-Net export (random weights: its masks are varied, not trivial) and 3 val images."""
-    import keras
-
-    from segops.datasets.synth import generate_dataset
-    from segops.models import build_model
-
-    root = tmp_path_factory.mktemp("portable")
-    generate_dataset(str(root / "data"), {"train": 0, "val": 3, "test": 0}, height=H, width=W, seed=3)
-    keras.utils.set_random_seed(1)
-    model = build_model("unet", depth=2, base_filters=4)
-    export.export_model(model, str(root / "model"), export.ModelInfo("unet", labels.NUM_CLASSES, (H, W), 4))
-    return root / "model", root / "data"
+    return synth_val_and_tiny_unet(tmp_path_factory.mktemp("portable"), 3, H, W, data_seed=3, model_seed=1)
 
 
 def run_cli(args: list[str]) -> str:

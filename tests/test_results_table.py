@@ -12,11 +12,10 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from trainutil import synth_val_and_tiny_unet
 
-from segops.core import labels
 from segops.inference.options import InferOptions
 from segops.inference.table import open_table, read_metrics
-from segops.training import export
 from workflows.infer import run_infer
 
 pytestmark = pytest.mark.slow
@@ -28,17 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
     """A tiny exported U-Net and 8 labelled images in the Cityscapes layout."""
-    import keras
-
-    from segops.datasets.synth import generate_dataset
-    from segops.models import build_model
-
-    root = tmp_path_factory.mktemp("archive")
-    generate_dataset(str(root / "data"), {"train": 0, "val": 8, "test": 0}, height=H, width=W, seed=3)
-    keras.utils.set_random_seed(4)
-    export.export_model(build_model("unet", depth=2, base_filters=4), str(root / "model"),
-                        export.ModelInfo("unet", labels.NUM_CLASSES, (H, W), 4))  # fmt: skip
-    return root / "model", root / "data"
+    return synth_val_and_tiny_unet(tmp_path_factory.mktemp("archive"), 8, H, W, data_seed=3, model_seed=4)
 
 
 def infer_cmd(model: Path, data: Path, out: Path, run_id: str) -> list[str]:

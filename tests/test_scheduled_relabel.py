@@ -17,9 +17,9 @@ from pathlib import Path
 import duckdb
 import pytest
 from click.testing import CliRunner
+from trainutil import synth_val_and_tiny_unet
 
 from segops.cli import cli
-from segops.core import labels
 from segops.inference.table import open_table
 from segops.training import export
 
@@ -31,19 +31,10 @@ H, W = 64, 128
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """A tiny exported U-Net and a pool of 9 labelled images to deliver from."""
-    import keras
-
-    from segops.datasets.synth import generate_dataset
-    from segops.models import build_model
-
-    root = tmp_path_factory.mktemp("source")
-    generate_dataset(str(root / "pool"), {"train": 0, "val": 9, "test": 0}, height=H, width=W, seed=5)
-    keras.utils.set_random_seed(2)
-    export.export_model(build_model("unet", depth=2, base_filters=4), str(root / "model"),
-                        export.ModelInfo("unet", labels.NUM_CLASSES, (H, W), 4))  # fmt: skip
-    images = sorted((root / "pool" / "leftImg8bit" / "val").rglob("*_leftImg8bit.png"))
+    model, pool = synth_val_and_tiny_unet(tmp_path_factory.mktemp("source"), 9, H, W, data_seed=5, model_seed=2)
+    images = sorted((pool / "leftImg8bit" / "val").rglob("*_leftImg8bit.png"))
     assert len(images) == 9
-    return root / "model", images
+    return model, images
 
 
 class Archive:

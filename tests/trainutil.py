@@ -103,3 +103,21 @@ def write_prepared(
         with open(os.path.join(out_dir, "class_weights.json"), "w") as f:
             json.dump(weights, f)
     return data
+
+
+def synth_val_and_tiny_unet(root, n_val: int, height: int, width: int, data_seed: int, model_seed: int):
+    """``root/data``: ``n_val`` built-in val images; ``root/model``: an exported 2-level U-Net with
+    random weights (its masks are varied, not trivial). Returns (model dir, data dir)."""
+    import keras
+
+    from segops.core.labels import NUM_CLASSES as CLASSES
+    from segops.datasets.synth import generate_dataset
+    from segops.models import build_model
+    from segops.training import export
+
+    generate_dataset(str(root / "data"), {"train": 0, "val": n_val, "test": 0}, height=height, width=width,
+                     seed=data_seed)  # fmt: skip
+    keras.utils.set_random_seed(model_seed)
+    export.export_model(build_model("unet", depth=2, base_filters=4), str(root / "model"),
+                        export.ModelInfo("unet", CLASSES, (height, width), 4))  # fmt: skip
+    return root / "model", root / "data"

@@ -11,7 +11,6 @@ and redoes a stage, and everything after it, when its options changed.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import shlex
 import shutil
@@ -23,8 +22,9 @@ from typing import Any
 import click
 
 from segops.commands.common import hw_callback
+from segops.core import fs, layout
 
-STATE_FILE = "demo.json"
+STATE_FILE = layout.DEMO_STATE_FILE
 # Measured on 2 CPU cores without a GPU (README, "What the demo does"): 6 min 24 s on an idle
 # machine, 12 min while others shared the cores; the U-Net ends far above the majority-class baseline.
 DEMO_TRAIN, DEMO_VAL, DEMO_SIZE, DEMO_EPOCHS = 96, 12, "128x256", 40
@@ -53,18 +53,19 @@ class Stage:
 
 def plan_stages(run_dir: str, n_train: int, n_val: int, size: tuple[int, int], epochs: int,
                 progress: bool) -> list[Stage]:  # fmt: skip
-    d = {k: os.path.join(run_dir, k) for k in ("data", "prepared", "model", "infer", "report")}
+    d = {k: os.path.join(run_dir, name) for k, name in (("data", layout.RUN_DATA_DIR), ("prepared", layout.RUN_PREPARED_DIR),
+         ("model", layout.RUN_MODEL_DIR), ("infer", layout.RUN_INFER_DIR), ("report", layout.REPORT_DIR))}  # fmt: skip
     h, w = size
     return [
         Stage("synth", [d["data"], "--train", str(n_train), "--val", str(n_val), "--test", "0", "--size", f"{h}x{w}"],
-              os.path.join(d["data"], "segops_synth.json"), d["data"]),  # fmt: skip
-        Stage("prepare", [d["data"], d["prepared"]], os.path.join(d["prepared"], "manifest.json"), d["prepared"]),
+              os.path.join(d["data"], layout.SYNTH_MANIFEST_FILE), d["data"]),  # fmt: skip
+        Stage("prepare", [d["data"], d["prepared"]], os.path.join(d["prepared"], layout.MANIFEST_FILE), d["prepared"]),
         Stage("train", [d["prepared"], d["model"], "--epochs", str(epochs), "--crop", f"{h}x{w}", *DEMO_TRAIN_OPTIONS,
                         *([] if progress else ["--no-progress"])],
-              os.path.join(d["model"], "model.json"), d["model"]),  # fmt: skip
+              os.path.join(d["model"], layout.MODEL_JSON), d["model"]),  # fmt: skip
         Stage("infer", [d["model"], d["data"], d["infer"], "--split", "val"],
-              os.path.join(d["infer"], "summary.json"), d["infer"]),  # fmt: skip
-        Stage("report", [run_dir], os.path.join(d["report"], "report.html"), d["report"]),
+              os.path.join(d["infer"], layout.SUMMARY_FILE), d["infer"]),  # fmt: skip
+        Stage("report", [run_dir], os.path.join(d["report"], layout.REPORT_HTML), d["report"]),
     ]
 
 
@@ -88,10 +89,9 @@ def decide(stage: Stage, recorded: dict[str, Any] | None, redo_rest: bool) -> st
 
 
 def _load_state(run_dir: str) -> dict[str, Any]:
-    path = os.path.join(run_dir, STATE_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
+    state = fs.read_json_or_none(os.path.join(run_dir, STATE_FILE))
+    if state is not None:
+        return state
     if os.path.isdir(run_dir) and os.listdir(run_dir):
         raise click.UsageError(
             f"{run_dir} is not empty and was not made by `segops demo` (no {STATE_FILE}): choose a new directory"
@@ -100,10 +100,7 @@ def _load_state(run_dir: str) -> dict[str, Any]:
 
 
 def _save_state(run_dir: str, state: dict[str, Any]) -> None:
-    tmp = os.path.join(run_dir, STATE_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(state, f, indent=2)
-    os.replace(tmp, os.path.join(run_dir, STATE_FILE))
+    fs.write_json_atomic(os.path.join(run_dir, STATE_FILE), state)
 
 
 def _banner(text: str) -> None:
@@ -152,7 +149,7 @@ def command(run_dir: str, n_train: int, n_val: int, size: tuple[int, int], epoch
             click.echo(f"removing {stage.directory} ({why})")
             shutil.rmtree(stage.directory)
         elif action == "continue" and stage.name == "train" and os.path.exists(
-            os.path.join(stage.directory, "checkpoints", "state.json")
+            os.path.join(stage.directory, layout.CHECKPOINT_DIR, layout.TRAIN_STATE_FILE)
         ):
             click.echo("continuing the interrupted training run")
             extra = ["--resume"]

@@ -6,6 +6,7 @@ except :func:`discover_inputs`, the same listing in one process for tools and te
 
 from __future__ import annotations
 
+import os
 import posixpath
 from dataclasses import dataclass
 
@@ -51,8 +52,6 @@ def listing_patterns(source: str) -> list[str]:
     """Match patterns that together list ``source``: for a local directory one per top-level
     subdirectory (``sub/**``) plus one for its own files, so each can be matched on a different
     worker; a glob, or a directory on an object store (no cheap directory listing), is one pattern."""
-    import os
-
     root, pattern = input_root(source)
     if fs.is_glob(source) or fs.has_scheme(root) or not os.path.isdir(root):
         return [pattern]

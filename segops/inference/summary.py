@@ -72,9 +72,7 @@ def _confusion_sum(column: Any, selected: np.ndarray) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    use = pa.array(selected) if not isinstance(selected, pa.Array) else selected
-    use = pc.and_(use, pc.is_valid(column))
-    chosen = pc.filter(column, use)
+    chosen = pc.filter(column, pc.and_(pa.array(selected), pc.is_valid(column)))
     if len(chosen) == 0:
         return _zeros()
     cells = labels.NUM_CLASSES * labels.NUM_CLASSES

@@ -292,7 +292,9 @@ def commit_run(output: str, run_id: str, model_id: str) -> CommitResult:
     rows = _staged_rows(output, run_id)
     if rows.num_rows == 0:
         return CommitResult(None, 0, 0, 0)
-    if len(set(rows.column("path").to_pylist())) != rows.num_rows:  # a worker retried a bundle
+    # MERGE refuses two source rows for one key; two attempts of one run id running at once
+    # (a scheduler that reuses ids) could stage an image twice
+    if len(set(rows.column("path").to_pylist())) != rows.num_rows:
         rows = _last_row_per_path(rows)
     uri = _storage_uri(output)
     props = CommitProperties(custom_metadata={RUN_ID_PROPERTY: run_id, "segops.model_id": model_id})

@@ -80,8 +80,8 @@ def read_rows(infer_dir: str, model_id: str) -> list[dict[str, Any]]:
     """
     from segops.inference.table import read_metrics
 
-    table = read_metrics(infer_dir, list(ROW_COLUMNS))  # not the confusion lists: archives are big
-    rows = [r for r in table.to_pylist() if r["model_id"] == model_id]
+    # this model's rows only, filtered in the scan; not the confusion lists: archives are big
+    rows = read_metrics(infer_dir, list(ROW_COLUMNS), model_id=model_id).to_pylist()
     rows.sort(key=lambda r: r["rel_path"])
     return rows
 
