@@ -15,7 +15,7 @@ from segops.core.options import OptionsError, default_of
 from segops.models import MODEL_NAMES, UPSAMPLING_MODES
 from segops.training.options import (
     CLASS_WEIGHT_CHOICES,
-    LOSS_KINDS,
+    LOSS_TERMS,
     LR_SCHEDULES,
     OPTIMIZERS,
     PRECISIONS,
@@ -51,8 +51,20 @@ def _fmt(value: float | None) -> str:
               show_default=True, help="Adam, or SGD with momentum 0.9.")  # fmt: skip
 @click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=default_of(OptimOptions, "lr_schedule"),
               show_default=True, help="poly: lr * (1 - step/total)^0.9, the usual segmentation schedule.")  # fmt: skip
-@click.option("--loss", type=click.Choice(LOSS_KINDS), default=default_of(OptimOptions, "loss"), show_default=True,
-              help="Weighted cross-entropy, soft Dice, or their sum.")  # fmt: skip
+@click.option("--loss", default=default_of(OptimOptions, "loss"), show_default=True, metavar="TERM[*W][+TERM[*W]...]",
+              help=f"Sum of loss terms, each optionally weighted: {', '.join(LOSS_TERMS)} (e.g. ce+dice, "
+                   "ce+lovasz, focal*0.5+jaccard). ce: weighted cross-entropy; focal: focal loss; ohem: CE "
+                   "over the hardest pixels; dice / jaccard: soft Dice / IoU; lovasz: Lovász-softmax "
+                   "(optimises IoU). Class weights and weight maps apply to ce, focal and ohem only.")  # fmt: skip
+@click.option("--focal-gamma", type=click.FloatRange(0), default=default_of(OptimOptions, "focal_gamma"),
+              show_default=True, help="Focal loss exponent: (1 - p)^gamma down-weights easy pixels (0: CE).")  # fmt: skip
+@click.option("--ohem-fraction", type=click.FloatRange(0, 1, min_open=True),
+              default=default_of(OptimOptions, "ohem_fraction"), show_default=True,
+              help="OHEM: share of the batch's valid pixels kept, the hardest (highest CE).")  # fmt: skip
+@click.option("--ohem-threshold", type=click.FloatRange(0, 1, min_open=True),
+              default=default_of(OptimOptions, "ohem_threshold"), metavar="P",
+              help="OHEM: also keep every pixel whose true-class probability is below P "
+                   "(--ohem-fraction is then a minimum).")  # fmt: skip
 @click.option("--class-weights", type=click.Choice(CLASS_WEIGHT_CHOICES),
               default=default_of(OptimOptions, "class_weights"), show_default=True,
               help="Per-class CE weights from PREPARED/class_weights.json ('default': its default_scheme).")  # fmt: skip

@@ -3,7 +3,7 @@
     options.py         TrainOptions and its parts (model, optimisation, augmentation, data), choices
     data.py            checks of the prepared directory, class weights
     input_pipeline.py  tf.data over the shards: reading, augmentation, batches
-    losses.py          weighted cross-entropy, soft Dice, their sum
+    losses/           CE, focal, OHEM (pixel.py); soft Dice, Jaccard, Lovász (region.py); their sum by name
     metrics.py         Keras streaming confusion matrix, mean IoU, mean Dice
     devices.py         precision, dtype policy, tf.distribute strategy, worker info
     state.py           history, checkpoints, state.json; resume checks

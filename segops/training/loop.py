@@ -95,7 +95,10 @@ def compile_model(model: Any, opts: TrainOptions, class_weights: list[float] | N
     from segops.training.losses import SegmentationLoss
     from segops.training.metrics import MeanDice, MeanIoU
 
-    loss = SegmentationLoss(opts.optim.loss, class_weights=class_weights, use_pixel_weights=opts.data.weight_maps)
+    optim = opts.optim
+    loss = SegmentationLoss(optim.loss, class_weights=class_weights, use_pixel_weights=opts.data.weight_maps,
+                            focal_gamma=optim.focal_gamma, ohem_fraction=optim.ohem_fraction,
+                            ohem_threshold=optim.ohem_threshold)  # fmt: skip
     model.compile(
         optimizer=make_optimizer(opts, steps), loss=loss, metrics=[MeanIoU(), MeanDice()], jit_compile=bool(opts.xla)
     )

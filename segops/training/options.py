@@ -22,7 +22,9 @@ from segops.models import MODEL_NAMES, UPSAMPLING_MODES, get_spec
 from segops.prepare.class_weights import SCHEMES
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-LOSS_KINDS = ("ce", "dice", "ce+dice")
+# Loss terms of --loss (segops.training.losses): "TERM[*WEIGHT]+..." (see parse_loss).
+LOSS_TERMS = ("ce", "dice", "jaccard", "lovasz", "focal", "ohem")
+LOSS_SYNTAX = "TERM[*WEIGHT][+TERM[*WEIGHT]...], TERM one of " + ", ".join(LOSS_TERMS)
 OPTIMIZERS = ("adam", "sgd")
 SGD_MOMENTUM = 0.9
 LR_SCHEDULES = ("poly", "constant")
@@ -40,7 +42,7 @@ JSON_KEYS = (
     "class_weights", "weight_maps", "depth", "base_filters", "upsampling", "dilated", "dropout", "scale_range",
     "flip", "jitter", "precision", "xla", "resume", "early_stopping", "seed", "val_size", "val_batch_size",
     "steps_per_epoch", "train_split", "val_split", "shuffle_buffer", "cycle_length", "data_threads", "verbose",
-    "export",
+    "export", "focal_gamma", "ohem_fraction", "ohem_threshold",
 )  # fmt: skip
 # Options that may differ on --resume without changing the result of the remaining epochs.
 RESUME_FREE_OPTIONS = ("resume", "out", "prepared", "verbose", "early_stopping", "xla", "export", "data_threads")
@@ -97,19 +99,59 @@ class OptimOptions:
     lr: float = 1e-3
     optimizer: str = "adam"  # adam | sgd (momentum SGD_MOMENTUM)
     lr_schedule: str = "poly"  # poly | constant
-    loss: str = "ce"  # ce | dice | ce+dice
+    loss: str = "ce"  # a LOSS_SYNTAX spec, e.g. ce, ce+dice, ce+lovasz, focal*0.5+dice; stored canonical
     class_weights: str = NO_CLASS_WEIGHTS  # none | default | a scheme of class_weights.json
     early_stopping: int | None = None  # patience in epochs on val mIoU
+    focal_gamma: float = 2.0  # focal loss focusing exponent (0: the weighted CE)
+    ohem_fraction: float = 0.25  # OHEM: share of the batch's valid pixels kept (the hardest)
+    ohem_threshold: float | None = None  # OHEM: also keep every pixel whose true-class probability is below it
 
     def __post_init__(self) -> None:
-        if self.loss not in LOSS_KINDS:
-            raise TrainError(f"--loss must be one of {', '.join(LOSS_KINDS)}")
+        # Canonical spec (" CE + Lovasz*1" -> "ce+lovasz"): --resume compares the recorded string.
+        object.__setattr__(self, "loss", format_loss(parse_loss(self.loss)))
+        if self.focal_gamma < 0:
+            raise TrainError("--focal-gamma must be >= 0")
+        if not 0 < self.ohem_fraction <= 1:
+            raise TrainError("--ohem-fraction must be in (0, 1]")
+        if self.ohem_threshold is not None and not 0 < self.ohem_threshold <= 1:
+            raise TrainError("--ohem-threshold must be in (0, 1]")
         if self.optimizer not in OPTIMIZERS or self.lr_schedule not in LR_SCHEDULES:
             raise TrainError(f"--optimizer must be {' or '.join(OPTIMIZERS)}, --lr-schedule {' or '.join(LR_SCHEDULES)}")
         if self.epochs < 1 or self.lr <= 0:
             raise TrainError(_COUNTS_MESSAGE)
         if self.class_weights not in CLASS_WEIGHT_CHOICES:
             raise TrainError(f"unknown class-weight scheme {self.class_weights!r}")
+
+
+def parse_loss(spec: str) -> tuple[tuple[str, float], ...]:
+    """``"ce*0.5+lovasz"`` -> ``(("ce", 0.5), ("lovasz", 1.0))``: the one parser of --loss.
+
+    Terms are joined by ``+``; a term is a name of :data:`LOSS_TERMS` with an optional positive
+    weight after ``*`` (``0.5*ce`` is accepted too). Names are case-insensitive, spaces are
+    ignored, a term may appear once. Raises :class:`TrainError` saying what is wrong.
+    """
+    terms: dict[str, float] = {}
+    for part in str(spec).replace(" ", "").lower().split("+"):
+        factors = part.split("*")
+        names = [f for f in factors if f in LOSS_TERMS]
+        numbers = [f for f in factors if f not in LOSS_TERMS]
+        if len(factors) > 2 or len(names) != 1:
+            raise TrainError(f"--loss {spec!r}: {part!r} is not a term ({LOSS_SYNTAX})")
+        try:
+            weight = float(numbers[0]) if numbers else 1.0
+        except ValueError:
+            raise TrainError(f"--loss {spec!r}: {numbers[0]!r} is not a number ({LOSS_SYNTAX})") from None
+        if not 0 < weight < float("inf"):
+            raise TrainError(f"--loss {spec!r}: the weight of {names[0]} must be a positive number")
+        if names[0] in terms:
+            raise TrainError(f"--loss {spec!r}: {names[0]} appears twice")
+        terms[names[0]] = weight
+    return tuple(terms.items())
+
+
+def format_loss(terms: tuple[tuple[str, float], ...]) -> str:
+    """The canonical spec of parsed terms (weights 1 omitted): ``parse_loss``'s inverse."""
+    return "+".join(name if weight == 1 else f"{name}*{weight:.12g}" for name, weight in terms)
 
 
 @dataclass(frozen=True)
