@@ -44,7 +44,12 @@ def _np_log_softmax(z):
 
 
 def _np_wce(logits, labels, pixel_w=None, class_w=None):
-    """Loop over pixels: sum(w * -log p_y) / sum(w) over labels != 255."""
+    """sum(w * -log p_y) / sum(w) over labels != 255: the focal reference with gamma 0."""
+    return _np_focal(logits, labels, 0.0, pixel_w, class_w)
+
+
+def _np_focal(logits, labels, gamma, pixel_w=None, class_w=None):
+    """Loop over pixels: sum(w * (1 - p_y)^gamma * -log p_y) / sum(w) over labels != 255."""
     logp = _np_log_softmax(logits.astype(np.float64))
     num = den = 0.0
     for idx in np.ndindex(labels.shape):
@@ -52,12 +57,13 @@ def _np_wce(logits, labels, pixel_w=None, class_w=None):
         if y == 255:
             continue
         w = (1.0 if pixel_w is None else pixel_w[idx]) * (1.0 if class_w is None else class_w[y])
-        num += w * -logp[idx][y]
+        num += w * (1 - math.exp(logp[idx][y])) ** gamma * -logp[idx][y]
         den += w
     return num / den if den else 0.0
 
 
-def _np_dice(logits, labels, eps=1.0):
+def _np_overlap_loss(logits, labels, score):
+    """1 - mean over the classes present in the valid ground truth of score(sum p*g, sum p, sum g)."""
     p = np.exp(_np_log_softmax(logits.astype(np.float64)))
     valid = labels != 255
     scores = []
@@ -66,8 +72,12 @@ def _np_dice(logits, labels, eps=1.0):
         if not g.any():
             continue  # averaged over the classes present in the ground truth
         pc = p[..., c] * valid
-        scores.append((2 * (pc * g).sum() + eps) / (pc.sum() + g.sum() + eps))
+        scores.append(score((pc * g).sum(), pc.sum(), g.sum()))
     return 1 - np.mean(scores) if scores else 0.0
+
+
+def _np_dice(logits, labels, eps=1.0):
+    return _np_overlap_loss(logits, labels, lambda inter, ps, gs: (2 * inter + eps) / (ps + gs + eps))
 
 
 def _packed(labels, pixel_w):
@@ -172,20 +182,6 @@ def test_config_round_trip():
 # --- focal, OHEM, Jaccard, Lovász: numpy references ----------------------------------------------
 
 
-def _np_focal(logits, labels, gamma, pixel_w=None, class_w=None):
-    logp = _np_log_softmax(logits.astype(np.float64))
-    num = den = 0.0
-    for idx in np.ndindex(labels.shape):
-        y = labels[idx]
-        if y == 255:
-            continue
-        w = (1.0 if pixel_w is None else pixel_w[idx]) * (1.0 if class_w is None else class_w[y])
-        p = math.exp(logp[idx][y])
-        num += w * (1 - p) ** gamma * -logp[idx][y]
-        den += w
-    return num / den if den else 0.0
-
-
 def _np_ohem(logits, labels, fraction, threshold=None, pixel_w=None, class_w=None):
     """Sort the valid pixels by CE, keep the ceil(fraction * n) hardest (and those with p_y < threshold)."""
     logp = _np_log_softmax(logits.astype(np.float64))
@@ -203,16 +199,7 @@ def _np_ohem(logits, labels, fraction, threshold=None, pixel_w=None, class_w=Non
 
 
 def _np_jaccard(logits, labels, eps=1.0):
-    p = np.exp(_np_log_softmax(logits.astype(np.float64)))
-    valid = labels != 255
-    scores = []
-    for c in range(C):
-        g = (labels == c) & valid
-        if g.any():
-            pc = p[..., c] * valid
-            inter = (pc * g).sum()
-            scores.append((inter + eps) / (pc.sum() + g.sum() - inter + eps))
-    return 1 - np.mean(scores) if scores else 0.0
+    return _np_overlap_loss(logits, labels, lambda inter, ps, gs: (inter + eps) / (ps + gs - inter + eps))
 
 
 def _np_lovasz_grad(gt_sorted):
