@@ -160,6 +160,11 @@ def test_low_precision_logits_are_safe(dtype):
     dice = soft_dice_loss(y, low)
     assert keras.backend.standardize_dtype(ce.dtype) == "float32"
     assert float(ce) + float(dice) == pytest.approx(ref, rel=1e-5)
+    # The other terms too, called directly on the low-precision logits.
+    for term, (fn, _) in REFERENCES.items():
+        value = fn(y, low)
+        assert keras.backend.standardize_dtype(value.dtype) == "float32", term
+        assert float(value) == pytest.approx(float(fn(y, keras.ops.cast(low, "float32"))), rel=1e-6), term
 
 
 def test_labels_outside_the_classes_are_ignored_not_gathered():
