@@ -1,7 +1,7 @@
 """Losses against independent numpy computations (ignore pixels, class and pixel weights,
 absent classes; Lovász-softmax against the authors' algorithm written out below), gradients
 against finite differences of those references, gradients at all-ignore batches, float16
-safety, the --loss spec, and one training step with ce+lovasz."""
+safety, the --loss spec, and one training step with ce+lovasz+ohem."""
 
 import json
 import math
@@ -365,7 +365,7 @@ def test_parse_loss_and_canonical_options():
         OptimOptions(focal_gamma=-1.0)
 
 
-def test_one_training_step_with_ce_plus_lovasz(tmp_path):
+def test_one_training_step_with_ce_lovasz_and_ohem(tmp_path):
     prepared = tmp_path / "prepared"
     write_prepared(str(prepared), {"train": 4, "val": 2}, height=16, width=32, weight_maps=True)
     common = [str(prepared), "--model", "unet", "--depth", "2", "--base-filters", "4", "--batch-size", "4",
@@ -373,11 +373,11 @@ def test_one_training_step_with_ce_plus_lovasz(tmp_path):
     bad = CliRunner().invoke(cli, ["train", *common[:1], str(tmp_path / "bad"), *common[1:], "--loss", "ce+iou"])
     assert bad.exit_code == 1 and "'iou' is not a term" in bad.output
     out = tmp_path / "run"
-    r = CliRunner().invoke(cli, ["train", *common[:1], str(out), *common[1:], "--loss", "CE + lovasz*0.5",
+    r = CliRunner().invoke(cli, ["train", *common[:1], str(out), *common[1:], "--loss", "CE + lovasz*0.5 + ohem",
                                  "--weight-maps", "--ohem-threshold", "0.7"])  # fmt: skip
     assert r.exit_code == 0, r.output
     (row,) = json.loads((out / "history.json").read_text())
     assert np.isfinite(row["loss"]) and np.isfinite(row["val_loss"]) and row["loss"] > 0
     options = json.loads((out / "checkpoints/state.json").read_text())["options"]
-    assert options["loss"] == "ce+lovasz*0.5" and options["ohem_threshold"] == 0.7
+    assert options["loss"] == "ce+lovasz*0.5+ohem" and options["ohem_threshold"] == 0.7
     assert options["focal_gamma"] == 2.0 and options["ohem_fraction"] == 0.25
