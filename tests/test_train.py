@@ -159,6 +159,12 @@ def test_existing_run_needs_resume_with_same_options(tmp_path, prepared):
     r = CliRunner().invoke(cli, ["train", prepared, str(out), "--resume"])
     assert r.exit_code == 1 and "lr (was 0.5, now 0.001)" in r.output
     assert not Path(out / "history.json").exists()
+    # A run recorded before an option existed used its default: that key alone never differs,
+    # a set value does.
+    old = {k: v for k, v in state["options"].items() if k != "focal_gamma"}
+    (out / "checkpoints/state.json").write_text(json.dumps({"options": old}))
+    r = CliRunner().invoke(cli, ["train", prepared, str(out), "--resume", "--focal-gamma", "3"])
+    assert r.exit_code == 1 and "focal_gamma (was 2.0, now 3.0)" in r.output and "lr (was 0.5" in r.output
 
 
 def test_help_lists_every_option():

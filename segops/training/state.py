@@ -46,11 +46,14 @@ def check_resume(opts: TrainOptions, out: str) -> None:
     if opts.resume and os.path.exists(path):
         saved = read_json(path, "checkpoint state")["options"]
         mine = opts.to_json()
-        differ = [k for k in mine if k not in RESUME_FREE_OPTIONS and saved.get(k) != mine[k]]
+        # A key the saved run lacks is an option added since: that run used its default.
+        defaults = type(opts).from_flat(prepared=opts.prepared, out=opts.out).to_json()
+        saved = {k: saved.get(k, defaults[k]) for k in mine}
+        differ = [k for k in mine if k not in RESUME_FREE_OPTIONS and saved[k] != mine[k]]
         if differ:
             raise TrainError(
                 "--resume needs the options of the interrupted run; these differ: "
-                + ", ".join(f"{k} (was {saved.get(k)!r}, now {mine[k]!r})" for k in differ)
+                + ", ".join(f"{k} (was {saved[k]!r}, now {mine[k]!r})" for k in differ)
             )
     elif opts.resume:
         log.warning("--resume: no checkpoint in %s, starting from scratch", out)
