@@ -91,8 +91,9 @@ def _fmt(value: float | None) -> str:
 @click.option("--precision", type=click.Choice(PRECISIONS), default=default_of(TrainOptions, "precision"),
               show_default=True,
               help="auto: mixed_bfloat16 on Ampere+ GPUs, mixed_float16 on Volta/Turing, float32 on CPU.")  # fmt: skip
-@click.option("--xla/--no-xla", default=default_of(TrainOptions, "xla"), show_default=True,
-              help="Compile train/eval steps with XLA.")  # fmt: skip
+@click.option("--xla/--no-xla", default=default_of(TrainOptions, "xla"),
+              help="Compile train/eval steps with XLA. Default: on a single GPU, off on CPU (with oneDNN "
+                   "kernels XLA measured no faster there) and under multi-device strategies.")  # fmt: skip
 @click.option("--resume", is_flag=True,
               help="Continue from OUT/checkpoints (same options; same result as an uninterrupted run).")  # fmt: skip
 @click.option("--early-stopping", "early_stopping", type=click.IntRange(1),

@@ -100,7 +100,8 @@ def compile_model(model: Any, opts: TrainOptions, class_weights: list[float] | N
                             focal_gamma=optim.focal_gamma, ohem_fraction=optim.ohem_fraction,
                             ohem_threshold=optim.ohem_threshold)  # fmt: skip
     model.compile(
-        optimizer=make_optimizer(opts, steps), loss=loss, metrics=[MeanIoU(), MeanDice()], jit_compile=bool(opts.xla)
+        optimizer=make_optimizer(opts, steps), loss=loss, metrics=[MeanIoU(), MeanDice()],
+        jit_compile="auto" if opts.xla is None else opts.xla,
     )
 
 
@@ -148,8 +149,8 @@ def load_or_build_model(opts: TrainOptions, plan: Plan) -> Any:
 
     if plan.state:
         model = keras.saving.load_model(os.path.join(plan.run.ckpt_dir, plan.state["checkpoint"]))
-        if bool(opts.xla) != bool(model.jit_compile):
-            model.jit_compile = bool(opts.xla)
+        if opts.xla is not None and opts.xla != bool(model.jit_compile):
+            model.jit_compile = opts.xla
         return model
     model = opts.model.build()
     compile_model(model, opts, plan.class_weights, plan.steps)

@@ -220,7 +220,7 @@ class TrainOptions:
     data: PipelineConfig = field(default_factory=PipelineConfig)
     seed: int = 0  # initialisation, data order, augmentation
     precision: str = "auto"
-    xla: bool = False
+    xla: bool | None = None  # None: Keras' "auto" (XLA on a single GPU, off on CPU, where it measured no faster)
     resume: bool = False
     verbose: int = 1  # Keras progress bar (0 silent, 1 bar, 2 one line per epoch)
     export: bool = True  # write OUT/best, OUT/final, OUT/model.json at the end (off: checkpoints only)
