@@ -65,6 +65,11 @@ def part_name(split: str, annotation: str = FINE) -> str:
     return f"{COARSE_PARTS_DIR}/{split}" if annotation == COARSE else split
 
 
+def part_annotation(part: str) -> str:
+    """The annotation kind of a part's labels (an image-only part reads as fine)."""
+    return COARSE if part.startswith(COARSE_PARTS_DIR + "/") else FINE
+
+
 def part_split(part: str) -> str:
     """The split of a part (its last path segment): what its shard files are named after."""
     return part.rsplit("/", 1)[-1]
