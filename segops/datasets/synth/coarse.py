@@ -12,7 +12,8 @@ consumes nothing of an image's random generator, so the fine files stay byte-ide
 Polygons are painted largest first; a region's holes (where another class sits inside it) are
 painted right after it as ``unlabeled`` polygons, so anything nested inside, always smaller,
 is painted later on top: the labelIds are the rasterisation of ``*_gtCoarse_polygons.json`` in
-its order (OpenCV ``fillPoly``; cityscapesScripts' ``json2labelImg`` reproduces nearly all pixels).
+its order (OpenCV ``fillPoly`` on sub-rows, following Pillow's pixel-centre rule as the fine
+labels do, so cityscapesScripts' ``json2labelImg`` reproduces nearly every pixel).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ UNLABELED = ID_TO_LABEL[0].name
 BAND_PER_128_PX = 1
 #: Regions whose shrunk outline covers fewer pixels than this share of the image are skipped.
 MIN_AREA_SHARE = 1 / 2000
+SUB_ROWS, SUB_ROWS_LARGE, SUB_ROWS_LIMIT = 9, 3, 1024 * 2048  # rasterising grid (as render.py)
 
 
 def coarsen(label_ids: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -62,14 +64,22 @@ def coarsen(label_ids: np.ndarray) -> tuple[np.ndarray, dict]:
             regions.append((area, int(label_id), y, x, outline, holes))
 
     regions.sort(key=lambda r: (-r[0], r[1], r[2], r[3]))
-    coarse = np.zeros((h, w), np.uint8)
+    # Rasterised as the fine labels are (segops.datasets.synth.render): on a grid of `rows` sub-rows
+    # per pixel row, sampled at the middle one, i.e. Pillow's (cityscapesScripts') pixel-centre rule.
+    rows = SUB_ROWS if h * w <= SUB_ROWS_LIMIT else SUB_ROWS_LARGE
+    canvas = np.zeros((h * rows, w), np.uint8)
     objects: list[dict] = []
+
+    def paint(poly: np.ndarray, value: int) -> None:
+        cv2.fillPoly(canvas, [(poly * (1, rows) + (0, rows // 2)).astype(np.int32)], value)
+
     for _, label_id, _, _, outline, holes in regions:
-        cv2.fillPoly(coarse, [outline.astype(np.int32)], int(label_id))
+        paint(outline, int(label_id))
         objects.append({"label": ID_TO_LABEL[label_id].name, "polygon": outline.tolist()})
         for hole in holes:
-            cv2.fillPoly(coarse, [hole.astype(np.int32)], 0)
+            paint(hole, 0)
             objects.append({"label": UNLABELED, "polygon": hole.tolist()})
+    coarse = np.ascontiguousarray(canvas[rows // 2 :: rows])
     return coarse, {"imgHeight": h, "imgWidth": w, "objects": objects}
 
 
