@@ -116,18 +116,18 @@ def plan_run(opts: TrainOptions, data: PreparedData, scheme: str, class_weights:
     os.makedirs(out, exist_ok=True)
 
     precision = resolve_precision(opts.precision)
+    mix = opts.annotations
     if num_workers > 1:
-        if len(data.train_files) < num_workers:
-            raise TrainError(f"{len(data.train_files)} training shards for {num_workers} workers: prepare more shards")
-        # Each worker trains on its own shards. Validation is not split: every worker evaluates
-        # all of it, which multiplies the summed confusion matrix by the worker count and leaves
-        # IoU/Dice (ratios) unchanged.
-        if opts.annotations.uses_coarse and len(data.coarse_files) < num_workers:
-            raise TrainError(f"{len(data.coarse_files)} coarse shards for {num_workers} workers: prepare more shards")
+        # Each worker trains on its own shards (of each kind read). Validation is not split: every
+        # worker evaluates all of it, which multiplies the summed confusion matrix by the worker
+        # count and leaves IoU/Dice (ratios) unchanged.
+        for kind, files, used in (("training", data.train_files, mix.uses_fine),
+                                  ("coarse", data.coarse_files, mix.uses_coarse)):  # fmt: skip
+            if used and len(files) < num_workers:
+                raise TrainError(f"{len(files)} {kind} shards for {num_workers} workers: prepare more shards")
         data = dataclasses.replace(data, train_files=data.train_files[index::num_workers],
                                    coarse_files=data.coarse_files[index::num_workers])  # fmt: skip
     corrupt = ip.CorruptRecords()
-    mix = opts.annotations
     train_records = worker_records(data.train_files, data.train_records, num_workers, corrupt)
     coarse_records = worker_records(data.coarse_files, data.coarse_records, num_workers, corrupt)
     if (mix.uses_fine and train_records == 0) or (mix.uses_coarse and coarse_records == 0):
