@@ -118,6 +118,24 @@ def test_synth_fine_files_do_not_change_with_coarse(data: Path, tmp_path: Path) 
         synth.generate_dataset(str(tmp_path / "x"), {layout.TRAIN_EXTRA_SPLIT: 1}, height=H, width=W)
 
 
+def test_discovery_lists_one_part_per_split_and_kind(data: Path, tmp_path: Path) -> None:
+    from segops.datasets.cityscapes import DiscoveryError, discover
+
+    fine = discover(str(data))  # the default ignores gtCoarse/ and skips train_extra, as before
+    assert fine.splits == ["train", "val", "test"] and "train_extra" in fine.skipped
+    assert {p.annotation for p in fine.pairs} == {"fine"}
+    coarse = discover(str(data), annotations=("coarse",))
+    assert coarse.splits == ["test", "coarse/train", "coarse/val", "coarse/train_extra"]
+    assert {p.part: p.label.endswith("_gtCoarse_labelIds.png") for p in coarse.pairs if p.labelled} == {
+        "coarse/train": True, "coarse/val": True, "coarse/train_extra": True}  # fmt: skip
+    both = discover(str(data), annotations=("fine", "coarse"))
+    assert len(both.pairs) == len(fine.pairs) + len(coarse.pairs) - COUNTS["test"]
+    assert both.fingerprint != fine.fingerprint  # the gtCoarse files are inputs too
+    synth.generate_dataset(str(tmp_path), {"train": 1}, height=H, width=W)
+    with pytest.raises(DiscoveryError, match="synth --coarse"):
+        discover(str(tmp_path), annotations=("fine", "coarse"))
+
+
 def test_prepare_fine_plus_coarse_writes_both_kinds(data: Path, prepared: dict[str, Path]) -> None:
     out = prepared["fine+coarse"]
     manifest = json.loads((out / "manifest.json").read_text())
