@@ -254,3 +254,17 @@ def test_train_cli_coarse_then_fine(prepared: dict[str, Path], tmp_path: Path) -
     result = CliRunner().invoke(cli, ["train", str(prepared["fine"]), str(tmp_path / "y"), "--epochs", "2",
                                       "--coarse-epochs", "2", "--crop", "32x64", "--depth", "2"])  # fmt: skip
     assert result.exit_code == 1 and "must be less than --epochs" in result.output
+
+
+def test_resume_of_a_run_from_before_the_coarse_options(tmp_path: Path) -> None:
+    from segops.training.options import TrainError, TrainOptions
+    from segops.training.state import check_resume, state_path
+
+    opts = TrainOptions.from_flat(prepared="p", out=str(tmp_path), resume=True)
+    old = {k: v for k, v in opts.to_json().items() if not k.startswith("coarse_")}
+    Path(state_path(str(tmp_path))).parent.mkdir(parents=True)
+    Path(state_path(str(tmp_path))).write_text(json.dumps({"options": old}))
+    check_resume(opts, str(tmp_path))  # absent options had their defaults
+    with pytest.raises(TrainError, match="coarse_ratio"):
+        check_resume(TrainOptions.from_flat(prepared="p", out=str(tmp_path), resume=True, coarse_ratio=0.5),
+                     str(tmp_path))  # fmt: skip

@@ -44,8 +44,10 @@ def check_resume(opts: TrainOptions, out: str) -> None:
     if os.path.exists(path) and not opts.resume:
         raise TrainError(f"{opts.out} already holds a training run: pass --resume to continue it, or another OUT")
     if opts.resume and os.path.exists(path):
-        saved = read_json(path, "checkpoint state")["options"]
         mine = opts.to_json()
+        # an option added after the run started is absent from its state: the run had its default
+        saved = {**TrainOptions(prepared=opts.prepared, out=opts.out).to_json(),
+                 **read_json(path, "checkpoint state")["options"]}  # fmt: skip
         differ = [k for k in mine if k not in RESUME_FREE_OPTIONS and saved.get(k) != mine[k]]
         if differ:
             raise TrainError(
