@@ -59,11 +59,16 @@ class AnalyzeFn(beam.DoFn):
         try:
             yield analyze_pair(pair, self.options)
         except Rejected as bad:
-            yield deadletter.tagged(bad.path, bad.stage, bad.reason, split=pair.split)
+            yield deadletter.tagged(bad.path, bad.stage, bad.reason, split=pair.part)
 
 
 def split_tag(split: str) -> str:
     return f"split:{split}"
+
+
+def label(part: str) -> str:
+    """A part in a transform label: ``/`` separates Beam's nested transform names."""
+    return part.replace("/", ":")
 
 
 class RouteFn(beam.DoFn):
@@ -76,7 +81,7 @@ class RouteFn(beam.DoFn):
         weights = None
         if class_weights is not None and item.labelled:
             weights = tuple(class_weights["schemes"][self.options.weight_scheme])
-        yield beam.pvalue.TaggedOutput(split_tag(item.split), (item, weights))
+        yield beam.pvalue.TaggedOutput(split_tag(item.part), (item, weights))
 
 
 class ExampleCoder(beam.coders.Coder):
@@ -134,7 +139,7 @@ def build_prepare_pipeline(p: beam.Pipeline, options: PrepareOptions, listing: L
     from apache_beam.pvalue import AsDict, AsList, AsSingleton
 
     if listing is None:
-        listing = discover(options.input, options.splits or None, options.unlabeled_splits)
+        listing = discover(options.input, options.splits or None, options.unlabeled_splits, options.annotation_kinds)
     weights_split = resolve_weights_split(options, listing)
     splits, unlabeled = listing.splits, listing.unlabeled_splits
     shards = shard_counts(options, listing)
@@ -165,12 +170,12 @@ def build_prepare_pipeline(p: beam.Pipeline, options: PrepareOptions, listing: L
         records[s] = routed[split_tag(s)]
         written.append(
             records[s]
-            | f"Write[{s}]" >> WriteToTFRecord(shard_prefix(options.output, s), coder=ExampleCoder(),
+            | f"Write[{label(s)}]" >> WriteToTFRecord(shard_prefix(options.output, s), coder=ExampleCoder(),
                                                file_name_suffix=layout.SHARD_SUFFIX, num_shards=shards[s],
                                                shard_name_template=layout.SHARD_TEMPLATE)
         )  # fmt: skip
-        counts.append(records[s] | f"Count[{s}]" >> beam.combiners.Count.Globally()
-                      | f"Key[{s}]" >> beam.Map(lambda n, s=s: (s, n)))  # fmt: skip
+        counts.append(records[s] | f"Count[{label(s)}]" >> beam.combiners.Count.Globally()
+                      | f"Key[{label(s)}]" >> beam.Map(lambda n, s=s: (s, n)))  # fmt: skip
 
     dead = (listed_problems, analyzed[deadletter.TAG]) | "DeadLetters" >> beam.Flatten()
     written_paths = written | "Shards" >> beam.Flatten()
@@ -190,7 +195,7 @@ def run_prepare(options: PrepareOptions, beam_args: list[str] | tuple[str, ...] 
     """Build and run the pipeline; return the manifest as written (read back from OUT)."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    listing = discover(options.input, options.splits or None, options.unlabeled_splits)
+    listing = discover(options.input, options.splits or None, options.unlabeled_splits, options.annotation_kinds)
     resolve_weights_split(options, listing)  # fail before starting any worker
     with beam.Pipeline(options=PipelineOptions(list(beam_args))) as p:
         build_prepare_pipeline(p, options, listing)

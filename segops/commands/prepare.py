@@ -11,7 +11,7 @@ from segops.commands.common import CONTEXT_SETTINGS, build_options, check_beam_a
 from segops.core.fs import has_scheme, normalise
 from segops.core.options import OptionsError, default_of
 from segops.prepare.class_weights import SCHEMES
-from segops.prepare.options import MAX_SHARDS, PrepareOptions
+from segops.prepare.options import ANNOTATION_CHOICES, MAX_SHARDS, PrepareOptions
 
 
 def _names(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -51,12 +51,16 @@ def _default(name: str):
               help="U-Net border sigma, in pixels.")
 @click.option("--sigma-reference-height", type=int, default=_default("sigma_reference_height"),
               help="Scale sigma with image size: sigma * height / this (e.g. 1024 for Cityscapes).")  # fmt: skip
+@click.option("--annotations", type=click.Choice(ANNOTATION_CHOICES), default=_default("annotations"),
+              show_default=True,
+              help="Labels to write: gtFine/ (fine), gtCoarse/ (coarse, to OUT/coarse/<split>/) or both; "
+                   "with coarse, each record says its kind (label/annotation).")  # fmt: skip
 @click.option("--max-pixels", type=click.IntRange(1), default=_default("max_pixels"), show_default=True,
               help="Refuse images over this many pixels (read from the PNG header, before decoding).")  # fmt: skip
 def command(input_dir: str, output_dir: str, beam_args: tuple[str, ...], splits: tuple[str, ...],
             unlabeled_splits: str, shards: int | None, weight_maps: bool, weight_scheme: str,
             weights_split: str | None, w0: float, sigma: float, sigma_reference_height: int | None,
-            max_pixels: int) -> None:  # fmt: skip
+            max_pixels: int, annotations: str) -> None:  # fmt: skip
     """Raw Cityscapes layout in INPUT -> sharded TFRecords, stats.json, class_weights.json and
     manifest.json in OUT, bad inputs in OUT/dead_letter.jsonl (Apache Beam).
 
@@ -85,6 +89,7 @@ def command(input_dir: str, output_dir: str, beam_args: tuple[str, ...], splits:
         sigma=sigma,
         sigma_reference_height=sigma_reference_height,
         max_pixels=max_pixels,
+        annotations=annotations,
     )
     try:
         manifest = run_prepare(options, beam_options)

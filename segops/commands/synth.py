@@ -8,6 +8,7 @@ import time
 import click
 
 from segops.commands.common import CONTEXT_SETTINGS, hw_callback
+from segops.core.layout import TRAIN_EXTRA_SPLIT
 from segops.core.options import default_of
 from segops.datasets.synth import (
     CITIES,
@@ -36,6 +37,10 @@ from segops.datasets.synth import (
               help="Number of val images.")
 @click.option("--test", "n_test", type=click.IntRange(min=0), default=DEFAULT_COUNTS["test"], show_default=True,
               help="Number of test images (gtFine files carry only void ids, as in real Cityscapes).")
+@click.option("--coarse/--no-coarse", default=default_of(SynthOptions, "coarse"), show_default=True,
+              help="Also write gtCoarse/ (coarse polygons, more void) for train and val, as Cityscapes ships.")
+@click.option("--train-extra", "n_extra", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Number of train_extra images: gtCoarse labels only, no gtFine (implies --coarse).")
 @click.option("--size", default=f"{DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]}", show_default=True, metavar="HxW",
               callback=hw_callback(min_side=MIN_SIDE, max_pixels=MAX_PIXELS),
               help="Image size HEIGHTxWIDTH; real Cityscapes is 1024x2048.")
@@ -44,18 +49,22 @@ from segops.datasets.synth import (
 @click.option("--workers", type=click.IntRange(min=1), default=default_of(SynthOptions, "workers"),
               show_default=True, help="Processes generating images in parallel.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the final summary line.")
-def command(out: str, n_train: int, n_val: int, n_test: int, size: tuple[int, int], seed: int, workers: int,
-            quiet: bool) -> None:
+def command(out: str, n_train: int, n_val: int, n_test: int, coarse: bool, n_extra: int, size: tuple[int, int],
+            seed: int, workers: int, quiet: bool) -> None:
     """Generate the built-in synthetic street-scene dataset in the Cityscapes layout.
 
     Writes OUT/leftImg8bit/<split>/<city>/*_leftImg8bit.png and, under OUT/gtFine/, the
     *_gtFine_labelIds.png, *_gtFine_instanceIds.png, *_gtFine_color.png and
     *_gtFine_polygons.json files for every image, exactly as in a real Cityscapes download,
     so every segops stage (and cityscapesScripts) reads it as it reads the real dataset.
+    --coarse adds OUT/gtCoarse/<split>/<city>/*_gtCoarse_{labelIds,instanceIds,color}.png and
+    *_gtCoarse_polygons.json for train and val; --train-extra N adds N coarse-only images.
     The same options always write byte-identical files; files are written atomically.
     """
     height, width = size
     counts = {"train": n_train, "val": n_val, "test": n_test}
+    if n_extra:
+        counts[TRAIN_EXTRA_SPLIT] = n_extra
     last_shown: dict[str, int] = {}
 
     def progress(split: str, done: int, total: int) -> None:
@@ -70,7 +79,7 @@ def command(out: str, n_train: int, n_val: int, n_test: int, size: tuple[int, in
     start = time.perf_counter()
     try:
         summary = generate_dataset(out, counts, height=height, width=width, seed=seed, workers=workers,
-                                   progress=progress)
+                                   progress=progress, coarse=coarse or n_extra > 0)
     except OSError as exc:
         raise click.ClickException(f"cannot write to {out}: {exc}") from exc
     elapsed = time.perf_counter() - start

@@ -19,6 +19,7 @@ from segops.training.options import (
     LR_SCHEDULES,
     OPTIMIZERS,
     PRECISIONS,
+    AnnotationMix,
     AugmentConfig,
     ModelOptions,
     OptimOptions,
@@ -115,6 +116,17 @@ def _fmt(value: float | None) -> str:
               help="Threads of the input pipeline (default: TensorFlow's choice).")  # fmt: skip
 @click.option("--export/--no-export", default=default_of(TrainOptions, "export"), show_default=True,
               help="Export OUT/best and OUT/final at the end (--no-export: checkpoints and history only).")  # fmt: skip
+@click.option("--coarse-ratio", type=click.FloatRange(0, 1), default=default_of(AnnotationMix, "coarse_ratio"),
+              show_default=True,
+              help="Share of training examples drawn from the coarse annotations (prepare --annotations "
+                   "fine+coarse); 0: fine only, 1: coarse only.")  # fmt: skip
+@click.option("--coarse-epochs", type=click.IntRange(0), default=default_of(AnnotationMix, "coarse_epochs"),
+              show_default=True,
+              help="Train the first N epochs on coarse annotations only, then on the --coarse-ratio mix.")  # fmt: skip
+@click.option("--coarse-splits", default=",".join(default_of(AnnotationMix, "coarse_splits")), show_default=True,
+              callback=lambda _ctx, _param, value: tuple(s.strip() for s in value.split(",") if s.strip()),
+              help="Coarse parts to train on (PREPARED/coarse/<split>/; those found). Validation is always "
+                   "on the fine --val-split.")  # fmt: skip
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Keras progress bar per epoch.")
 def command(prepared: str, out: str, progress: bool, **kwargs: object) -> None:
     """Train U-Net or FCN-8s on the TFRecords of `segops prepare` (PREPARED) and export it to OUT.

@@ -16,6 +16,20 @@ POLYGONS_SUFFIX = "_gtFine_polygons.json"
 LABEL_FILES_GLOB = "*_gtFine_*Ids.png"  # labelIds and instanceIds
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
+# --- annotation kinds: gtFine/ (fine polygons) and gtCoarse/ (coarse polygons, more void) ------
+FINE, COARSE = "fine", "coarse"
+ANNOTATION_KINDS = (FINE, COARSE)
+LABEL_DIRS = {FINE: LABEL_DIR, COARSE: "gtCoarse"}
+COARSE_LABEL_DIR = LABEL_DIRS[COARSE]
+COARSE_LABEL_SUFFIX = "_gtCoarse_labelIds.png"
+COARSE_INSTANCE_SUFFIX = "_gtCoarse_instanceIds.png"
+COARSE_COLOR_SUFFIX = "_gtCoarse_color.png"
+COARSE_POLYGONS_SUFFIX = "_gtCoarse_polygons.json"
+LABEL_SUFFIXES = {FINE: LABEL_SUFFIX, COARSE: COARSE_LABEL_SUFFIX}
+INSTANCE_SUFFIXES = {FINE: INSTANCE_SUFFIX, COARSE: COARSE_INSTANCE_SUFFIX}
+LABEL_FILES_GLOBS = {FINE: LABEL_FILES_GLOB, COARSE: "*_gtCoarse_*Ids.png"}
+TRAIN_EXTRA_SPLIT = "train_extra"  # Cityscapes' 19,998 coarse-only training frames
+
 # --- files every stage writes ------------------------------------------------------------------
 MANIFEST_FILE = "manifest.json"  # what produced a directory; written last
 DEAD_LETTER_FILE = "dead_letter.jsonl"
@@ -39,6 +53,26 @@ def shard_name(split: str, index: int, num_shards: int) -> str:
 def shard_glob(split: str = "*") -> str:
     """Pattern of every shard of ``split`` (any shard count), relative to its split directory."""
     return f"{split}-{SHARD_DIGITS_GLOB}-of-{SHARD_DIGITS_GLOB}{SHARD_SUFFIX}"
+
+
+# A prepared *part* is the directory under OUT holding one split's records of one annotation
+# kind: ``<split>`` for fine labels (and image-only splits), ``coarse/<split>`` for gtCoarse ones.
+COARSE_PARTS_DIR = "coarse"
+
+
+def part_name(split: str, annotation: str = FINE) -> str:
+    """``<split>`` (fine, image-only) or ``coarse/<split>``: the part's directory under OUT."""
+    return f"{COARSE_PARTS_DIR}/{split}" if annotation == COARSE else split
+
+
+def part_annotation(part: str) -> str:
+    """The annotation kind of a part's labels (an image-only part reads as fine)."""
+    return COARSE if part.startswith(COARSE_PARTS_DIR + "/") else FINE
+
+
+def part_split(part: str) -> str:
+    """The split of a part (its last path segment): what its shard files are named after."""
+    return part.rsplit("/", 1)[-1]
 
 
 # --- segops train ------------------------------------------------------------------------------

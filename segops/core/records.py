@@ -21,7 +21,13 @@ image/split            bytes    ``train`` / ``val`` / ``test`` / ...
 label/encoded          bytes    8-bit PNG of trainIds (0..18, 255 = ignore)
 weight/encoded         bytes    per-pixel weight map: zlib(float16 little-endian, H*W), or
                                 empty when prepare ran with ``--no-weight-maps``
+label/annotation       bytes    ``fine`` (gtFine) / ``coarse`` (gtCoarse) / ``none`` (image-only);
+                                only in runs with coarse annotations (absent: ``fine``)
 =====================  =======  ==============================================================
+
+``label/annotation`` is optional, so records without it (every fine-only run, and every run
+before it existed) are byte for byte what they were and read as ``fine``; readers of schema
+version 1 that do not know it ignore it. It therefore needs no new :data:`SCHEMA_VERSION`.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ from typing import Any
 import numpy as np
 
 SCHEMA_VERSION = 1
+ANNOTATION_KEY = "label/annotation"
+DEFAULT_ANNOTATION = "fine"  # what a record without ANNOTATION_KEY holds
+NO_ANNOTATION = "none"  # the kind of an image-only record (all-ignore label)
 WEIGHT_DTYPE = np.dtype("<f2")
 WEIGHT_ZLIB_LEVEL = 1  # weight maps are smooth and mostly flat; level 1 is the size/speed sweet spot
 
@@ -49,6 +58,7 @@ class ExampleFields:
     split: str
     weight_map: np.ndarray | None = None  # float32/float16 (H, W) or None
     image_format: str = "png"
+    annotation: str | None = None  # fine | coarse | none; None: no ANNOTATION_KEY (reads as fine)
 
 
 def encode_weight_map(weights: np.ndarray) -> bytes:
@@ -84,6 +94,8 @@ def encode_example(fields: ExampleFields) -> bytes:
         "label/encoded": b(fields.label_png),
         "weight/encoded": b(weight),
     }
+    if fields.annotation is not None:
+        feature[ANNOTATION_KEY] = b(fields.annotation.encode())
     example = example_pb2.Example(features=feature_pb2.Features(feature=feature))
     return example.SerializeToString(deterministic=True)
 
@@ -114,6 +126,7 @@ def decode_example(serialized: bytes) -> dict[str, Any]:
         "frame_id": s("image/frame_id").decode(),
         "split": s("image/split").decode(),
         "format": s("image/format").decode(),
+        "annotation": s(ANNOTATION_KEY).decode() if ANNOTATION_KEY in f else DEFAULT_ANNOTATION,
     }
 
 
@@ -133,6 +146,7 @@ def feature_spec() -> dict[str, Any]:
         "image/split": string,
         "label/encoded": string,
         "weight/encoded": string,
+        ANNOTATION_KEY: tf.io.FixedLenFeature([], tf.string, default_value=DEFAULT_ANNOTATION),
     }
 
 
@@ -140,7 +154,8 @@ def parse_example_tf(serialized: Any, with_weights: bool = True) -> dict[str, An
     """Parse one serialized Example inside a tf.data pipeline.
 
     Returns ``image`` uint8 (H, W, 3), ``label`` uint8 (H, W), and ``weight`` float32 (H, W)
-    when ``with_weights`` (ones where the record carries no weight map), plus ``frame_id``.
+    when ``with_weights`` (ones where the record carries no weight map), plus ``frame_id`` and
+    ``annotation`` (``fine`` where the record has no ``label/annotation``).
     """
     import tensorflow as tf
 
@@ -150,7 +165,7 @@ def parse_example_tf(serialized: Any, with_weights: bool = True) -> dict[str, An
     image = tf.io.decode_png(f["image/encoded"], channels=3)
     label = tf.io.decode_png(f["label/encoded"], channels=1)[:, :, 0]
     image = tf.ensure_shape(image, [None, None, 3])
-    out = {"image": image, "label": label, "frame_id": f["image/frame_id"]}
+    out = {"image": image, "label": label, "frame_id": f["image/frame_id"], "annotation": f[ANNOTATION_KEY]}
     if with_weights:
         raw = f["weight/encoded"]
 

@@ -25,7 +25,8 @@ from segops.core.imageio import (
     encode_mask_png,
 )
 from segops.core.labels import IGNORE_ID, LABEL_ID_TO_TRAIN_ID, NUM_CLASSES, VALID_LABEL_ID, unknown_label_ids
-from segops.core.records import ExampleFields, encode_example
+from segops.core.layout import FINE
+from segops.core.records import NO_ANNOTATION, ExampleFields, encode_example
 from segops.datasets.cityscapes import Pair
 from segops.prepare.options import PrepareOptions
 from segops.prepare.weight_maps import (
@@ -54,6 +55,8 @@ class Prepared(NamedTuple):
     labelled: bool
     pixel_counts: np.ndarray | None  # int64[NUM_CLASSES]; None for unlabeled splits
     border: BorderTerm | None
+    part: str  # the output part: <split>, or coarse/<split> (segops.core.layout.part_name)
+    annotation: str | None  # the record's label/annotation; None in fine-only runs (not written)
 
 
 class Rejected(Exception):
@@ -105,6 +108,14 @@ def keep_large_buffers_on_heap(limit: int = 32 << 20) -> bool:
 # --- Analyze -----------------------------------------------------------------------------------
 
 
+def record_annotation(pair: Pair, options: PrepareOptions) -> str | None:
+    """What the record says in ``label/annotation``: nothing in fine-only runs (their records stay
+    what they always were), else the pair's kind, ``none`` for an image-only record."""
+    if options.annotation_kinds == (FINE,):
+        return None
+    return pair.annotation if pair.labelled else NO_ANNOTATION
+
+
 def analyze_pair(pair: Pair, options: PrepareOptions) -> Prepared:
     """Validate and analyse one pair; :class:`Rejected` (naming the stage) for bad input."""
     stage = "read"  # where a BadInput came from, for the dead letter
@@ -123,6 +134,8 @@ def analyze_pair(pair: Pair, options: PrepareOptions) -> Prepared:
             image_digest=identity_digest(image),
             height=hdr.height,
             width=hdr.width,
+            part=pair.part,
+            annotation=record_annotation(pair, options),
         )
         if not pair.labelled:
             blank = blank_label_png(hdr.height, hdr.width)
@@ -235,5 +248,6 @@ def encode_record(item: Prepared, class_weight_lut: np.ndarray | None) -> bytes:
         frame_id=item.frame_id,
         split=item.split,
         weight_map=weights,
+        annotation=item.annotation,
     )
     return encode_example(fields)

@@ -12,7 +12,8 @@ from typing import Any
 from segops import __version__
 from segops.core.deadletter import reason_kind
 from segops.core.fs import relpath
-from segops.core.records import SCHEMA_VERSION
+from segops.core.layout import part_annotation
+from segops.core.records import NO_ANNOTATION, SCHEMA_VERSION
 from segops.prepare.options import PrepareOptions
 from segops.prepare.weight_maps import BORDER_TOLERANCE, effective_sigma
 
@@ -48,10 +49,12 @@ def build_manifest(info: RunInfo, dead: list[dict[str, str]], shards: dict[str, 
         "input": info.root,
         "output": out,
         "options": o.to_dict(),
+        "annotations": o.annotations,
         "pairs": info.pairs,
         "splits": {
             s: {
                 "labeled": s not in info.unlabeled,
+                "annotation": NO_ANNOTATION if s in info.unlabeled else part_annotation(s),
                 "records": int(records.get(s, 0)),
                 "dead_lettered": sum(1 for d in dead if d["split"] == s),
                 "num_shards": info.shards[s],

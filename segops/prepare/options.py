@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from segops.core.imageio import DEFAULT_MAX_PIXELS
+from segops.core.layout import COARSE, FINE
 from segops.core.options import OptionsError
 from segops.datasets.cityscapes import DEFAULT_UNLABELED_SPLITS, Listing
 from segops.prepare.class_weights import DEFAULT_SCHEME, SCHEMES
@@ -18,6 +19,7 @@ from segops.prepare.class_weights import DEFAULT_SCHEME, SCHEMES
 #: shards of 100-200 MB read well in parallel and are few enough to list quickly).
 SHARD_TARGET_BYTES = 128 * 1024 * 1024
 MAX_SHARDS = 99999  # five digits in the shard names
+ANNOTATION_CHOICES = (FINE, COARSE, f"{FINE}+{COARSE}")
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -37,6 +39,7 @@ class PrepareOptions:
     sigma: float = 5.0
     sigma_reference_height: int | None = None  # scale sigma by height / this; None: pixels as given
     max_pixels: int = DEFAULT_MAX_PIXELS
+    annotations: str = FINE  # fine | coarse | fine+coarse: which of gtFine/, gtCoarse/ to write
 
     def __post_init__(self) -> None:
         if not self.input:
@@ -60,6 +63,13 @@ class PrepareOptions:
             raise OptionsError("--sigma-reference-height must be > 0")
         if self.max_pixels <= 0:
             raise OptionsError("--max-pixels must be > 0")
+        if self.annotations not in ANNOTATION_CHOICES:
+            raise OptionsError(f"--annotations must be one of {', '.join(ANNOTATION_CHOICES)}, got {self.annotations!r}")
+
+    @property
+    def annotation_kinds(self) -> tuple[str, ...]:
+        """The kinds asked for, e.g. ("fine", "coarse")."""
+        return tuple(self.annotations.split("+"))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -73,14 +83,15 @@ def auto_shards(n_images: int, image_bytes: int) -> int:
 
 
 def shard_counts(options: PrepareOptions, listing: Listing) -> dict[str, int]:
-    """Split -> number of shards: ``--shards``, else :func:`auto_shards`."""
+    """Part (split, or coarse/<split>) -> number of shards: ``--shards``, else :func:`auto_shards`."""
     return {s: options.shards or auto_shards(len(listing.pairs_in(s)), listing.bytes_in(s)) for s in listing.splits}
 
 
 def resolve_weights_split(options: PrepareOptions, listing: Listing) -> str | None:
     """The split the class weights come from: ``--weights-split``, else train, else the first
     labelled split (None when nothing labelled is prepared); OptionsError when the one asked for
-    is not a labelled split of this listing."""
+    is not a labelled split of this listing. Parts count as splits: fine train is first; a
+    coarse-only run takes its weights from coarse/train."""
     labelled = [s for s in listing.splits if s not in listing.unlabeled_splits]
     if options.weights_split is not None:
         if options.weights_split not in labelled:

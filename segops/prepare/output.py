@@ -16,14 +16,16 @@ from segops.prepare.manifest import RunInfo, build_manifest
 JSON_INDENT = 1
 
 
-def shard_prefix(output: str, split_name: str) -> str:
-    """What WriteToTFRecord gets as its path prefix for ``split_name``: OUT/<split>/<split>."""
-    return join(output, split_name, split_name)
+def shard_prefix(output: str, part: str) -> str:
+    """What WriteToTFRecord gets as its path prefix for ``part``: OUT/<split>/<split> (fine,
+    image-only) or OUT/coarse/<split>/<split>."""
+    return join(output, part, layout.part_split(part))
 
 
-def shard_paths(output: str, split_name: str, num_shards: int) -> list[str]:
-    """The files WriteToTFRecord writes for ``split_name`` (OUT/<split>/<split>-SSSSS-of-NNNNN.tfrecord)."""
-    return [join(output, split_name, layout.shard_name(split_name, i, num_shards)) for i in range(num_shards)]
+def shard_paths(output: str, part: str, num_shards: int) -> list[str]:
+    """The files WriteToTFRecord writes for ``part`` (OUT/<part>/<split>-SSSSS-of-NNNNN.tfrecord)."""
+    name = layout.part_split(part)
+    return [join(output, part, layout.shard_name(name, i, num_shards)) for i in range(num_shards)]
 
 
 def clean_output(output: str) -> list[str]:
@@ -39,7 +41,8 @@ def clean_output(output: str) -> list[str]:
     if exists(manifest):
         delete([manifest])
     old = []
-    for path in match(join(output, "*", layout.shard_glob("*"))):
+    coarse = match(join(output, layout.COARSE_PARTS_DIR, "*", layout.shard_glob("*")))
+    for path in match(join(output, "*", layout.shard_glob("*"))) + coarse:
         parent, name = split(path)
         if name.startswith(split(parent)[1] + "-"):  # OUT/<split>/<split>-...
             old.append(path)

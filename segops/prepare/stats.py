@@ -1,6 +1,8 @@
 """Class statistics of `segops prepare` (stats.json): per split the images, total and ignore
 pixels, and per class the pixel count, the number of images containing it and the total pixels
 of those images (what median-frequency weights need). Unlabeled splits only count images.
+"Split" here is a prepared part: coarse annotations are counted apart, under ``coarse/<split>``
+(their void bands and skipped small objects would skew the fine classes' frequencies).
 
 The accumulator is a dict split -> integer sums (numpy int64 arrays per class), so partial
 results merge exactly and in any order; :class:`ClassStatsFn` is the Beam CombineFn over it."""
@@ -14,6 +16,7 @@ import apache_beam as beam
 import numpy as np
 
 from segops.core.labels import CLASS_NAMES, NUM_CLASSES
+from segops.core.layout import ANNOTATION_KINDS, COARSE, part_annotation
 from segops.prepare.analyze import Prepared
 
 Accumulator = dict[str, dict[str, Any]]  # split -> {"images", "total", "counts", "image_counts", "image_pixels"}
@@ -27,7 +30,7 @@ def empty_split() -> dict[str, Any]:
 
 def add_prepared(acc: Accumulator, item: Prepared) -> Accumulator:
     """Count one analysed image into ``acc`` (its pixels only when it is labelled)."""
-    s = acc.setdefault(item.split, empty_split())
+    s = acc.setdefault(item.part, empty_split())
     s["images"] += 1
     if item.pixel_counts is not None:
         total = item.height * item.width
@@ -69,7 +72,19 @@ def to_stats(acc: Accumulator, splits: list[str], unlabeled: list[str]) -> dict[
             "image_counts": [int(v) for v in s["image_counts"]],
             "image_pixels": [int(v) for v in s["image_pixels"]],
         }
-    return {"class_names": list(CLASS_NAMES), "splits": labelled_splits, "unlabeled_splits": unlabeled_splits}
+    stats = {"class_names": list(CLASS_NAMES), "splits": labelled_splits, "unlabeled_splits": unlabeled_splits}
+    kinds = {part: part_annotation(part) for part in labelled_splits}
+    if COARSE in kinds.values():  # only with coarse parts: a fine-only stats.json stays as it was
+        stats["annotations"] = {
+            kind: {
+                "splits": [p for p in labelled_splits if kinds[p] == kind],
+                **{key: sum(v[key] for p, v in labelled_splits.items() if kinds[p] == kind)
+                   for key in ("images", "total_pixels", "ignore_pixels", "labelled_pixels")},
+            }  # fmt: skip
+            for kind in ANNOTATION_KINDS
+            if kind in kinds.values()
+        }
+    return stats
 
 
 class ClassStatsFn(beam.CombineFn):

@@ -12,12 +12,16 @@ def summarize(manifest: dict[str, Any], stats: dict[str, Any], class_weights: di
     """The summary of a run from its manifest.json, stats.json and class_weights.json."""
     lines = [f"read {manifest['pairs']} image(s) with their labels from {manifest['input']}, "
              f"wrote {manifest['output']}"]
+    width = max([8, *(len(name) for name in manifest["splits"])])
     for split, s in manifest["splits"].items():
         kind = "" if s["labeled"] else ", image-only (no usable labels)"
-        lines.append(f"  {split:<8} {s['records']:>7} record(s) in {s['num_shards']} shard(s), "
+        lines.append(f"  {split:<{width}} {s['records']:>7} record(s) in {s['num_shards']} shard(s), "
                      f"{s['dead_lettered']} dead-lettered{kind}")  # fmt: skip
     for split, why in manifest.get("skipped_splits", {}).items():
-        lines.append(f"  {split:<8} skipped: {why}")
+        lines.append(f"  {split:<{width}} skipped: {why}")
+    for kind, a in stats.get("annotations", {}).items():  # runs with coarse annotations
+        lines.append(f"{kind} annotations: {a['images']} image(s) in {', '.join(a['splits'])}, "
+                     f"{100.0 * a['ignore_pixels'] / max(a['total_pixels'], 1):.1f}% ignore")
     dl = manifest["dead_letter"]
     lines.append(f"dead-lettered: {dl['total']} (see {layout.DEAD_LETTER_FILE})")
     for reason, n in sorted(dl["by_reason"].items(), key=lambda kv: (-kv[1], kv[0])):

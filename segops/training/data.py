@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from segops.core import fs, labels, layout, records
@@ -27,11 +27,13 @@ def read_json(path: str, what: str) -> Any:
 
 @dataclass(frozen=True)
 class PreparedData:
-    train_files: list[str]
+    train_files: list[str]  # the fine train split's shards (empty when only coarse ones are read)
     val_files: list[str]
     train_records: int | None  # as recorded by prepare; None: unknown (counted by reading)
     has_weight_maps: bool | None  # None: unknown
     class_weights: dict[str, Any] | None  # class_weights.json
+    coarse_files: list[str] = field(default_factory=list)  # shards of the coarse parts trained on
+    coarse_records: int | None = None  # as recorded by prepare; None: unknown
 
 
 def manifest_count(manifest: dict[str, Any], stats: dict[str, Any], split: str) -> int | None:
@@ -77,16 +79,19 @@ def check_prepared(opts: TrainOptions) -> PreparedData:
     stats = read_json(stats_path, "statistics") if os.path.exists(stats_path) else {}
     from segops.training.input_pipeline import shard_paths  # tf.io.gfile: lists without starting the runtime
 
-    train_files = shard_paths(root, data.train_split)
+    mix = opts.annotations
+    train_files = shard_paths(root, data.train_split) if mix.uses_fine else []
     val_files = shard_paths(root, data.val_split)
-    for split, files in ((data.train_split, train_files), (data.val_split, val_files)):
+    needed = ((data.train_split, train_files),) if mix.uses_fine else ()
+    for split, files in (*needed, (data.val_split, val_files)):
         if not files:
             raise TrainError(
                 f"{root}/{split}/ holds no {split}-*-of-*{layout.SHARD_SUFFIX} shards: nothing to train on"
             )
-    train_records = manifest_count(manifest, stats, data.train_split)
-    if train_records == 0:
+    train_records = manifest_count(manifest, stats, data.train_split) if mix.uses_fine else 0
+    if train_records == 0 and mix.uses_fine:
         raise TrainError(f"{root}: the {data.train_split} split has no records")
+    coarse_files, coarse_records = coarse_shards(root, opts, manifest, stats) if mix.uses_coarse else ([], 0)
 
     has_maps = manifest_weight_maps(manifest)
     if data.weight_maps and has_maps is False:
@@ -103,7 +108,28 @@ def check_prepared(opts: TrainOptions) -> PreparedData:
             f"class weights {opts.optim.class_weights!r} asked for, but {root} has no "
             f"{layout.CLASS_WEIGHTS_FILE}: run `segops prepare` again or pass --class-weights none"
         )
-    return PreparedData(train_files, val_files, train_records, has_maps, class_weights)
+    return PreparedData(train_files, val_files, train_records, has_maps, class_weights, coarse_files, coarse_records)
+
+
+def coarse_shards(root: str, opts: TrainOptions, manifest: dict[str, Any],
+                  stats: dict[str, Any]) -> tuple[list[str], int | None]:  # fmt: skip
+    """(shards, records or None if unknown) of the coarse parts of ``--coarse-splits`` that were
+    prepared; TrainError when there are none."""
+    from segops.training.input_pipeline import shard_paths
+
+    parts = [layout.part_name(s, layout.COARSE) for s in opts.annotations.coarse_splits]
+    found = {part: shard_paths(root, part) for part in parts}
+    found = {part: files for part, files in found.items() if files}
+    if not found:
+        raise TrainError(
+            f"coarse annotations asked for (--coarse-ratio/--coarse-epochs), but {root} has no shards in "
+            f"{', '.join(p + '/' for p in parts)}: run `segops prepare --annotations fine+coarse`"
+        )
+    counts = [manifest_count(manifest, stats, part) for part in found]
+    records = None if any(c is None for c in counts) else sum(c for c in counts if c is not None)
+    if records == 0:
+        raise TrainError(f"{root}: the coarse parts {', '.join(found)} have no records")
+    return sorted(f for files in found.values() for f in files), records
 
 
 def resolve_class_weights(opts: TrainOptions, data: PreparedData) -> tuple[str, list[float] | None]:

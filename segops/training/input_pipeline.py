@@ -7,9 +7,10 @@ both forms). Records are parsed only with :func:`segops.core.records.parse_examp
 read and how to augment are :class:`~segops.training.options.PipelineConfig` and
 :class:`~segops.training.options.AugmentConfig`.
 
-Training data order is a pure function of ``(seed, epoch)``: the shard order, the record shuffle
-and every random augmentation parameter derive from stateless seeds folded from them, so a run
-resumed at epoch k sees exactly the batches an uninterrupted run would.
+Training data order is a pure function of ``(seed, epoch)``: the shard order, the record shuffle,
+the annotation kind of each example (:mod:`segops.training.sampling`) and every random
+augmentation parameter derive from stateless seeds folded from them, so a run resumed at epoch k
+sees exactly the batches an uninterrupted run would.
 
 Corrupt records: shards are framed with Python's reader (:class:`ShardReader`) that checks the
 TFRecord length and data CRCs itself. A record whose data CRC fails is skipped, a truncated
@@ -32,7 +33,8 @@ import tensorflow as tf
 
 from segops.core import layout, records
 from segops.core.labels import IGNORE_ID
-from segops.training.options import AugmentConfig, PipelineConfig
+from segops.training.options import AnnotationMix, AugmentConfig, PipelineConfig
+from segops.training.sampling import Source, epoch_key, epoch_records, fold, read_records
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +47,10 @@ _LUMA = (0.299, 0.587, 0.114)
 
 
 def shard_paths(prepared_dir: str, split: str) -> list[str]:
-    """Sorted shard files ``<prepared_dir>/<split>/<split>-NNNNN-of-NNNNN.tfrecord`` (any FileSystem TF reads)."""
-    return sorted(tf.io.gfile.glob(f"{prepared_dir.rstrip('/')}/{split}/{layout.shard_glob(split)}"))
+    """Sorted shard files ``<prepared_dir>/<split>/<split>-NNNNN-of-NNNNN.tfrecord`` (any FileSystem
+    TF reads); ``split`` may be a coarse part, ``coarse/<split>``."""
+    pattern = layout.shard_glob(layout.part_split(split))
+    return sorted(tf.io.gfile.glob(f"{prepared_dir.rstrip('/')}/{split}/{pattern}"))
 
 
 def _masked_crc(data: bytes) -> int:
@@ -132,31 +136,6 @@ class ShardReader:
                 else:
                     yield data
                 offset += 16 + length
-
-
-def read_records(
-    files: tf.Tensor | Sequence[str],
-    reader: ShardReader,
-    cycle_length: int = 4,
-    key: tf.Tensor | None = None,
-    block: int = 0,
-) -> tf.data.Dataset:
-    """Serialized records of ``files``, interleaved over ``cycle_length`` shards read in parallel
-    (deterministic order). With ``key`` (a stateless seed), each shard's records are shuffled in
-    blocks of ``block`` with a permutation derived from the key and the shard's position."""
-    spec = tf.TensorSpec([], tf.string)
-    files = tf.data.Dataset.from_tensor_slices(files)
-    if key is None:  # no shuffle: the reader yields a shard in file order when block <= 1
-        key, block = tf.zeros([2], tf.int64), 0
-    return files.enumerate().interleave(
-        lambda i, path: tf.data.Dataset.from_generator(
-            reader, output_signature=spec, args=(path, _fold(key, i), block)
-        ),
-        cycle_length=cycle_length,
-        block_length=1,
-        num_parallel_calls=cycle_length,
-        deterministic=True,
-    )
 
 
 def decode(serialized: tf.Tensor, with_weights: bool) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
@@ -257,10 +236,6 @@ def _options(cfg: PipelineConfig) -> tf.data.Options:
     return opts
 
 
-def _fold(key: tf.Tensor, value: tf.Tensor | int) -> tf.Tensor:
-    return tf.random.experimental.stateless_fold_in(key, tf.cast(value, tf.int64))
-
-
 def train_dataset(
     files: Sequence[str],
     aug: AugmentConfig,
@@ -272,32 +247,34 @@ def train_dataset(
     epochs: int,
     num_records: int,
     corrupt: CorruptRecords | None = None,
+    coarse_files: Sequence[str] = (),
+    coarse_records: int = 0,
+    mix: AnnotationMix | None = None,
 ) -> tf.data.Dataset:
     """Augmented training batches for epochs ``initial_epoch .. epochs-1``, ``steps_per_epoch``
     batches each (drop remainder; within an epoch the split is read again, in a new order, when
     it has fewer than ``steps_per_epoch * batch_size`` records). ``num_records`` (records in
     ``files``) bounds the passes per epoch, so a split that turns out to be entirely corrupt ends
-    the input (Keras stops with a warning) instead of looping forever."""
-    if not files or num_records <= 0:
+    the input (Keras stops with a warning) instead of looping forever. With a ``mix`` that uses
+    coarse annotations, examples also come from ``coarse_files`` (``coarse_records`` records) in
+    the mix's proportion (:func:`segops.training.sampling.epoch_records`)."""
+    mix = mix or AnnotationMix()
+    if mix.uses_fine and (not files or num_records <= 0):
         raise ValueError("no training records")
-    passes = math.ceil(steps_per_epoch * cfg.batch_size / num_records) + 1
+    if mix.uses_coarse and (not coarse_files or coarse_records <= 0):
+        raise ValueError("no coarse training records")
     reader = ShardReader(corrupt or CorruptRecords())
-    files_t = tf.constant(list(files))
-    root = tf.constant([seed, 0x5E60], tf.int64)
-
-    def one_pass(epoch_key: tf.Tensor, index: tf.Tensor) -> tf.data.Dataset:
-        key = _fold(epoch_key, index)
-        order = tf.argsort(tf.random.stateless_uniform([tf.size(files_t)], seed=key))
-        return read_records(tf.gather(files_t, order), reader, cfg.cycle_length, _fold(key, 1), cfg.shuffle_buffer)
+    fine = Source(tuple(files), num_records) if mix.uses_fine else None
+    coarse = Source(tuple(coarse_files), coarse_records) if mix.uses_coarse else None
 
     def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
-        epoch_key = _fold(root, epoch)
-        aug_key = _fold(epoch_key, -1)
-        examples = tf.data.Dataset.range(passes).flat_map(lambda i: one_pass(epoch_key, i))
+        key = epoch_key(seed, epoch)
+        aug_key = fold(key, -1)
+        examples = epoch_records(key, epoch, fine, coarse, mix, reader, cfg, steps_per_epoch * cfg.batch_size)
 
         def load(index: tf.Tensor, serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             image, label, weight = decode(serialized, cfg.weight_maps)
-            return pack(*augment(image, label, weight, _fold(aug_key, index), aug))
+            return pack(*augment(image, label, weight, fold(aug_key, index), aug))
 
         examples = examples.enumerate().map(load, num_parallel_calls=cfg.num_parallel_calls, deterministic=True)
         examples = examples.ignore_errors(log_warning=True)

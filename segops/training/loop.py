@@ -60,6 +60,7 @@ class Plan:
     out: str
     data: PreparedData
     train_records: int
+    coarse_records: int  # 0 when no coarse records are read
     steps: int
     precision: str
     scheme: str
@@ -119,27 +120,42 @@ def plan_run(opts: TrainOptions, data: PreparedData, scheme: str, class_weights:
     os.makedirs(out, exist_ok=True)
 
     precision = resolve_precision(opts.precision)
+    mix = opts.annotations
     if num_workers > 1:
-        if len(data.train_files) < num_workers:
-            raise TrainError(f"{len(data.train_files)} training shards for {num_workers} workers: prepare more shards")
-        # Each worker trains on its own shards. Validation is not split: every worker evaluates
-        # all of it, which multiplies the summed confusion matrix by the worker count and leaves
-        # IoU/Dice (ratios) unchanged.
-        data = dataclasses.replace(data, train_files=data.train_files[index::num_workers])
+        # Each worker trains on its own shards (of each kind read). Validation is not split: every
+        # worker evaluates all of it, which multiplies the summed confusion matrix by the worker
+        # count and leaves IoU/Dice (ratios) unchanged.
+        for kind, files, used in (("training", data.train_files, mix.uses_fine),
+                                  ("coarse", data.coarse_files, mix.uses_coarse)):  # fmt: skip
+            if used and len(files) < num_workers:
+                raise TrainError(f"{len(files)} {kind} shards for {num_workers} workers: prepare more shards")
+        data = dataclasses.replace(data, train_files=data.train_files[index::num_workers],
+                                   coarse_files=data.coarse_files[index::num_workers])  # fmt: skip
     corrupt = ip.CorruptRecords()
-    train_records = data.train_records
-    if train_records is None:
-        train_records = ip.count_records(data.train_files, corrupt)
-    else:
-        train_records = math.ceil(train_records / num_workers)
-    if train_records == 0:
+    train_records = worker_records(data.train_files, data.train_records, num_workers, corrupt)
+    coarse_records = worker_records(data.coarse_files, data.coarse_records, num_workers, corrupt)
+    if (mix.uses_fine and train_records == 0) or (mix.uses_coarse and coarse_records == 0):
         raise TrainError(f"{opts.prepared}: no readable training records")
-    steps = opts.optim.steps_per_epoch or max(train_records * num_workers // opts.data.batch_size, 1)
+    steps = opts.optim.steps_per_epoch or (
+        mix.default_steps(train_records * num_workers, coarse_records * num_workers, opts.data.batch_size)
+        if mix.uses_coarse else max(train_records * num_workers // opts.data.batch_size, 1)
+    )  # fmt: skip
 
     run = RunState(opts, out, is_chief, corrupt)
     run.extra_state = {"precision": precision, "class_weight_scheme": scheme}
     state = run.load_state() if opts.resume else None
-    return Plan(out, data, train_records, steps, precision, scheme, class_weights, run, state)
+    return Plan(out, data, train_records, coarse_records, steps, precision, scheme, class_weights, run, state)
+
+
+def worker_records(files: list[str], recorded: int | None, num_workers: int, corrupt: Any) -> int:
+    """Records this worker reads from ``files``: prepare's count split evenly, else counted."""
+    from segops.training import input_pipeline as ip
+
+    if not files:
+        return 0
+    if recorded is None:
+        return ip.count_records(files, corrupt)
+    return math.ceil(recorded / num_workers)
 
 
 def load_or_build_model(opts: TrainOptions, plan: Plan) -> Any:
@@ -172,6 +188,9 @@ def fit(model: Any, opts: TrainOptions, plan: Plan, extra_callbacks: list[Any]) 
         epochs=opts.optim.epochs,
         num_records=plan.train_records,
         corrupt=corrupt,
+        coarse_files=plan.data.coarse_files,
+        coarse_records=plan.coarse_records,
+        mix=opts.annotations,
     )
     val_ds = ip.eval_dataset(
         plan.data.val_files, opts.data.for_validation(), size=opts.data.val_size, stride=opts.model.stride,

@@ -1,5 +1,5 @@
 """Options of ``segops train``: one frozen dataclass per concern (:class:`ModelOptions`,
-:class:`OptimOptions`, :class:`AugmentConfig`, :class:`PipelineConfig`) composed into
+:class:`OptimOptions`, :class:`AugmentConfig`, :class:`PipelineConfig`, :class:`AnnotationMix`) composed into
 :class:`TrainOptions`, each validated at construction (:class:`TrainError`, an
 :class:`~segops.core.options.OptionsError`), and the choices the CLI offers. No TensorFlow or
 Keras here: the CLI imports this module for its choices and defaults.
@@ -17,6 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from segops.core import layout
 from segops.core.options import OptionsError
 from segops.models import MODEL_NAMES, UPSAMPLING_MODES, get_spec
 from segops.prepare.class_weights import SCHEMES
@@ -42,7 +43,7 @@ JSON_KEYS = (
     "class_weights", "weight_maps", "depth", "base_filters", "upsampling", "dilated", "dropout", "scale_range",
     "flip", "jitter", "precision", "xla", "resume", "early_stopping", "seed", "val_size", "val_batch_size",
     "steps_per_epoch", "train_split", "val_split", "shuffle_buffer", "cycle_length", "data_threads", "verbose",
-    "export", "focal_gamma", "ohem_fraction", "ohem_threshold",
+    "export", "focal_gamma", "ohem_fraction", "ohem_threshold", "coarse_ratio", "coarse_epochs", "coarse_splits",
 )  # fmt: skip
 # Options that may differ on --resume without changing the result of the remaining epochs.
 RESUME_FREE_OPTIONS = ("resume", "out", "prepared", "verbose", "early_stopping", "xla", "export", "data_threads")
@@ -209,8 +210,48 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
+class AnnotationMix:
+    """Which annotation kinds training reads (``segops prepare --annotations fine+coarse``):
+    each example comes from the coarse parts ``coarse/<split>`` of ``coarse_splits`` with
+    probability ``coarse_ratio`` (0: fine only, 1: coarse only), except in the first
+    ``coarse_epochs`` epochs, which read coarse records only (coarse first, then fine).
+    Validation always reads the fine val split."""
+
+    coarse_ratio: float = 0.0
+    coarse_epochs: int = 0
+    coarse_splits: tuple[str, ...] = ("train", layout.TRAIN_EXTRA_SPLIT)  # those of them that were prepared
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.coarse_ratio <= 1.0:  # also refuses NaN
+            raise TrainError(f"--coarse-ratio must be in [0, 1], got {self.coarse_ratio}")
+        if self.coarse_epochs < 0:
+            raise TrainError(f"--coarse-epochs must be >= 0, got {self.coarse_epochs}")
+        if self.uses_coarse and not self.coarse_splits:
+            raise TrainError("--coarse-splits needs at least one split")
+
+    @property
+    def uses_coarse(self) -> bool:
+        return self.coarse_ratio > 0 or self.coarse_epochs > 0
+
+    @property
+    def uses_fine(self) -> bool:
+        return self.coarse_ratio < 1
+
+    def ratio_at(self, epoch: int) -> float:
+        """Probability that an example of (0-based) ``epoch`` is a coarse one."""
+        return 1.0 if epoch < self.coarse_epochs else self.coarse_ratio
+
+    def default_steps(self, fine_records: int, coarse_records: int, batch_size: int) -> int:
+        """Steps per epoch when none is given: one pass over the fine records on average (the
+        coarse records' share on top), or over the coarse records when no fine ones are read."""
+        if not self.uses_fine:
+            return max(coarse_records // batch_size, 1)
+        return max(int(fine_records / ((1.0 - self.coarse_ratio) * batch_size)), 1)
+
+
+@dataclass(frozen=True)
 class TrainOptions:
-    """Everything ``segops train`` needs: the paths, the four concerns, and how the run goes."""
+    """Everything ``segops train`` needs: the paths, the five concerns, and how the run goes."""
 
     prepared: str
     out: str
@@ -218,6 +259,7 @@ class TrainOptions:
     optim: OptimOptions = field(default_factory=OptimOptions)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     data: PipelineConfig = field(default_factory=PipelineConfig)
+    annotations: AnnotationMix = field(default_factory=AnnotationMix)
     seed: int = 0  # initialisation, data order, augmentation
     precision: str = "auto"
     xla: bool | None = None  # None: Keras' "auto" (XLA on a single GPU, off on CPU, where it measured no faster)
@@ -228,6 +270,9 @@ class TrainOptions:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise TrainError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        if self.annotations.coarse_epochs and self.annotations.coarse_epochs >= self.optim.epochs:
+            raise TrainError(f"--coarse-epochs {self.annotations.coarse_epochs} must be less than --epochs "
+                             f"{self.optim.epochs} (the run goes on with fine labels after them)")  # fmt: skip
         stride = self.model.stride
         h, w = self.augment.crop
         if h % stride or w % stride:

@@ -39,6 +39,12 @@ The ``test`` split mimics the real Cityscapes test set: images are present and s
 files, but they carry no usable labels: only void ids (0 unlabeled, 1 ego vehicle,
 2 rectification border, 3 out of roi), i.e. nothing a metric could be computed on.
 
+Coarse annotations (``coarse=True``, ``segops synth --coarse``): ``OUT/gtCoarse/<split>/<city>/``
+holds ``*_gtCoarse_labelIds.png``, ``_instanceIds.png`` (the labelIds: coarse polygons have no
+instances), ``_color.png`` and ``_polygons.json`` for train and val (no test, as in the real
+download), made from the fine labels by :mod:`.coarse`; a ``train_extra`` count adds images with
+gtCoarse files only (``segops synth --train-extra N``). The fine files do not change.
+
 Determinism: each image's random generator is seeded from ``(seed, split, index)`` only, so an
 image does not depend on the counts of its own or other splits, and a rerun with the same
 options writes byte-identical files. Files are written atomically (temporary name, then rename),
@@ -48,12 +54,15 @@ are not deleted.
 The package, by concern: :mod:`.palette` (colours and textures), :mod:`.scene` (the camera, the
 street layout and the background), :mod:`.objects` (street furniture, vehicles, people),
 :mod:`.compose` (where they go, painter's order), :mod:`.render` (rasterising and finishing) and
-:mod:`.dataset` (naming, per-image random generators, writing files, the manifest).
+:mod:`.dataset` (naming, per-image random generators, writing files, the manifest) and
+:mod:`.coarse` (gtCoarse labels from the fine ones).
 """
 
 from segops.datasets.synth.compose import build_scene
 from segops.datasets.synth.dataset import (
     CITIES,
+    COARSE_ONLY_SPLITS,
+    COARSE_SPLITS,
     DEFAULT_COUNTS,
     DEFAULT_SIZE,
     FRAME,
@@ -73,6 +82,8 @@ from segops.datasets.synth.scene import Item
 
 __all__ = [
     "CITIES",
+    "COARSE_ONLY_SPLITS",
+    "COARSE_SPLITS",
     "DEFAULT_COUNTS",
     "DEFAULT_SIZE",
     "FRAME",
