@@ -185,3 +185,28 @@ def test_flat_options_round_trip_in_the_recorded_key_order():
     assert opts.model.hparams() == {"base_filters": 32, "dropout": 0.2, "dilated": False}
     with pytest.raises(OptionsError, match="multiples of 32 for fcn8s"):
         TrainOptions.from_flat(prepared="p", out="o", model="fcn8s", crop=(16, 32))
+
+
+def test_two_processes_train_bit_identical_weights(tmp_path):
+    """What the README's determinism claim rests on: the same `segops train` command in two fresh
+    processes on one machine (same CPU, same thread count) gives bit-identical weights, optimizer
+    state and history, with TensorFlow's default (multi-threaded oneDNN) kernels."""
+    import subprocess
+    import sys
+
+    from segops.training import losses, metrics  # noqa: F401  (registers the classes the checkpoints name)
+
+    prepared = tmp_path / "prepared"
+    write_prepared(str(prepared), {"train": 8, "val": 2}, height=64, width=128)
+    flags = ["--depth", "2", "--base-filters", "8", "--batch-size", "4", "--crop", "64x128", "--epochs", "1",
+             "--class-weights", "none", "--dropout", "0.2", "--no-progress", "--no-export"]  # fmt: skip
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        subprocess.run([sys.executable, "-c", "from segops.cli import main; main()", "train", str(prepared),
+                        str(out), *flags], check=True, capture_output=True)  # fmt: skip
+    a, b = (keras.saving.load_model(str(out / "checkpoints/epoch-0001.keras")) for out in outs)
+    assert len(a.get_weights()) == len(b.get_weights()) > 0
+    for wa, wb in zip(a.get_weights() + [v.numpy() for v in a.optimizer.variables],
+                      b.get_weights() + [v.numpy() for v in b.optimizer.variables], strict=True):  # fmt: skip
+        assert np.array_equal(wa, wb)
+    assert (outs[0] / "history.json").read_text() == (outs[1] / "history.json").read_text()
