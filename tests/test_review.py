@@ -113,6 +113,24 @@ def test_bad_options_and_ambiguous_model(hand_table, tmp_path):
     assert [r["model_id"] for r in select(out, SelectOptions(random=5, model_id="m2")).to_pylist()] == ["m2"]
 
 
+def test_a_table_from_before_class_pixels_gains_the_column(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from deltalake import write_deltalake
+
+    out, schema = str(tmp_path / "infer"), table.metrics_schema()
+    old = pa.schema([f for f in schema if f.name != "class_pixels"])
+    first = {k: v for k, v in _row(0, 0.5, None, None, 0).items() if k != "class_pixels"}
+    write_deltalake(table.table_uri(out), pa.Table.from_pylist([first], schema=old))
+    Path(table.staging_dir(out, "r1")).mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([_row(1, 0.5, None, None, 9)], schema=schema),
+                   str(Path(table.staging_dir(out, "r1")) / "part.parquet"))  # fmt: skip
+    assert table.commit_run(out, "r1", "m1").rows == 1
+    rows = {r["path"]: r["class_pixels"] for r in table.read_metrics(out, columns=["path", "class_pixels"]).to_pylist()}
+    assert rows["/data/img00.png"] is None and rows["/data/img01.png"][CAR.train_id] == 9
+    assert _picked(out, rare_classes=5, classes=("car",)) == [(1, "rare_classes")]
+
+
 # --------------------------------------------------------------------------------------------
 # Label Studio's brush encoding
 
