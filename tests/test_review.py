@@ -186,13 +186,19 @@ def test_exports_load_in_the_tools_readers(loop):
             painted += coco.annToMask(ann)
         assert (painted == 1).all()  # the classes tile the image
     tasks = json.loads((Path(out) / "review" / "label_studio_tasks.json").read_text())
-    config = (Path(out) / "review" / "label_studio_config.xml").read_text()
+    import xml.etree.ElementTree as ET
+
+    config = ET.fromstring((Path(out) / "review" / "label_studio_config.xml").read_text())
+    (image,), (brushes,) = config.findall("Image"), config.findall("BrushLabels")
+    assert brushes.get("toName") == image.get("name") and image.get("value") == "$" + image.get("name")
+    assert [lb.get("value") for lb in brushes.findall("Label")] == list(labels.CLASS_NAMES)
     for task in tasks:
         pred = _predicted(out, rows[task["data"]["segops_path"]])
         assert task["data"]["image"].startswith("/data/local-files/?d=")
         for result in task["predictions"][0]["result"]:
             (name,) = result["value"]["brushlabels"]
-            assert f'<Label value="{name}"' in config and result["from_name"] == "label"
+            assert name in labels.CLASS_NAMES and result["from_name"] == brushes.get("name")
+            assert result["to_name"] == image.get("name") and task["data"][image.get("name")]
             h, w = result["original_height"], result["original_width"]
             decoded = ls_decode_rle(result["value"]["rle"]).reshape(h, w, 4)[:, :, 3] > 0
             assert (decoded == (pred == labels.NAME_TO_LABEL[name].train_id)).all()
