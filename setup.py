@@ -32,6 +32,10 @@ setup(
         "deltalake>=1.1,<2",
         "click>=8.1",
         "matplotlib>=3.8",
+        # `segops review`: COCO RLE masks for CVAT and other COCO tools (export and import).
+        # Label Studio's brush RLE is segops.review.brush: label-studio-sdk 2.1.2 would pin
+        # opencv-python-headless<4.13 and pull ~45 packages (docs/review.md)
+        "pycocotools==2.0.11",
     ],
     extras_require={
         "test": [

@@ -49,6 +49,26 @@ def tokens(line: str) -> list[str]:
         return line.split("#")[0].split()
 
 
+def subcommand(name: str) -> click.Command:
+    """The command ``name`` names: a subcommand, or ``"group sub"`` for one of a group's."""
+    cmd: click.Command = cli
+    for part in name.split():
+        assert isinstance(cmd, click.Group), name
+        cmd = cmd.get_command(click.Context(cmd), part)
+        assert cmd is not None, name
+    return cmd
+
+
+def leaf_names() -> list[str]:
+    """Every command that runs: the subcommands, and ``"group sub"`` for those of a group."""
+    names = []
+    for name in COMMANDS:
+        cmd = subcommand(name)
+        subs = cmd.list_commands(click.Context(cmd)) if isinstance(cmd, click.Group) else []
+        names += [f"{name} {sub}" for sub in subs] or [name]
+    return names
+
+
 def segops_invocations(line: str) -> list[tuple[str | None, list[str]]]:
     """(subcommand or None for the group, its arguments) for every `segops ...` in a shell line.
 
@@ -69,7 +89,11 @@ def segops_invocations(line: str) -> list[tuple[str | None, list[str]]]:
         while j < len(rest) and rest[j].startswith("-") and rest[j] not in ("--",):  # group options, e.g. -v
             j += 1
         if j < len(rest) and rest[j] in COMMANDS:
-            found.append((rest[j], rest[j + 1 :]))
+            name, args = rest[j], rest[j + 1 :]
+            group = subcommand(name)
+            if isinstance(group, click.Group) and args and group.get_command(click.Context(group), args[0]):
+                name, args = f"{name} {args[0]}", args[1:]
+            found.append((name, args))
         elif rest and all(t.startswith("-") for t in rest[:1]):
             found.append((None, rest))
     return found
@@ -105,21 +129,18 @@ def option_names(command: click.Command) -> set[str]:
     return names
 
 
-def subcommand(name: str) -> click.Command:
-    cmd = cli.get_command(click.Context(cli), name)
-    assert cmd is not None, name
-    return cmd
 
 
 INVOCATIONS = all_invocations()
+LEAVES = leaf_names()
 
 
 def test_the_docs_show_every_subcommand():
     shown = {cmd for _, _, cmd, _ in INVOCATIONS if cmd}
-    assert shown >= set(COMMANDS), f"subcommands never shown in a code block: {set(COMMANDS) - shown}"
+    assert shown >= set(LEAVES), f"subcommands never shown in a code block: {set(LEAVES) - shown}"
 
 
-@pytest.mark.parametrize("name", list(COMMANDS))
+@pytest.mark.parametrize("name", LEAVES)
 def test_every_flag_in_the_docs_exists(name):
     known = option_names(subcommand(name)) | {"--help", "-h"}
     unknown = [
@@ -164,13 +185,13 @@ def test_a_wrong_flag_is_caught_by_this_test():
         subcommand("infer").make_context("segops infer", ["m", "i", "o", "--made-up"], resilient_parsing=False)
 
 
-@pytest.mark.parametrize("name", list(COMMANDS))
+@pytest.mark.parametrize("name", LEAVES)
 def test_every_subcommand_and_option_has_help(name):
     command = subcommand(name)
     assert (command.help or "").strip(), f"segops {name} has no help text"
     missing = [p.opts[0] for p in command.params if isinstance(p, click.Option) and not (p.help or "").strip()]
     assert not missing, f"segops {name}: options without help: {missing}"
-    group_line = COMMANDS[name][1]
+    group_line = COMMANDS[name.split()[0]][1]
     assert group_line.strip(), f"segops --help lists {name} without a description"
 
 

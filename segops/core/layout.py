@@ -116,6 +116,14 @@ def mask_name(stem: str, kind: str) -> str:
     return f"{stem}_{kind}.jpg" if kind == OVERLAY_KIND else f"{stem}_{kind}.png"
 
 
+# --- segops review (inside an infer OUT unless --out says otherwise) -----------------------------
+REVIEW_DIR = "review"
+REVIEW_SELECTION_FILE = "selection.parquet"  # `review select`: the images picked, with why
+LABEL_STUDIO_TASKS_FILE = "label_studio_tasks.json"  # `review export`: tasks with predictions
+LABEL_STUDIO_CONFIG_FILE = "label_studio_config.xml"  # the labeling interface those tasks expect
+COCO_FILE = "coco_rle.json"  # `review export`: COCO instances with RLE masks (CVAT "COCO 1.0")
+
+
 # --- segops report / demo ----------------------------------------------------------------------
 # RUN_DIR/<name>: the run directory `segops demo RUN_DIR` makes and `segops report RUN_DIR` reads
 RUN_DATA_DIR = "data"

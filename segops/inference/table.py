@@ -74,6 +74,7 @@ def metrics_schema() -> Any:
         ("mean_confidence", pa.float64()),
         ("low_confidence_fraction", pa.float64()),
         ("crf_changed_fraction", pa.float64()),
+        ("class_pixels", pa.list_(pa.int64())),  # pixels per trainId in the written mask (19)
     ]
     for stage in STAGES:
         cols += [
@@ -112,6 +113,11 @@ def _stage_metrics(gt: np.ndarray | None, pred: np.ndarray | None, stage: str) -
     return row
 
 
+def class_pixels(mask: np.ndarray) -> list[int]:
+    """Pixels per trainId (0..18) of a mask: which classes an unlabelled image shows."""
+    return [int(v) for v in np.bincount(mask.ravel(), minlength=labels.NUM_CLASSES)[: labels.NUM_CLASSES]]
+
+
 def metrics_row(seg: Segmented, *, model_id: str, run_id: str) -> dict[str, Any]:
     """One row (see :func:`metrics_schema`); per-class scores null where undefined."""
     example, pred_before, pred_after, crf_ms = seg.example, seg.pred_before, seg.pred_after, seg.crf_ms
@@ -134,6 +140,7 @@ def metrics_row(seg: Segmented, *, model_id: str, run_id: str) -> dict[str, Any]
         "mean_confidence": float(seg.mean_confidence),
         "low_confidence_fraction": float(seg.low_confidence_fraction),
         "crf_changed_fraction": None if pred_after is None else float(np.mean(pred_after != pred_before)),
+        "class_pixels": class_pixels(pred_before if pred_after is None else pred_after),
     }
     row.update(_stage_metrics(example.gt, pred_before, "before"))
     row.update(_stage_metrics(example.gt, pred_after, "after"))
@@ -303,7 +310,8 @@ def commit_run(output: str, run_id: str, model_id: str) -> CommitResult:
         try:
             stats = (
                 dt.merge(rows, predicate="t.path = s.path AND t.model_id = s.model_id", source_alias="s",
-                         target_alias="t", commit_properties=props)  # fmt: skip
+                         target_alias="t", commit_properties=props,
+                         merge_schema=True)  # fmt: skip  a table from before a new column gains it
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
                 .execute()

@@ -1,0 +1,182 @@
+"""`segops review export`: the selected images, with the model's mask as a pre-annotation, as
+files labeling tools import.
+
+* Label Studio: a tasks JSON (``data.image`` an URL Label Studio serves, ``predictions`` with one
+  BrushLabels result per class, brush RLE from :mod:`segops.review.brush`) and the labeling
+  config XML those tasks expect (one brush label per class, in the Cityscapes colours).
+* COCO instances JSON with one RLE annotation (``iscrowd`` 1) per image and class, encoded with
+  ``pycocotools.mask``: CVAT imports it as "COCO 1.0" masks; any COCO reader loads it.
+
+Both carry each image's absolute path (``data.segops_path``, ``images[].segops_path``) so that
+`review import` finds the image again; ``file_name`` / the URL are relative to ``image_root``.
+Class ids in COCO are Cityscapes labelIds; names are the label table's (segops.core.labels).
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+
+from segops import __version__
+from segops.core import fs, imageio, labels, layout
+from segops.inference.discovery import WorkItem
+from segops.inference.masks import mask_paths
+from segops.review import ReviewError, brush
+
+FORMATS = ("label-studio", "coco")
+LS_FROM_NAME = "label"  # the BrushLabels tag of the labeling config
+LS_TO_NAME = "image"  # the Image tag
+LS_RESULT_TYPE = "brushlabels"
+LOCAL_FILES_PREFIX = "/data/local-files/?d="  # Label Studio's local-files storage URL
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Which files to write, and how the tool finds the images: ``image_url_prefix`` + the path
+    relative to ``image_root`` (None: the root the infer run listed)."""
+
+    formats: tuple[str, ...] = FORMATS
+    image_root: str | None = None
+    image_url_prefix: str = LOCAL_FILES_PREFIX
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "formats", tuple(self.formats))
+        bad = [f for f in self.formats if f not in FORMATS]
+        if bad or not self.formats:
+            raise ReviewError(f"--format must be among {', '.join(FORMATS)}, got {', '.join(bad) or 'none'}")
+        if self.image_root is not None:
+            object.__setattr__(self, "image_root", fs.normalise(self.image_root))
+
+
+@dataclass
+class Exported:
+    """One selected image with its predicted trainIds mask."""
+
+    path: str
+    relative: str  # to the image root: COCO file_name, the Label Studio URL's path
+    mask: np.ndarray  # trainIds (H, W)
+    model_id: str
+    confidence: float | None
+
+
+def infer_root(path: str, rel_path: str) -> str:
+    """The root the infer run listed: ``path`` without its ``rel_path``."""
+    if not path.endswith("/" + rel_path):
+        raise ReviewError(f"row of {path} has rel_path {rel_path!r} that does not end it")
+    return path[: -len(rel_path) - 1]
+
+
+def load_exported(infer_out: str, selection: Any, image_root: str | None) -> list[Exported]:
+    """The selected images with the masks infer wrote for them (OUT/masks/..._trainIds.png)."""
+    items = []
+    for row in selection.to_pylist():
+        mask_file = mask_paths(infer_out, WorkItem(row["path"], row["rel_path"]))["trainIds"]
+        try:
+            mask = imageio.decode_label_png(fs.read_bytes(mask_file))
+        except (OSError, imageio.BadInput) as exc:
+            raise ReviewError(f"cannot read the mask of {row['path']} ({mask_file}): {exc}") from exc
+        root = image_root or infer_root(row["path"], row["rel_path"])
+        try:
+            relative = fs.relpath(row["path"], root)
+        except ValueError as exc:
+            raise ReviewError(f"--image-root {root} does not contain {row['path']}") from exc
+        items.append(Exported(row["path"], relative, mask, row["model_id"], row["mean_confidence"]))
+    return items
+
+
+def _hex(color: tuple[int, int, int]) -> str:
+    return "#" + "".join(f"{c:02x}" for c in color)
+
+
+def label_studio_config() -> str:
+    """The labeling interface of the exported tasks: the image and one brush label per class."""
+    lines = ["<View>", f'  <Image name="{LS_TO_NAME}" value="${LS_TO_NAME}" zoom="true"/>',
+             f'  <BrushLabels name="{LS_FROM_NAME}" toName="{LS_TO_NAME}">']  # fmt: skip
+    lines += [f"    <Label value={quoteattr(lb.name)} background={quoteattr(_hex(lb.color))}/>" for lb in labels.TRAIN_LABELS]
+    lines += ["  </BrushLabels>", "</View>"]
+    return "\n".join(lines) + "\n"
+
+
+def brush_result(name: str, mask: np.ndarray) -> dict[str, Any]:
+    """One Label Studio BrushLabels result: the pixels of ``mask`` labelled ``name``."""
+    h, w = mask.shape
+    return {
+        "id": name.replace(" ", "_"),
+        "from_name": LS_FROM_NAME,
+        "to_name": LS_TO_NAME,
+        "type": LS_RESULT_TYPE,
+        "original_width": int(w),
+        "original_height": int(h),
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": brush.mask_to_rle(mask), LS_RESULT_TYPE: [name]},
+    }
+
+
+def label_studio_tasks(items: list[Exported], url_prefix: str) -> list[dict[str, Any]]:
+    """Label Studio tasks (its JSON import format) with the masks as predictions."""
+    tasks = []
+    for item in items:
+        results = [brush_result(lb.name, item.mask == lb.train_id) for lb in labels.TRAIN_LABELS
+                   if (item.mask == lb.train_id).any()]  # fmt: skip
+        prediction: dict[str, Any] = {"model_version": item.model_id, "result": results}
+        if item.confidence is not None:
+            prediction["score"] = float(item.confidence)
+        tasks.append({
+            "data": {LS_TO_NAME: url_prefix + item.relative, "segops_path": item.path},
+            "predictions": [prediction],
+        })  # fmt: skip
+    return tasks
+
+
+def coco_categories() -> list[dict[str, Any]]:
+    return [{"id": lb.id, "name": lb.name, "supercategory": lb.category} for lb in labels.TRAIN_LABELS]
+
+
+def coco_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO compressed RLE of a boolean mask (``counts`` as str, as COCO JSON stores it)."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def coco_dataset(items: list[Exported]) -> dict[str, Any]:
+    """A COCO instances dataset: one image per item, one RLE annotation per image and class."""
+    from pycocotools import mask as mask_utils
+
+    images, annotations = [], []
+    for image_id, item in enumerate(items, start=1):
+        h, w = item.mask.shape
+        images.append({"id": image_id, "file_name": item.relative, "height": int(h), "width": int(w),
+                       "segops_path": item.path})  # fmt: skip
+        for lb in labels.TRAIN_LABELS:
+            mask = item.mask == lb.train_id
+            if not mask.any():
+                continue
+            rle = coco_rle(mask)
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id, "category_id": lb.id, "segmentation": rle,
+                "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": 1,
+            })  # fmt: skip
+    info = {"description": "segops review export: predictions to correct", "version": __version__,
+            "date_created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}  # fmt: skip
+    return {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": coco_categories()}
+
+
+def export_selection(infer_out: str, selection: Any, out_dir: str, options: ExportOptions) -> dict[str, str]:
+    """Write the files of ``options.formats`` into ``out_dir``; returns {what: path}."""
+    items = load_exported(infer_out, selection, options.image_root)
+    written: dict[str, str] = {}
+    if "label-studio" in options.formats:
+        written["label_studio_tasks"] = fs.join(out_dir, layout.LABEL_STUDIO_TASKS_FILE)
+        fs.write_json_atomic(written["label_studio_tasks"], label_studio_tasks(items, options.image_url_prefix), indent=None)
+        written["label_studio_config"] = fs.join(out_dir, layout.LABEL_STUDIO_CONFIG_FILE)
+        fs.write_bytes_atomic(written["label_studio_config"], label_studio_config().encode())
+    if "coco" in options.formats:
+        written["coco"] = fs.join(out_dir, layout.COCO_FILE)
+        fs.write_json_atomic(written["coco"], coco_dataset(items), indent=None)
+    return written
