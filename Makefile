@@ -7,10 +7,14 @@ DEMO_DIR ?= demo
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): setup.py
+$(STAMP): setup.py Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip wheel setuptools
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# The tests check segops' Label Studio brush RLE with the SDK's own decoder. --no-deps: its
+	# brush module needs only numpy and Pillow, while its declared dependencies would downgrade
+	# numpy and opencv and pull ~45 packages (docs/review.md).
+	$(BIN)/python -m pip install --quiet --no-deps 'label-studio-sdk==2.1.2'
 	touch $(STAMP)
 
 demo: $(STAMP)

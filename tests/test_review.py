@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from labelstudio_brush_reference import decode_rle as ls_decode_rle
-from labelstudio_brush_reference import mask2rle as ls_mask2rle
+from label_studio_sdk.converter.brush import decode_rle as ls_decode_rle  # the SDK's own reader
+from label_studio_sdk.converter.brush import mask2rle as ls_mask2rle
 from trainutil import synth_val_and_tiny_unet
 
 from segops.cli import cli
