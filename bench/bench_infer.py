@@ -13,7 +13,10 @@ OpenCV with one thread), so "per core" means per core, and its peak RSS is the w
   process on the same probabilities, the baseline: pydensecrf2 at full resolution, 5 iterations;
 * ``end-to-end``: ``run_infer`` (the Beam pipeline on the DirectRunner, in-process, one worker)
   over 1 and over N frames with --overwrite; the marginal time per frame (T(N) - T(1)) / (N - 1)
-  cancels the fixed start-up (TensorFlow import, model load, Beam graph).
+  cancels the fixed start-up (TensorFlow import, model load, Beam graph);
+* ``end-to-end-2-workers``: the same with two DirectRunner worker processes
+  (``--direct_running_mode=multi_processing``), unpinned: the 2-core machine's throughput
+  against one worker's.
 
 Wall and process-CPU times are both reported: on a shared machine the CPU time of a process
 pinned to one core is the less disturbed measure of work per core.
@@ -126,7 +129,7 @@ def phase_crf(args) -> dict:
     }
 
 
-def phase_e2e(args) -> dict:
+def phase_e2e(args, workers: int = 1) -> dict:
     import shutil
     import tempfile
 
@@ -148,7 +151,10 @@ def phase_e2e(args) -> dict:
                 os.link(gt, gt_dst)
             options = InferOptions(args.model, str(work / f"in{n}"), str(work / f"out{n}"), split="val", predict=PredictOptions(tf_threads=1), overwrite=True)
             t, c = time.perf_counter(), time.process_time()
-            report = run_infer(options, ["--direct_num_workers=1"])
+            beam_args = [f"--direct_num_workers={workers}"]
+            if workers > 1:  # one process per worker (threads would share one GIL)
+                beam_args.append("--direct_running_mode=multi_processing")
+            report = run_infer(options, beam_args)
             times[n] = time.perf_counter() - t
             cpu[n] = time.process_time() - c
             assert report.processed == n, report
@@ -162,7 +168,14 @@ def phase_e2e(args) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
-PHASES = {"inference": phase_inference, "crf": phase_crf, "end-to-end": phase_e2e}
+def phase_e2e_two_workers(args) -> dict:
+    """End to end with 2 DirectRunner worker processes (not pinned: one core each), each with one
+    TensorFlow thread; wall-clock throughput against the 1-worker phase."""
+    return phase_e2e(args, workers=2)
+
+
+PHASES = {"inference": phase_inference, "crf": phase_crf, "end-to-end": phase_e2e,
+          "end-to-end-2-workers": phase_e2e_two_workers}  # fmt: skip
 
 
 def main() -> None:
@@ -177,7 +190,8 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.phase:
-        _pin(args.core)
+        if args.phase != "end-to-end-2-workers":
+            _pin(args.core)
         result = PHASES[args.phase](args)
         result["peak_rss_mib"] = _rss_mib()
         print("RESULT " + json.dumps(result))

@@ -15,7 +15,9 @@ U-Net (depth 3, 16 filters) at 128x256, batch 8, each in a fresh process per con
 Configurations: ``default`` (what segops does: oneDNN on, XLA per Keras' "auto", i.e. off on
 CPU), ``eigen`` (TF_ENABLE_ONEDNN_OPTS=0: TensorFlow's default on CPUs without VNNI/AMX),
 ``xla`` (oneDNN on and ``--xla``), ``eigen-xla``, and ``avx2`` (oneDNN limited to AVX2 by
-ONEDNN_MAX_CPU_ISA, standing in for a machine without AVX-512).
+ONEDNN_MAX_CPU_ISA and numpy's OpenBLAS to its Haswell kernels by OPENBLAS_CORETYPE, floor
+included: standing in for a machine without AVX-512, such as the AMD EPYC machines some of
+these VMs run on).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ CONFIGS = {  # name -> (environment, xla)
     "eigen": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, None),
     "xla": ({}, True),
     "eigen-xla": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, True),
-    "avx2": ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, None),
+    "avx2": ({"ONEDNN_MAX_CPU_ISA": "AVX2", "OPENBLAS_CORETYPE": "Haswell"}, None),
 }
 
 
