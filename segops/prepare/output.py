@@ -1,5 +1,6 @@
-"""The output directory of `segops prepare`: where the shards go, removing an earlier run's
-manifest and shards before any input is read, and finishing a run (stats.json,
+"""The output directory of `segops prepare`: where the shards go, removing what a killed run left
+(temporaries) before the pipeline starts and an earlier run's manifest and shards before any
+input is read, and finishing a run (stats.json,
 class_weights.json, dead_letter.jsonl, then manifest.json: a manifest means a complete run).
 
 The JSON files keep prepare's one-space indentation."""
@@ -10,7 +11,8 @@ from typing import Any
 
 from segops.core import layout
 from segops.core.deadletter import to_line
-from segops.core.fs import delete, exists, join, match, split, write_bytes_atomic, write_json_atomic
+from segops.core.fs import (delete, exists, join, match, remove_temporaries, split, write_bytes_atomic,
+                            write_json_atomic)  # fmt: skip
 from segops.prepare.manifest import RunInfo, build_manifest
 
 JSON_INDENT = 1
@@ -24,6 +26,13 @@ def shard_prefix(output: str, split_name: str) -> str:
 def shard_paths(output: str, split_name: str, num_shards: int) -> list[str]:
     """The files WriteToTFRecord writes for ``split_name`` (OUT/<split>/<split>-SSSSS-of-NNNNN.tfrecord)."""
     return [join(output, split_name, layout.shard_name(split_name, i, num_shards)) for i in range(num_shards)]
+
+
+def remove_leftovers(output: str) -> list[str]:
+    """Runs on the driver before the pipeline starts (so never under this run's own sinks): remove
+    the temporaries a killed or failed run left in OUT and OUT/<split>/ (``*.tmp-*`` files, Beam's
+    ``beam-temp-*`` shard directories); returns them. One prepare at a time per OUT."""
+    return remove_temporaries([output, join(output, "*")])
 
 
 def clean_output(output: str) -> list[str]:
