@@ -6,6 +6,7 @@ line naming the path, and the context settings every command uses."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -72,6 +73,9 @@ def output_errors(out: str, what: str = "manifest.json") -> Iterator[None]:
     marks a complete run: it is written last, so a failed run leaves none."""
     from segops.core.fs import check_writable, write_error
 
+    quiet = _QuietWriteErrors() if logging.getLogger().getEffectiveLevel() > logging.INFO else None
+    for handler in logging.getLogger().handlers if quiet else ():
+        handler.addFilter(quiet)
     try:
         check_writable(out)
         yield
@@ -86,3 +90,15 @@ def output_errors(out: str, what: str = "manifest.json") -> Iterator[None]:
             f"cannot write to {where}: {error.strerror} (output {out}). Nothing of this run is marked complete "
             f"(no new {what}); free space or fix permissions, then rerun the same command."
         ) from exc
+    finally:
+        for handler in logging.getLogger().handlers if quiet else ():
+            handler.removeFilter(quiet)
+
+
+class _QuietWriteErrors(logging.Filter):
+    """Drops Beam's traceback of a failed write (the command prints one line for it); -v keeps it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from segops.core.fs import write_error
+
+        return not (record.name.startswith("apache_beam") and write_error(Exception(record.getMessage())))

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from segops.core import layout
+from segops.core import fs, layout
 from segops.core.deadletter import to_line
-from segops.core.fs import (delete, exists, join, match, remove_temporaries, split, write_bytes_atomic,
-                            write_json_atomic)  # fmt: skip
+from segops.core.fs import delete, exists, join, match, split, write_bytes_atomic, write_json_atomic
 from segops.prepare.manifest import RunInfo, build_manifest
 
 JSON_INDENT = 1
@@ -32,7 +31,7 @@ def remove_leftovers(output: str) -> list[str]:
     """Runs on the driver before the pipeline starts (so never under this run's own sinks): remove
     the temporaries a killed or failed run left in OUT and OUT/<split>/ (``*.tmp-*`` files, Beam's
     ``beam-temp-*`` shard directories); returns them. One prepare at a time per OUT."""
-    return remove_temporaries([output, join(output, "*")])
+    return fs.remove_temporaries([output, join(output, "*")])
 
 
 def clean_output(output: str) -> list[str]:
