@@ -85,9 +85,11 @@ def output_errors(out: str, what: str = "manifest.json") -> Iterator[None]:
         error = write_error(exc)
         if error is None:
             raise
-        where = error.filename or out
+        where = str(error.filename or out)
+        # a path outside OUT (an input that became unreadable) is not an output problem
+        verb = "write to" if where == out or where.startswith(out.rstrip("/") + "/") else "access"
         raise click.ClickException(
-            f"cannot write to {where}: {error.strerror} (output {out}). Nothing of this run is marked complete "
+            f"cannot {verb} {where}: {error.strerror} (output {out}). Nothing of this run is marked complete "
             f"(no new {what}); free space or fix permissions, then rerun the same command."
         ) from exc
     finally:

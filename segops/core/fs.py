@@ -8,6 +8,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -144,10 +145,9 @@ def write_error(exc: BaseException) -> OSError | None:
         if isinstance(current, OSError) and current.errno in WRITE_ERRNOS:
             return current
         current = current.__cause__ or current.__context__
-    text = str(exc)
-    for code in sorted(WRITE_ERRNOS):
-        if f"[Errno {code}]" in text:
-            return OSError(code, os.strerror(code))
+    for code, filename in re.findall(r"\[Errno (\d+)\][^:\]\n]*(?:: '([^'\n]+)')?", str(exc)):
+        if int(code) in WRITE_ERRNOS:
+            return OSError(int(code), os.strerror(int(code)), filename or None)
     return None
 
 

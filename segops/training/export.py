@@ -19,12 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from segops import __version__
 from segops.core import fs, labels
-from segops.core.layout import KERAS_FILE, MODEL_JSON, SAVED_MODEL_DIR, SAVED_MODEL_PB
+from segops.core.layout import ATOMIC_TMP_INFIX, KERAS_FILE, MODEL_JSON, SAVED_MODEL_DIR, SAVED_MODEL_PB
 
 EXPORT_FORMAT_VERSION = 1
 
@@ -105,7 +106,14 @@ def export_model(model: Any, out_dir: str, info: ModelInfo) -> ModelInfo:
 
     os.makedirs(out_dir, exist_ok=True)
     info.model_id = info.model_id or f"{info.architecture}-{_weights_digest(model)}"
-    model.save(os.path.join(out_dir, KERAS_FILE))
+    # a temporary name then a rename, as for every segops output: a full disk leaves no half file
+    keras_tmp = os.path.join(out_dir, f"model{ATOMIC_TMP_INFIX}{uuid.uuid4().hex}.keras")
+    try:
+        model.save(keras_tmp)
+        tf.io.gfile.rename(keras_tmp, os.path.join(out_dir, KERAS_FILE), overwrite=True)
+    finally:
+        if tf.io.gfile.exists(keras_tmp):
+            tf.io.gfile.remove(keras_tmp)
 
     archive = keras_export.ExportArchive()
     archive.track(model)
