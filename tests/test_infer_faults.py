@@ -18,6 +18,7 @@ from segops.cli import cli
 from segops.inference.table import read_metrics
 from segops.training import export
 
+pytestmark = pytest.mark.slow
 H, W = 32, 64
 IMAGES = 4
 

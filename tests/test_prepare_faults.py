@@ -22,6 +22,7 @@ from test_prepare import read_records
 from segops.cli import cli as main
 from segops.core.records import decode_example
 
+pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "val")
 
