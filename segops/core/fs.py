@@ -122,16 +122,27 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
 
 
 def check_writable(directory: str) -> None:
-    """Create ``directory`` if needed, then write and remove a probe file in it, so that a stage
-    fails before reading any input when its output cannot be written; raises OSError naming the
-    path (a file in the way, no permission, read-only filesystem, full disk)."""
-    from apache_beam.io.filesystems import FileSystems
+    """Fail early, before a stage reads any input, when ``directory`` cannot be written: raises
+    OSError naming it when a file is in the way, or it (or the nearest existing parent it would be
+    created in) is not writable or on a read-only filesystem; an existing directory also gets a
+    probe file written and removed (catches a full disk). Creates nothing. Local paths only (an
+    object store has no permissions to read ahead; its first write fails instead)."""
+    if has_scheme(directory):
+        return
+    existing = os.path.abspath(directory)
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file, not a directory", directory)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        code = errno.EROFS if os.statvfs(existing).f_flag & os.ST_RDONLY else errno.EACCES
+        raise OSError(code, os.strerror(code), directory)
+    if existing == os.path.abspath(directory):
+        from apache_beam.io.filesystems import FileSystems
 
-    if not has_scheme(directory):
-        os.makedirs(directory, exist_ok=True)  # FileSystems.mkdirs refuses an existing directory
-    probe = join(directory, f".segops-write-probe{ATOMIC_TMP_INFIX}{uuid.uuid4().hex}")
-    write_bytes_atomic(probe, b"probe")
-    FileSystems.delete([probe])
+        probe = join(directory, f".segops-write-probe{ATOMIC_TMP_INFIX}{uuid.uuid4().hex}")
+        write_bytes_atomic(probe, b"probe")
+        FileSystems.delete([probe])
 
 
 def write_error(exc: BaseException) -> OSError | None:
