@@ -5,7 +5,9 @@ fills up during the run (ENOSPC injected into Beam's local filesystem, then spac
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import cv2
@@ -128,3 +130,24 @@ def test_infer_on_a_full_disk_fails_naming_the_path_and_a_rerun_after_freeing_sp
     assert len(pngs) == 3 * IMAGES
     assert all(cv2.imread(str(p), cv2.IMREAD_UNCHANGED).shape[:2] == (H, W) for p in pngs)
     assert [p for p in leftovers(out) if "/masks/" in p or p.startswith("masks")] == []
+
+
+def test_what_killed_runs_left_is_removed_once_a_day_old_and_a_running_run_is_left_alone(tmp_path):
+    from segops.inference.table import remove_stale_staging
+
+    out = tmp_path / "out"
+    old = time.time() - 2 * 86400
+    killed_early = out / ".staging" / "killed-early" / "beam-temp-part-1"  # only empty directories
+    killed_late = out / ".staging" / "killed-late"
+    sink_temp = out / "beam-temp-dead_letter.jsonl-1"
+    running = out / ".staging" / "running"
+    for d in (killed_early, killed_late, sink_temp, running):
+        d.mkdir(parents=True)
+    (killed_late / "part-1.parquet").write_bytes(b"rows")
+    (running / "part-2.parquet").write_bytes(b"rows")
+    for path in (killed_early, killed_early.parent, killed_late / "part-1.parquet", killed_late, sink_temp):
+        os.utime(path, (old, old))
+    os.utime(running, (old, old))  # an old directory whose newest file is fresh: still running
+    assert remove_stale_staging(str(out)) == sorted(str(p) for p in (killed_early.parent, killed_late, sink_temp))
+    assert sorted(p.name for p in (out / ".staging").iterdir()) == ["running"]
+    assert not sink_temp.exists() and (running / "part-2.parquet").exists()
