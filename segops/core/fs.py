@@ -116,7 +116,7 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
         with contextlib.suppress(Exception):  # the tmp may not exist (create failed)
             FileSystems.delete([tmp])
         error = write_error(exc)
-        if error is not None and error.filename is None:  # a failed write() names no file
+        if error is not None and error.filename in (None, tmp):  # name the file readers would see
             raise OSError(error.errno, error.strerror, path) from exc
         raise
 
