@@ -7,8 +7,10 @@ Set-up (once, under --work): a synthetic dataset (``--train`` + ``--val`` pairs 
 with one image emptied (a bad pair prepare must dead-letter), a tiny exported U-Net, and one
 uninterrupted prepare and infer run each, which time the kill window. Then per trial, one of:
 
-* ``prepare``: `segops prepare` with a random shard count, SIGKILLed 1-3 times at a random
-  moment of its run, then run to completion. Checked: every good pair is in the shards exactly
+* ``prepare``: `segops prepare` with a random shard count, SIGKILLed 1-3 times, then run to
+  completion. Each kill comes either at a random moment of the run ("timed") or at a random
+  moment within 1.5 s of the run starting to write ("triggered": under load most of a run is
+  start-up, and the moments where outputs change are the ones that matter). Checked: every good pair is in the shards exactly
   once, only this run's shards exist, no temporary file (``*.tmp-*``, ``beam-temp-*``) is left
   and manifest.json is present.
 * ``infer``: some val images are touched (new mtime: they must be redone), then `segops infer`
@@ -136,33 +138,44 @@ def check_infer(out: Path, images: list[Path]) -> dict[str, int]:
 # --- trials --------------------------------------------------------------------------------------
 
 
-def killed_runs(cmds: list[list[str]], rng: random.Random, window: float, phase) -> list[str]:
-    """Start ``cmds`` at once; SIGKILL each after its own random delay within ``window``;
-    returns "<delay>s:<phase>" for the runs still running when killed (``phase(i)`` says what
-    run ``i`` was doing, from its outputs)."""
+def killed_runs(cmds: list[list[str]], rng: random.Random, window: float, phase, busy) -> list[str]:
+    """Start ``cmds`` at once and SIGKILL each one, half of them after a random delay within
+    ``window`` ("timed"), half at a random moment within 1.5 s of reaching their write phase
+    (``busy(i, t0)``: "triggered", so that the moments where outputs change are hit often).
+    Returns "<seconds>s:<phase>" for the runs still running when killed (``phase(i, t0)`` says
+    what run ``i`` was doing, from its outputs)."""
     procs = [start(c) for c in cmds]
-    delays = sorted((rng.uniform(0.2, window), i) for i in range(len(procs)))
     t0, hits = time.time(), []
-    for delay, i in delays:
-        time.sleep(max(0.0, t0 + delay - time.time()))
+    plans = sorted((rng.uniform(0.2, window), i, rng.random() < 0.5) for i in range(len(procs)))
+    for delay, i, triggered in plans:
+        if triggered:
+            while procs[i].poll() is None and not busy(i, t0) and time.time() < t0 + 3 * window:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 1.5))
+        else:
+            time.sleep(max(0.0, t0 + delay - time.time()))
         what = phase(i, t0)
         if kill(procs[i]):
-            hits.append(f"{delay:.1f}s:{what}")
+            hits.append(f"{time.time() - t0:.1f}s:{what}")
     return hits
 
 
-def prepare_phase(out: Path) -> str:
-    if list(out.glob("*/beam-temp-*")):
+def _fresh(paths, t0: float) -> bool:
+    return any(p.stat().st_mtime >= t0 for p in paths if p.exists())
+
+
+def prepare_phase(out: Path, t0: float) -> str:
+    if _fresh(out.glob("*/beam-temp-*"), t0):
         return "writing-shards"
     if (out / "manifest.json").exists():
         return "startup"  # CleanOutput has not run yet
-    return "finalizing" if list(out.glob("*/*.tfrecord")) else "reading"
+    return "finalizing" if _fresh(out.glob("*/*.tfrecord"), t0) or (out / "stats.json").exists() else "reading"
 
 
 def infer_phase(out: Path, run_id: str, t0: float) -> str:
     if (out / ".staging" / run_id).exists():
         return "staging-rows"
-    if any(p.stat().st_mtime >= t0 for p in (out / "masks").rglob("*.png")):
+    if _fresh((out / "masks").rglob("*.png"), t0):
         return "writing-masks"
     return "startup-or-planning"
 
@@ -170,7 +183,9 @@ def infer_phase(out: Path, run_id: str, t0: float) -> str:
 def trial_prepare(n: int, rng: random.Random, data: Path, out: Path, good: set[str], window: float) -> dict:
     shards = rng.choice([1, 2, 3])
     cmd = segops("prepare", str(data), str(out), "--shards", str(shards))
-    kills = [d for _ in range(rng.randint(1, 3)) for d in killed_runs([cmd], rng, window, lambda i, t0: prepare_phase(out))]
+    phase = lambda i, t0: prepare_phase(out, t0)  # noqa: E731
+    busy = lambda i, t0: prepare_phase(out, t0) != "startup"  # noqa: E731
+    kills = [d for _ in range(rng.randint(1, 3)) for d in killed_runs([cmd], rng, window, phase, busy)]
     proc = start(cmd)
     finish(proc, "final prepare")
     return {"trial": n, "kind": "prepare", "shards": shards, "kills": kills, **check_prepare(out, good, shards)}
@@ -181,7 +196,7 @@ def trial_infer(n: int, kind: str, rng: random.Random, data: Path, model: Path, 
     touched = rng.sample(images, rng.randint(1, len(images)))
     now = time.time()
     for p in touched:  # changed since the last run: must be redone
-        os.utime(p, (now, now + n))
+        os.utime(p, (now, now))
     base = ["infer", str(model), str(data), str(out), "--split", "val"]
     kills = []
     for k in range(rng.randint(1, 3)):
@@ -189,10 +204,12 @@ def trial_infer(n: int, kind: str, rng: random.Random, data: Path, model: Path, 
         cmds = [segops(*base, "--run-id", run_id) for run_id in ids]
         if kind == "overlap" and rng.random() < 0.5:  # one killed, the other runs to the end
             survivor = start(cmds[0])
-            kills += killed_runs(cmds[1:], rng, window, lambda i, t0, ids=ids: infer_phase(out, ids[1 + i], t0))
+            kills += killed_runs(cmds[1:], rng, window, lambda i, t0, ids=ids: infer_phase(out, ids[1 + i], t0),
+                                 lambda i, t0, ids=ids: infer_phase(out, ids[1 + i], t0) != "startup-or-planning")
             finish(survivor, "overlapping infer")
         else:
-            kills += killed_runs(cmds, rng, window, lambda i, t0, ids=ids: infer_phase(out, ids[i], t0))
+            kills += killed_runs(cmds, rng, window, lambda i, t0, ids=ids: infer_phase(out, ids[i], t0),
+                                 lambda i, t0, ids=ids: infer_phase(out, ids[i], t0) != "startup-or-planning")
     finish(start(segops(*base, "--run-id", f"t{n}-final")), "final infer")
     return {"trial": n, "kind": kind, "touched": len(touched), "kills": kills, **check_infer(out, images)}
 
