@@ -71,7 +71,7 @@ def output_errors(out: str, what: str = "manifest.json") -> Iterator[None]:
     (full disk, quota, permissions, read-only filesystem; also when a Beam worker re-raised it)
     into one line naming the path instead of a traceback. ``what`` is the file whose presence
     marks a complete run: it is written last, so a failed run leaves none."""
-    from segops.core.fs import check_writable, write_error
+    from segops.core.fs import check_writable, normalise, write_error
 
     quiet = _QuietWriteErrors() if logging.getLogger().getEffectiveLevel() > logging.INFO else None
     for handler in logging.getLogger().handlers if quiet else ():
@@ -85,9 +85,9 @@ def output_errors(out: str, what: str = "manifest.json") -> Iterator[None]:
         error = write_error(exc)
         if error is None:
             raise
-        where = str(error.filename or out)
+        where, root = normalise(str(error.filename or out)), normalise(out)
         # a path outside OUT (an input that became unreadable) is not an output problem
-        verb = "write to" if where == out or where.startswith(out.rstrip("/") + "/") else "access"
+        verb = "write to" if where == root or where.startswith(root.rstrip("/") + "/") else "access"
         raise click.ClickException(
             f"cannot {verb} {where}: {error.strerror} (output {out}). Nothing of this run is marked complete "
             f"(no new {what}); free space or fix permissions, then rerun the same command."
