@@ -145,9 +145,10 @@ def test_what_killed_runs_left_is_removed_once_a_day_old_and_a_running_run_is_le
         d.mkdir(parents=True)
     (killed_late / "part-1.parquet").write_bytes(b"rows")
     (running / "part-2.parquet").write_bytes(b"rows")
-    for path in (killed_early, killed_early.parent, killed_late / "part-1.parquet", killed_late, sink_temp):
+    for path in (killed_early, killed_early.parent, killed_late / "part-1.parquet", sink_temp):
         os.utime(path, (old, old))
     os.utime(running, (old, old))  # an old directory whose newest file is fresh: still running
+    killed_late.touch()  # a fresh directory whose files are old: killed (the files date a run)
     assert remove_stale_staging(str(out)) == sorted(str(p) for p in (killed_early.parent, killed_late, sink_temp))
     assert sorted(p.name for p in (out / ".staging").iterdir()) == ["running"]
     assert not sink_temp.exists() and (running / "part-2.parquet").exists()

@@ -349,8 +349,9 @@ def remove_stale_staging(output: str, max_age_s: float = STALE_STAGING_SECONDS) 
         for directory in glob.glob(os.path.join(glob.escape(staging), "*")) + glob.glob(
             os.path.join(glob.escape(output), f"{layout.BEAM_TEMP_PREFIX}*")
         ):
-            with contextlib.suppress(OSError):  # removed by another run meanwhile
-                seen(directory, os.stat(directory).st_mtime)
+            if directory not in newest:  # no file inside: the directory's own age
+                with contextlib.suppress(OSError):  # removed by another run meanwhile
+                    seen(directory, os.stat(directory).st_mtime)
     stale = sorted(d for d, t in newest.items() if time.time() - t > max_age_s)
     for directory in stale:
         with contextlib.suppress(OSError):
