@@ -107,11 +107,14 @@ def _argmax(pred: Prediction) -> Segmented:
 
 
 def _or_dead(path: str, stage: str, work: Callable[[], Segmented]) -> Any:
-    """``work()``, or a dead letter naming ``stage`` when it raises: one bad image (or a full
-    disk for one file) must not fail the batch."""
+    """``work()``, or a dead letter naming ``stage`` when it raises: one bad image must not fail
+    the batch. A full disk or an unwritable OUT fails every image alike, so it fails the run (the
+    command names the path; the rerun redoes the images not committed)."""
     try:
         return work()
     except Exception as exc:  # noqa: BLE001
+        if fs.write_error(exc) is not None:
+            raise
         return deadletter.tagged(path, stage, f"{type(exc).__name__}: {exc}")
 
 

@@ -2,6 +2,7 @@
 statistics and class weights. The work itself lives in :mod:`segops.prepare`; this module is the
 graph and its DoFns. Reads top to bottom::
 
+    (driver)           remove the temporaries a killed run left (remove_leftovers)
     CleanOutput        remove manifest.json and earlier shards (before any input is read)
     pairs (listed with FileSystems.match at construction; problems -> dead letter)
       | Analyze        per image: validate the image PNG from its structure only (never decoded),
@@ -40,7 +41,7 @@ from segops.prepare.analyze import Prepared, Rejected, analyze_pair, encode_reco
 from segops.prepare.class_weights import class_weight_lut, make_class_weights
 from segops.prepare.manifest import RunInfo
 from segops.prepare.options import PrepareOptions, resolve_weights_split, shard_counts
-from segops.prepare.output import clean_output, finalize, shard_prefix
+from segops.prepare.output import clean_output, finalize, remove_leftovers, shard_prefix
 from segops.prepare.stats import ClassStatsFn
 
 # --- per-element steps -------------------------------------------------------------------------
@@ -197,6 +198,7 @@ def run_prepare(options: PrepareOptions, beam_args: list[str] | tuple[str, ...] 
 
     listing = discover(options.input, options.splits or None, options.unlabeled_splits, options.annotation_kinds)
     resolve_weights_split(options, listing)  # fail before starting any worker
+    remove_leftovers(options.output)  # a killed run's temporaries; its shards go in CleanOutput
     with beam.Pipeline(options=PipelineOptions(list(beam_args))) as p:
         build_prepare_pipeline(p, options, listing)
     return read_json(join(options.output, layout.MANIFEST_FILE))

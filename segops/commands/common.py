@@ -1,10 +1,13 @@
 """What the click commands share: HxW and MIN,MAX option callbacks (parsed by
 :mod:`segops.core.options`), turning OptionsError into a usage error, checking the Beam
-arguments after ``--``, and the context settings every command uses."""
+arguments after ``--``, an output that cannot be written (full disk, permissions) shown as one
+line naming the path, and the context settings every command uses."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -60,3 +63,44 @@ def build_options(factory: Callable[..., Any], **kwargs: Any) -> Any:
         return factory(**kwargs)
     except OptionsError as exc:
         raise click.UsageError(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def output_errors(out: str, what: str = "manifest.json") -> Iterator[None]:
+    """Checks that ``out`` can be written before the block, and turns a failed write inside it
+    (full disk, quota, permissions, read-only filesystem; also when a Beam worker re-raised it)
+    into one line naming the path instead of a traceback. ``what`` is the file whose presence
+    marks a complete run: it is written last, so a failed run leaves none."""
+    from segops.core.fs import check_writable, normalise, write_error
+
+    quiet = _QuietWriteErrors() if logging.getLogger().getEffectiveLevel() > logging.INFO else None
+    for handler in logging.getLogger().handlers if quiet else ():
+        handler.addFilter(quiet)
+    try:
+        check_writable(out)
+        yield
+    except click.ClickException:
+        raise
+    except Exception as exc:
+        error = write_error(exc)
+        if error is None:
+            raise
+        where, root = normalise(str(error.filename or out)), normalise(out)
+        # a path outside OUT (an input that became unreadable) is not an output problem
+        verb = "write to" if where == root or where.startswith(root.rstrip("/") + "/") else "access"
+        raise click.ClickException(
+            f"cannot {verb} {where}: {error.strerror} (output {out}). Nothing of this run is marked complete "
+            f"(no new {what}); free space or fix permissions, then rerun the same command."
+        ) from exc
+    finally:
+        for handler in logging.getLogger().handlers if quiet else ():
+            handler.removeFilter(quiet)
+
+
+class _QuietWriteErrors(logging.Filter):
+    """Drops Beam's traceback of a failed write (the command prints one line for it); -v keeps it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from segops.core.fs import write_error
+
+        return not (record.name.startswith("apache_beam") and write_error(Exception(record.getMessage())))

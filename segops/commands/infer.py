@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from segops.commands.common import CONTEXT_SETTINGS, build_options, check_beam_args
+from segops.commands.common import CONTEXT_SETTINGS, build_options, check_beam_args, output_errors
 from segops.core.formatting import fmt_score
 from segops.core.imageio import DEFAULT_MAX_PIXELS
 from segops.inference.crf import CRFParams
@@ -116,7 +116,8 @@ def command(model_dir: str, input_path: str, out: str, beam_args: tuple[str, ...
         run_id=kw["run_id"] or new_run_id(),
     )
     try:
-        report = run_infer(options, args)
+        with output_errors(options.output):
+            report = run_infer(options, args)
     except ModelError as exc:
         raise click.ClickException(f"model {model_dir}: {exc}") from exc
     except ValueError as exc:  # e.g. no images under INPUT

@@ -7,7 +7,7 @@ import os
 
 import click
 
-from segops.commands.common import CONTEXT_SETTINGS, build_options, check_beam_args
+from segops.commands.common import CONTEXT_SETTINGS, build_options, check_beam_args, output_errors
 from segops.core.fs import has_scheme, normalise
 from segops.core.options import OptionsError, default_of
 from segops.prepare.class_weights import SCHEMES
@@ -92,7 +92,8 @@ def command(input_dir: str, output_dir: str, beam_args: tuple[str, ...], splits:
         annotations=annotations,
     )
     try:
-        manifest = run_prepare(options, beam_options)
+        with output_errors(options.output):
+            manifest = run_prepare(options, beam_options)
     except DiscoveryError as exc:
         raise click.ClickException(str(exc)) from exc
     except OptionsError as exc:  # options that only make sense against the listing (--weights-split)

@@ -7,7 +7,7 @@ import os
 
 import click
 
-from segops.commands.common import CONTEXT_SETTINGS, hw_callback, range_callback
+from segops.commands.common import CONTEXT_SETTINGS, hw_callback, output_errors, range_callback
 from segops.core import layout
 from segops.core.formatting import fmt_score
 from segops.core.labels import CLASS_NAMES
@@ -145,7 +145,8 @@ def command(prepared: str, out: str, progress: bool, **kwargs: object) -> None:
     # always have; only malformed values (click's own checks) are usage errors.
     try:
         options = TrainOptions.from_flat(prepared=prepared, out=out, verbose=1 if progress else 2, **kwargs)
-        result = train(options)
+        with output_errors(options.out, "model.json"):
+            result = train(options)
     except OptionsError as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -5,10 +5,20 @@ bytes and JSON (a temporary sibling renamed into place, so readers never see hal
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import uuid
+from collections.abc import Iterator
 from typing import Any
+
+from segops.core.layout import ATOMIC_TMP_INFIX, BEAM_TEMP_PREFIX
+
+# errors that say the output cannot be written (space, quota, permissions, read-only), as opposed
+# to a bad input: they fail a run with a message naming the path instead of a dead letter per record
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                          errno.ENOTDIR})  # fmt: skip
 
 
 def has_scheme(path: str) -> bool:
@@ -87,8 +97,9 @@ def read_bytes(path: str) -> bytes:
 def write_bytes_atomic(path: str, data: bytes) -> None:
     """Write ``data`` to a temporary sibling and rename it into place.
 
-    Readers never see a half-written file, and a crashed worker leaves only a ``.tmp-*`` file
-    that the next attempt overwrites.
+    Readers never see a half-written file. A failed write (full disk, no permission) removes its
+    temporary and raises OSError naming ``path``; only a killed worker leaves a ``.tmp-*`` file,
+    which :func:`remove_temporaries` clears on the next run.
     """
     from apache_beam.io.filesystems import FileSystems
 
@@ -96,10 +107,79 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
     if parent and not FileSystems.exists(parent):
         with contextlib.suppress(OSError):  # created concurrently by another worker
             FileSystems.mkdirs(parent)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with FileSystems.create(tmp) as f:
-        f.write(data)
-    FileSystems.rename([tmp], [path])
+    tmp = f"{path}{ATOMIC_TMP_INFIX}{uuid.uuid4().hex}"
+    try:
+        with FileSystems.create(tmp) as f:
+            f.write(data)
+        FileSystems.rename([tmp], [path])
+    except Exception as exc:
+        with contextlib.suppress(Exception):  # the tmp may not exist (create failed)
+            FileSystems.delete([tmp])
+        error = write_error(exc)
+        if error is not None and error.filename in (None, tmp):  # name the file readers would see
+            raise OSError(error.errno, error.strerror, path) from exc
+        raise
+
+
+def check_writable(directory: str) -> None:
+    """Fail early, before a stage reads any input, when ``directory`` cannot be written: raises
+    OSError naming it when a file is in the way, or it (or the nearest existing parent it would be
+    created in) is not writable or on a read-only filesystem; an existing directory also gets a
+    probe file written and removed (catches a full disk). Creates nothing. Local paths only (an
+    object store has no permissions to read ahead; its first write fails instead)."""
+    if has_scheme(directory):
+        return
+    existing = os.path.abspath(directory)
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file, not a directory", directory)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        code = errno.EROFS if os.statvfs(existing).f_flag & os.ST_RDONLY else errno.EACCES
+        raise OSError(code, os.strerror(code), directory)
+    if existing == os.path.abspath(directory):
+        from apache_beam.io.filesystems import FileSystems
+
+        probe = join(directory, f".segops-write-probe{ATOMIC_TMP_INFIX}{uuid.uuid4().hex}")
+        write_bytes_atomic(probe, b"probe")
+        FileSystems.delete([probe])
+
+
+def write_error(exc: BaseException) -> OSError | None:
+    """The OSError (full disk, quota, permissions, read-only filesystem) behind ``exc``, found in
+    its cause/context chain or, for an error a Beam worker re-raised as text, in its message;
+    None when ``exc`` is not about writing."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in WRITE_ERRNOS:
+            return current
+        current = current.__cause__ or current.__context__
+    for code, filename in re.findall(r"\[Errno (\d+)\][^:\]\n]*(?:: '([^'\n]+)')?", str(exc)):
+        if int(code) in WRITE_ERRNOS:
+            return OSError(int(code), os.strerror(int(code)), filename or None)
+    return None
+
+
+def _temporary_paths(directory: str) -> Iterator[str]:
+    yield from match(join(directory, f"*{ATOMIC_TMP_INFIX}*"))
+    for path in match(join(directory, f"{BEAM_TEMP_PREFIX}*", "*")):
+        yield split(path)[0]
+    if not has_scheme(directory):  # local: an empty Beam temp directory lists no files
+        import glob
+
+        yield from glob.glob(os.path.join(directory, f"{BEAM_TEMP_PREFIX}*"))
+
+
+def remove_temporaries(directories: list[str]) -> list[str]:
+    """Remove what killed writers left in ``directories`` (each may be a glob): ``*.tmp-*`` files
+    of :func:`write_bytes_atomic` and Beam sinks' ``beam-temp-*`` directories. Only for a stage
+    whose output no other run is writing at the same time; returns the paths removed, sorted."""
+    found = sorted({path for d in directories for path in _temporary_paths(d)})
+    if found:
+        delete(found)
+    return found
 
 
 def dump_json(data: Any, indent: int | str | None = 2, newline: bool = True) -> bytes:

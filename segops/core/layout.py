@@ -33,6 +33,9 @@ TRAIN_EXTRA_SPLIT = "train_extra"  # Cityscapes' 19,998 coarse-only training fra
 # --- files every stage writes ------------------------------------------------------------------
 MANIFEST_FILE = "manifest.json"  # what produced a directory; written last
 DEAD_LETTER_FILE = "dead_letter.jsonl"
+# temporaries: only a killed (or failed) writer leaves them; the next run of the stage removes them
+ATOMIC_TMP_INFIX = ".tmp-"  # segops.core.fs.write_bytes_atomic: <path>.tmp-<hex>, renamed into place
+BEAM_TEMP_PREFIX = "beam-temp-"  # Beam's file sinks: <dir>/beam-temp-<prefix>-<hex>/, renamed out at the end
 
 # --- segops synth ------------------------------------------------------------------------------
 SYNTH_MANIFEST_FILE = "segops_synth.json"

@@ -336,17 +336,34 @@ def _last_row_per_path(rows: Any) -> Any:
 
 
 def remove_stale_staging(output: str, max_age_s: float = STALE_STAGING_SECONDS) -> list[str]:
-    """Remove the staging directories of runs killed before their commit: those whose newest
-    file is older than ``max_age_s`` (a run still in progress keeps writing to its own)."""
-    import time
-
+    """Remove what runs killed before their commit left, once it is older than ``max_age_s`` (a
+    run still in progress keeps writing to its own): their staging directories and the dead-letter
+    sink's ``OUT/beam-temp-*`` directories. Age is that of the newest file inside, or of the
+    directory itself when it holds none (a run killed early leaves only empty directories)."""
+    staging = fs.join(output, layout.STAGING_DIR)
     newest: dict[str, float] = {}
-    for meta in fs.match_metadata(fs.join(output, layout.STAGING_DIR, "**")):
-        run_dir = fs.join(output, layout.STAGING_DIR, fs.relpath(meta.path, fs.join(output, layout.STAGING_DIR)).split("/")[0])
-        newest[run_dir] = max(newest.get(run_dir, 0.0), meta.last_updated_in_seconds)
+
+    def seen(directory: str, mtime: float) -> None:
+        newest[directory] = max(newest.get(directory, 0.0), mtime)
+
+    for meta in fs.match_metadata(fs.join(staging, "**")):
+        seen(fs.join(staging, fs.relpath(meta.path, staging).split("/")[0]), meta.last_updated_in_seconds)
+    for meta in fs.match_metadata(fs.join(output, f"{layout.BEAM_TEMP_PREFIX}*", "*")):
+        seen(fs.split(meta.path)[0], meta.last_updated_in_seconds)
+    if not fs.has_scheme(output):  # local directories exist (and have an age) without files
+        import glob
+        import os
+
+        for directory in glob.glob(os.path.join(glob.escape(staging), "*")) + glob.glob(
+            os.path.join(glob.escape(output), f"{layout.BEAM_TEMP_PREFIX}*")
+        ):
+            if directory not in newest:  # no file inside: the directory's own age
+                with contextlib.suppress(OSError):  # removed by another run meanwhile
+                    seen(directory, os.stat(directory).st_mtime)
     stale = sorted(d for d, t in newest.items() if time.time() - t > max_age_s)
-    for run_dir in stale:
-        fs.delete([run_dir])
+    for directory in stale:
+        with contextlib.suppress(OSError):
+            fs.delete([directory])
     return stale
 
 

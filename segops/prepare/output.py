@@ -1,5 +1,6 @@
-"""The output directory of `segops prepare`: where the shards go, removing an earlier run's
-manifest and shards before any input is read, and finishing a run (stats.json,
+"""The output directory of `segops prepare`: where the shards go, removing what a killed run left
+(temporaries) before the pipeline starts and an earlier run's manifest and shards before any
+input is read, and finishing a run (stats.json,
 class_weights.json, dead_letter.jsonl, then manifest.json: a manifest means a complete run).
 
 The JSON files keep prepare's one-space indentation."""
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from segops.core import layout
+from segops.core import fs, layout
 from segops.core.deadletter import to_line
 from segops.core.fs import delete, exists, join, match, split, write_bytes_atomic, write_json_atomic
 from segops.prepare.manifest import RunInfo, build_manifest
@@ -26,6 +27,13 @@ def shard_paths(output: str, part: str, num_shards: int) -> list[str]:
     """The files WriteToTFRecord writes for ``part`` (OUT/<part>/<split>-SSSSS-of-NNNNN.tfrecord)."""
     name = layout.part_split(part)
     return [join(output, part, layout.shard_name(name, i, num_shards)) for i in range(num_shards)]
+
+
+def remove_leftovers(output: str) -> list[str]:
+    """Runs on the driver before the pipeline starts (so never under this run's own sinks): remove
+    the temporaries a killed or failed run left in OUT and OUT/<split>/ (``*.tmp-*`` files, Beam's
+    ``beam-temp-*`` shard directories); returns them. One prepare at a time per OUT."""
+    return fs.remove_temporaries([output, join(output, "*")])
 
 
 def clean_output(output: str) -> list[str]:

@@ -17,13 +17,15 @@ file names are :mod:`segops.core.layout`'s.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from segops import __version__
 from segops.core import fs, labels
-from segops.core.layout import KERAS_FILE, MODEL_JSON, SAVED_MODEL_DIR, SAVED_MODEL_PB
+from segops.core.layout import ATOMIC_TMP_INFIX, KERAS_FILE, MODEL_JSON, SAVED_MODEL_DIR, SAVED_MODEL_PB
 
 EXPORT_FORMAT_VERSION = 1
 
@@ -104,7 +106,14 @@ def export_model(model: Any, out_dir: str, info: ModelInfo) -> ModelInfo:
 
     os.makedirs(out_dir, exist_ok=True)
     info.model_id = info.model_id or f"{info.architecture}-{_weights_digest(model)}"
-    model.save(os.path.join(out_dir, KERAS_FILE))
+    # a temporary name then a rename, as for every segops output: a full disk leaves no half file
+    keras_tmp = os.path.join(out_dir, f"model{ATOMIC_TMP_INFIX}{uuid.uuid4().hex}.keras")
+    try:
+        model.save(keras_tmp)
+        tf.io.gfile.rename(keras_tmp, os.path.join(out_dir, KERAS_FILE), overwrite=True)
+    finally:
+        if tf.io.gfile.exists(keras_tmp):
+            tf.io.gfile.remove(keras_tmp)
 
     archive = keras_export.ExportArchive()
     archive.track(model)
@@ -140,15 +149,45 @@ def _read_json(path: str) -> dict[str, Any]:
         raise ModelError(f"{path} is not valid JSON ({exc})") from exc
 
 
+def _is_plain_name(name: Any) -> bool:
+    """A directory name inside the model directory: no separators, no '..', no scheme."""
+    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\:")
+
+
+def _check_inside(root: str, path: str) -> None:
+    """Refuse ``path`` when it resolves (symlinks followed) outside ``root`` (local paths; an
+    object store has no symlinks)."""
+    if fs.has_scheme(path):
+        return
+    real_root, real = os.path.realpath(root), os.path.realpath(path)
+    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise ModelError(f"{path} resolves to {real}, outside the model directory {root}: refusing to load it")
+
+
 def resolve_export_dir(model_dir: str) -> str:
     """Return the export directory for ``model_dir``: itself, or the default export of a train run.
 
-    Read through Beam's FileSystems, so a model on gs:// (or any Beam filesystem) works too.
+    A train run's ``model.json`` may only name a directory inside it (``best``, ``final``) that
+    holds an export; a name with ``/`` or ``..``, an absolute path, a symlink leading outside or a
+    missing export is refused (ModelError), so a model directory cannot make segops load files
+    from elsewhere. Read through Beam's FileSystems, so a model on gs:// works too.
     """
-    data = _read_json(fs.join(model_dir, MODEL_JSON))
-    if "default_export" in data:  # a train run directory pointing to best/ or final/
-        return resolve_export_dir(fs.join(model_dir, data["default_export"]))
-    return model_dir
+    path = fs.join(model_dir, MODEL_JSON)
+    data = _read_json(path)
+    if "default_export" not in data:
+        return model_dir
+    name = data["default_export"]
+    if not _is_plain_name(name):
+        raise ModelError(f"{path}: default_export {name!r} is not a directory name inside {model_dir} "
+                         f"(e.g. 'best'); refusing a path that leads out of the model directory")  # fmt: skip
+    export_dir = fs.join(model_dir, name)
+    _check_inside(model_dir, export_dir)
+    if not fs.exists(fs.join(export_dir, MODEL_JSON)):
+        raise ModelError(f"{path} names the export {name!r}, but {export_dir} holds no {MODEL_JSON}: "
+                         f"the export is missing or incomplete")  # fmt: skip
+    if "default_export" in _read_json(fs.join(export_dir, MODEL_JSON)):
+        raise ModelError(f"{export_dir} is not an export directory (its {MODEL_JSON} names another one)")
+    return export_dir
 
 
 def load_info(model_dir: str) -> ModelInfo:
@@ -163,8 +202,12 @@ def load_info(model_dir: str) -> ModelInfo:
             f"{export_dir} was exported with format {info.format_version}; this segops reads "
             f"format {EXPORT_FORMAT_VERSION}: re-export it with this version"
         )
-    if not fs.exists(fs.join(export_dir, SAVED_MODEL_DIR, SAVED_MODEL_PB)):
+    saved_model = fs.join(export_dir, SAVED_MODEL_DIR, SAVED_MODEL_PB)
+    if not fs.exists(saved_model):
         raise ModelError(f"{export_dir} has no {SAVED_MODEL_DIR}/{SAVED_MODEL_PB}: the export is incomplete")
+    _check_inside(export_dir, fs.join(export_dir, SAVED_MODEL_DIR))
+    _check_inside(export_dir, saved_model)
+    check_saved_model(saved_model)
     return info
 
 
@@ -177,11 +220,88 @@ def check_compatible(info: ModelInfo) -> None:
         )
 
 
+# Ops that read or write arbitrary files or call back into Python: a segops export has none of
+# them (its saver functions use only SaveV2/RestoreV2 on its own variables/ directory)
+FORBIDDEN_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc", "ReadFile", "WriteFile", "MatchingFiles",
+                           "ImmutableConst", "LoadAndRemapMatrix", "DebugIdentityV3", "PrintV2"})  # fmt: skip
+
+
+def check_saved_model(path: str) -> None:
+    """Refuse (ModelError) a ``saved_model.pb`` whose ``serving_default`` signature is not ours
+    (``images`` uint8 [N,H,W,3] -> ``probabilities`` float32 [N,H,W,C]) or whose graph holds an
+    op that reads or writes files or runs Python (:data:`FORBIDDEN_OPS`). Read as a protocol
+    buffer before TensorFlow loads anything."""
+    from tensorflow.core.framework import types_pb2
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    try:
+        saved.ParseFromString(fs.read_bytes(path))
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+        raise ModelError(f"{path} is not a SavedModel ({type(exc).__name__}: {exc})") from exc
+    if len(saved.meta_graphs) != 1:
+        raise ModelError(f"{path} holds {len(saved.meta_graphs)} meta graphs; a segops export has one")
+    graph = saved.meta_graphs[0]
+    sig = graph.signature_def.get("serving_default")
+    ok = sig is not None and set(sig.inputs) == {"images"} and set(sig.outputs) == {"probabilities"}
+    if ok:
+        images, probs = sig.inputs["images"], sig.outputs["probabilities"]
+        dims = [d.size for d in images.tensor_shape.dim]
+        ok = images.dtype == types_pb2.DT_UINT8 and len(dims) == 4 and dims[3] == 3 and probs.dtype == types_pb2.DT_FLOAT
+    if not ok:
+        raise ModelError(f"{path}: no serving_default signature taking images uint8 [N,H,W,3] and returning "
+                         f"probabilities float32: not a segops export")  # fmt: skip
+    ops = {node.op for node in graph.graph_def.node}
+    for function in graph.graph_def.library.function:
+        ops.update(node.op for node in function.node_def)
+    bad = sorted(ops & FORBIDDEN_OPS)
+    if bad:
+        raise ModelError(f"{path} holds ops that read/write files or run Python ({', '.join(bad)}): refusing to load it")
+
+
+def _class_names(config: Any) -> set[str]:
+    """Every ``class_name`` in a Keras config, nested layers included."""
+    if isinstance(config, dict):
+        names = {config["class_name"]} if isinstance(config.get("class_name"), str) else set()
+        return names.union(*(_class_names(v) for v in config.values()))
+    if isinstance(config, list):
+        return set().union(*(_class_names(v) for v in config))
+    return set()
+
+
+def load_keras_model(model_dir: str) -> Any:
+    """The export's ``model.keras`` (for fine-tuning or Keras users), loaded in Keras' safe mode:
+    a Lambda layer (Python code inside the file) or any other unsafe object is refused with a
+    ModelError and never run."""
+    import zipfile
+
+    import keras
+
+    export_dir = resolve_export_dir(model_dir)
+    path = fs.join(export_dir, KERAS_FILE)
+    _check_inside(export_dir, path)
+    if not fs.exists(path):
+        raise ModelError(f"{export_dir} has no {KERAS_FILE}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise ModelError(f"{path} is not a Keras model file ({exc})") from exc
+    if "Lambda" in _class_names(config):
+        raise ModelError(f"{path} contains a Lambda layer (Python code in the model file): refusing to load it")
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except (ValueError, TypeError) as exc:
+        raise ModelError(f"{path} cannot be loaded safely: {exc}") from exc
+
+
 def load_serving_fn(model_dir: str) -> Any:
-    """Load the SavedModel signature: ``fn(images=uint8 tensor)['probabilities']``."""
+    """Load the SavedModel signature: ``fn(images=uint8 tensor)['probabilities']``, after
+    :func:`check_saved_model`; nothing but that signature is ever called."""
     import tensorflow as tf
 
     export_dir = resolve_export_dir(model_dir)
+    check_saved_model(fs.join(export_dir, SAVED_MODEL_DIR, SAVED_MODEL_PB))
     loaded = tf.saved_model.load(fs.join(export_dir, SAVED_MODEL_DIR))  # TF reads gs:// itself
     fn = loaded.signatures["serving_default"]
     fn._segops_keepalive = loaded  # the signature does not keep its trackable owner alive

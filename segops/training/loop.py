@@ -164,7 +164,7 @@ def load_or_build_model(opts: TrainOptions, plan: Plan) -> Any:
     import keras
 
     if plan.state:
-        model = keras.saving.load_model(os.path.join(plan.run.ckpt_dir, plan.state["checkpoint"]))
+        model = keras.saving.load_model(os.path.join(plan.run.ckpt_dir, plan.state["checkpoint"]), safe_mode=True)
         if opts.xla is not None and opts.xla != bool(model.jit_compile):
             model.jit_compile = opts.xla
         return model
@@ -321,7 +321,7 @@ def export_run(opts: TrainOptions, plan: Plan, model: Any, result: TrainResult) 
     best_row = _best_row(run)
     final_dir = os.path.join(opts.out, layout.FINAL_EXPORT)
     final_info = export.export_model(float32_copy(model, opts), final_dir, info(run.history[-1]))
-    best_model = keras.saving.load_model(run.checkpoint_path(best_row["epoch"]), compile=False)
+    best_model = keras.saving.load_model(run.checkpoint_path(best_row["epoch"]), compile=False, safe_mode=True)
     best_dir = os.path.join(opts.out, layout.BEST_EXPORT)
     best_info = export.export_model(float32_copy(best_model, opts), best_dir, info(best_row))
     summary = {
