@@ -50,7 +50,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import cv2
 import numpy as np
@@ -58,6 +60,7 @@ import numpy as np
 from segops.core.options import OptionsError
 
 UNARY_CLIP = 1e-5  # as pydensecrf.utils.unary_from_softmax: -log(1e-5) ~ 11.5 at most
+Runner = Callable[..., Any]  # runner(fn, *args) -> fn(*args), possibly in another process
 _JBU_CHUNK = 1 << 16  # band pixels per vectorised step (bounds the temporaries to ~10 MB)
 
 
@@ -227,10 +230,16 @@ def _upsample_labels(
     return labels, len(ys) / (height * width)
 
 
-def refine(probs: np.ndarray, image: np.ndarray, params: CRFParams | None = None) -> CRFResult:
+def refine(
+    probs: np.ndarray, image: np.ndarray, params: CRFParams | None = None, runner: Runner | None = None
+) -> CRFResult:
     """Fast dense-CRF refinement: labels (H, W) uint8 from probabilities (H, W, C) and RGB image.
 
     See the module docstring for the three steps and why they preserve the baseline's answer.
+    ``runner(fn, *args)`` runs the native mean field (pydensecrf); infer passes
+    ``segops.core.isolation.call`` so a crash there costs one image. Its inputs are the
+    reduced CRF grid (at most ~``target_pixels`` x classes floats), so crossing into the
+    isolated process is cheap.
     """
     params = params or CRFParams()
     _check_inputs(probs, image)
@@ -265,7 +274,7 @@ def refine(probs: np.ndarray, image: np.ndarray, params: CRFParams | None = None
     timings["select_ms"] = (time.perf_counter() - t) * 1e3
 
     t = time.perf_counter()
-    q = _mean_field(sub, small_rgb, params, scale)
+    q = runner(_mean_field, sub, small_rgb, params, scale) if runner else _mean_field(sub, small_rgb, params, scale)
     timings["mean_field_ms"] = (time.perf_counter() - t) * 1e3
 
     t = time.perf_counter()
