@@ -48,6 +48,7 @@ min_class_prob=0)`` (:func:`full_resolution`) is the exact baseline.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -58,6 +59,7 @@ import cv2
 import numpy as np
 
 from segops.core.options import OptionsError
+from segops.inference.tiling import TopK
 
 UNARY_CLIP = 1e-5  # as pydensecrf.utils.unary_from_softmax: -log(1e-5) ~ 11.5 at most
 Runner = Callable[..., Any]  # runner(fn, *args) -> fn(*args), possibly in another process
@@ -169,8 +171,7 @@ def _nearest_cell(full: int, low: int) -> np.ndarray:
 def _upsample_labels(
     q: np.ndarray,
     small_probs: np.ndarray,
-    probs: np.ndarray,
-    classes: np.ndarray,
+    gather: Callable[[np.ndarray, np.ndarray], np.ndarray],
     small_rgb: np.ndarray,
     image: np.ndarray,
     srgb: float,
@@ -185,8 +186,9 @@ def _upsample_labels(
     the CRF's colour kernel ``srgb`` between the pixel and each cell), adds its own
     full-resolution ``log p`` and takes argmax: a full-resolution update that keeps pixel-sharp
     edges. Computed only where the four cells disagree on their argmax; elsewhere the pixel
-    takes its cell's label. ``small_probs`` holds the K classes of ``q``; ``probs`` all classes,
-    of which ``classes`` are the K (the per-pixel renormalisation over them is a constant).
+    takes its cell's label. ``small_probs`` holds the K classes of ``q``; ``gather(y, x)`` gives
+    the full-resolution probabilities of those K classes at pixels (y, x) (the per-pixel
+    renormalisation over them is a constant).
     Returns (labels (H, W) uint8 over q's class axis, fraction of pixels computed).
     """
     height, width = image.shape[:2]
@@ -224,8 +226,7 @@ def _upsample_labels(
                 acc += wt[:, None] * message[j]
                 wsum += wt
         acc /= np.maximum(wsum, 1e-30)[:, None]
-        unary = probs[y, x] if len(classes) == probs.shape[2] else probs[y, x][:, classes]
-        acc += np.log(np.maximum(unary, UNARY_CLIP))
+        acc += np.log(np.maximum(gather(y, x), UNARY_CLIP))
         labels[y, x] = acc.argmax(axis=1)
     return labels, len(ys) / (height * width)
 
@@ -246,11 +247,17 @@ def refine(
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     height, width, num_classes = probs.shape
-    probs = np.asarray(probs, dtype=np.float32)
+    top_k = probs if isinstance(probs, TopK) else None
+    probs = probs if top_k is not None else np.asarray(probs, dtype=np.float32)
 
     scale = min(params.scale_for(height, width), height, width)
     h, w = max(1, round(height / scale)), max(1, round(width / scale))
-    if scale > 1:
+    if top_k is not None:  # a tiled image: one class plane at a time, never the full (H, W, C)
+        small = np.zeros((h, w, num_classes), np.float32)
+        for c in np.unique(top_k.ids):
+            small[..., c] = _area_downsample(top_k.class_map(int(c)), h, w) if scale > 1 else top_k.class_map(int(c))
+        small_rgb = _area_downsample(image, h, w) if scale > 1 else image
+    elif scale > 1:
         small = _area_downsample(probs, h, w)
         small_rgb = _area_downsample(image, h, w)
     else:
@@ -281,7 +288,13 @@ def refine(
     if scale == 1:
         labels, band_fraction = q.argmax(axis=2).astype(np.uint8), 0.0
     else:
-        labels, band_fraction = _upsample_labels(q, sub, probs, classes, small_rgb, image, params.bilateral_srgb)
+        if top_k is not None:
+            gather = functools.partial(top_k.gather, classes=classes)
+        elif len(classes) == num_classes:
+            gather = lambda y, x: probs[y, x]  # noqa: E731
+        else:
+            gather = lambda y, x: probs[y, x][:, classes]  # noqa: E731
+        labels, band_fraction = _upsample_labels(q, sub, gather, small_rgb, image, params.bilateral_srgb)
     labels = classes.astype(np.uint8)[labels]
     timings["upsample_ms"] = (time.perf_counter() - t) * 1e3
     timings["total_ms"] = (time.perf_counter() - t0) * 1e3
