@@ -5,7 +5,7 @@
 Writes a HEIGHTxWIDTH PNG (a 1024x2048 synthetic street frame repeated), exports a U-Net
 (depth 4, ``--base-filters``, random weights: memory does not depend on the weights) and runs
 ``run_infer`` with the default options (tile 1024x2048, CRF on, batch 2) on the DirectRunner
-in a fresh process, one worker. That process reports its own peak RSS
+in a fresh process, one worker. That process reports its own peak RSS (and samples its RSS every 0.25 s, to show when the peak falls)
 (``getrusage(RUSAGE_SELF).ru_maxrss``: the worker, since the DirectRunner runs in it) and its
 children's (the isolated decoder/CRF helper process of segops.core.isolation).
 Also: ``--isolation-overhead N`` times decoding and the CRF's mean field on a 1024x2048 frame
@@ -37,14 +37,29 @@ def child(args: argparse.Namespace) -> None:
     from segops.inference.options import InferOptions
     from workflows.infer import run_infer
 
+    import threading
+
+    samples: list[tuple[float, int]] = []  # (seconds since start, RSS KiB): where the peak falls
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.25):
+            with open("/proc/self/statm") as f:
+                samples.append((time.perf_counter() - start, int(f.read().split()[1]) * 4))
+
     start = time.perf_counter()
+    threading.Thread(target=sample, daemon=True).start()
     report = run_infer(InferOptions(args.model, args.input, args.out), ["--direct_num_workers=1"])
     seconds = time.perf_counter() - start
+    done.set()
+    peak_t, peak_kib = max(samples, key=lambda s: s[1]) if samples else (0.0, 0)
     isolation.shutdown()  # waits for the helper, so its peak is in RUSAGE_CHILDREN
     print(json.dumps({
         "processed": report.processed, "dead_lettered": report.dead_lettered, "seconds": round(seconds, 1),
         "worker_peak_rss_gb": round(_gb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss), 3),
         "helper_peak_rss_gb": round(_gb(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss), 3),
+        "sampled_peak_gb_at_s": [round(_gb(peak_kib), 3), round(peak_t, 1)],
+        "sampled_gb_every_10s": [round(_gb(k), 2) for t, k in samples[::40]],
     }))  # fmt: skip
 
 
