@@ -33,11 +33,11 @@ def _gb(kib: int) -> float:
 
 
 def child(args: argparse.Namespace) -> None:
+    import threading
+
     from segops.core import isolation
     from segops.inference.options import InferOptions
     from workflows.infer import run_infer
-
-    import threading
 
     samples: list[tuple[float, int]] = []  # (seconds since start, RSS KiB): where the peak falls
     done = threading.Event()

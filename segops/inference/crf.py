@@ -63,7 +63,7 @@ from segops.inference.tiling import TopK
 
 UNARY_CLIP = 1e-5  # as pydensecrf.utils.unary_from_softmax: -log(1e-5) ~ 11.5 at most
 Runner = Callable[..., Any]  # runner(fn, *args) -> fn(*args), possibly in another process
-_JBU_CHUNK = 1 << 16  # band pixels per vectorised step (bounds the temporaries to ~10 MB)
+_JBU_CHUNK = 1 << 16  # pixels per vectorised step of the band update (bounds its temporaries)
 
 
 @dataclass(frozen=True)
@@ -204,15 +204,18 @@ def _upsample_labels(
     x0_all = np.clip(np.floor(fx_all).astype(np.int32), 0, w - 2)
     top = low[:-1, :-1]
     mixed = (top != low[1:, :-1]) | (top != low[:-1, 1:]) | (top != low[1:, 1:])  # (h-1, w-1) blocks
-    ys, xs = np.nonzero(mixed[y0_all[:, None], x0_all[None, :]])
-    if len(ys) == 0:
-        return labels, 0.0
     message = np.log(np.maximum(q, 1e-12)) - np.log(np.maximum(small_probs, UNARY_CLIP))
     message = message.reshape(h * w, num)
     inv_2s2 = np.float32(1.0 / (2.0 * srgb * srgb))
     small = small_rgb.astype(np.float32).reshape(h * w, 3)
-    for start in range(0, len(ys), _JBU_CHUNK):
-        y, x = ys[start : start + _JBU_CHUNK], xs[start : start + _JBU_CHUNK]
+    band = 0
+    rows = max(1, _JBU_CHUNK // width)  # a block of rows at a time: band indices stay small
+    for r0 in range(0, height, rows):
+        y, x = np.nonzero(mixed[y0_all[r0 : r0 + rows, None], x0_all[None, :]])
+        if len(y) == 0:
+            continue
+        y += r0
+        band += len(y)
         fy, fx, y0, x0 = fy_all[y], fx_all[x], y0_all[y], x0_all[x]
         rgb = image[y, x].astype(np.float32)
         acc = np.zeros((len(y), num), np.float32)
@@ -228,7 +231,7 @@ def _upsample_labels(
         acc /= np.maximum(wsum, 1e-30)[:, None]
         acc += np.log(np.maximum(gather(y, x), UNARY_CLIP))
         labels[y, x] = acc.argmax(axis=1)
-    return labels, len(ys) / (height * width)
+    return labels, band / (height * width)
 
 
 def refine(

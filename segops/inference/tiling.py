@@ -102,9 +102,12 @@ class TopK:
     def class_map(self, c: int) -> np.ndarray:
         """(H, W) float32 probability of class ``c`` (0 where it is not in the top k)."""
         out = np.zeros(self.ids.shape[:2], np.float32)
-        for k in range(self.ids.shape[2]):
-            hit = self.ids[..., k] == c
-            out[hit] = self.probs[..., k][hit]
+        hit = np.empty(self.ids.shape[:2], bool)
+        part = np.empty(self.ids.shape[:2], np.float16)
+        for k in range(self.ids.shape[2]):  # into reused buffers: no full-size temporaries
+            np.equal(self.ids[..., k], c, out=hit)
+            np.multiply(self.probs[..., k], hit, out=part)
+            out += part
         return out
 
     def gather(self, y: np.ndarray, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
