@@ -137,6 +137,7 @@ def _predict_tiled(model: Any, img: np.ndarray, stride: int, tile: tuple[int, in
         out = out or TopK(h, w, probs.shape[-1])
         for p, (y, x, ylo, yhi, xlo, xhi) in zip(probs, chunk, strict=True):
             out.put(slice(ylo, yhi), slice(xlo, xhi), p[ylo - y : yhi - y, xlo - x : xhi - x])
+        del probs, p  # before the next call: one call's output (160 MB per tile) alive at a time
     assert out is not None
     return out
 
