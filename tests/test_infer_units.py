@@ -10,7 +10,7 @@ import pytest
 
 from segops.core import labels
 from segops.core.options import OptionsError
-from segops.inference import crf
+from segops.inference import crf, tiling
 from segops.inference.discovery import WorkItem, discover_inputs
 from segops.inference.examples import ImageExample
 from segops.inference.model import SegmentationModelHandler, ServingModel
@@ -160,7 +160,7 @@ def test_options_are_validated_at_construction():
         InferOptions("m", "i", "o", run_id="a/b")
 
 
-def test_crf_on_top_k_probabilities_equals_the_crf_on_the_same_dense_probabilities():
+def test_crf_on_top_k_probabilities_equals_the_crf_on_the_same_dense_probabilities(monkeypatch):
     """A tiled image's TopK goes through the CRF's downsampling and band update like the dense
     map holding the same values (zero elsewhere)."""
     from segops.inference.crf import refine
@@ -176,4 +176,7 @@ def test_crf_on_top_k_probabilities_equals_the_crf_on_the_same_dense_probabiliti
     top = TopK(h, w, labels.NUM_CLASSES)
     top.put(slice(None), slice(None), dense.copy())
     params = crf.CRFParams(target_pixels=h * w // 16)  # scale 4: downsampling and the band update
-    np.testing.assert_array_equal(refine(top, image, params).labels, refine(dense, image, params).labels)
+    expected = refine(dense, image, params).labels
+    np.testing.assert_array_equal(refine(top, image, params).labels, expected)
+    monkeypatch.setattr(tiling, "STRIP_PIXELS", w * 4 * 5)  # downsampled 5 rows of cells at a time
+    np.testing.assert_array_equal(refine(top, image, params).labels, expected)

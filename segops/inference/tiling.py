@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import cv2
 import numpy as np
 
 if TYPE_CHECKING:  # options imports the CRF settings, and the CRF reads TopK
@@ -44,6 +45,7 @@ def reflect_pad(image: np.ndarray, multiple: int, min_hw: tuple[int, int] = (0, 
 
 
 TOP_K = 3  # classes kept per pixel of a tiled image
+STRIP_PIXELS = 1 << 21  # full-resolution pixels per step when a TopK is area-downsampled
 
 
 def axis_starts(size: int, t: int, overlap: int) -> list[int]:
@@ -99,15 +101,30 @@ class TopK:
     def top(self) -> np.ndarray:
         return self.probs[..., 0]
 
-    def class_map(self, c: int) -> np.ndarray:
-        """(H, W) float32 probability of class ``c`` (0 where it is not in the top k)."""
-        out = np.zeros(self.ids.shape[:2], np.float32)
-        hit = np.empty(self.ids.shape[:2], bool)
-        part = np.empty(self.ids.shape[:2], np.float16)
-        for k in range(self.ids.shape[2]):  # into reused buffers: no full-size temporaries
-            np.equal(self.ids[..., k], c, out=hit)
-            np.multiply(self.probs[..., k], hit, out=part)
+    def class_map(self, c: int, rows: slice = slice(None)) -> np.ndarray:
+        """(H, W) float32 probability of class ``c`` (0 where it is not in the top k) over ``rows``."""
+        ids, probs = self.ids[rows], self.probs[rows]
+        out = np.zeros(ids.shape[:2], np.float32)
+        hit = np.empty(ids.shape[:2], bool)
+        part = np.empty(ids.shape[:2], np.float16)
+        for k in range(ids.shape[2]):  # into reused buffers: no further full-size temporaries
+            np.equal(ids[..., k], c, out=hit)
+            np.multiply(probs[..., k], hit, out=part)
             out += part
+        return out
+
+    def area_downsample(self, c: int, h: int, w: int) -> np.ndarray:
+        """:meth:`class_map` area-averaged to (h, w) (OpenCV ``INTER_AREA``). When h divides the
+        height, a strip of rows at a time (the same numbers, at most ``STRIP_PIXELS`` at once)."""
+        height, width = self.ids.shape[:2]
+        if height % h:
+            return cv2.resize(self.class_map(c), (w, h), interpolation=cv2.INTER_AREA)
+        step = height // h
+        cells = max(1, STRIP_PIXELS // (width * step))
+        out = np.empty((h, w), np.float32)
+        for r in range(0, h, cells):
+            plane = self.class_map(c, slice(r * step, (r + cells) * step))
+            out[r : r + cells] = cv2.resize(plane, (w, plane.shape[0] // step), interpolation=cv2.INTER_AREA)
         return out
 
     def gather(self, y: np.ndarray, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
