@@ -206,8 +206,8 @@ def check_photo_header(data: bytes, max_pixels: int) -> tuple[int, int]:
         hdr = png_header(data)
         if hdr.bit_depth == 16:
             raise BadInput("16-bit PNG: convert it to 8 bits first (its tone mapping is the camera's, not ours to guess)")
-    elif jpeg_header(data).components not in (1, 3, 4):
-        raise BadInput(f"JPEG with {jpeg_header(data).components} colour components; expected 1, 3 or 4")
+    elif (components := jpeg_header(data).components) not in (1, 3, 4):
+        raise BadInput(f"JPEG with {components} colour components; expected 1, 3 or 4")
     return height, width
 
 
@@ -261,13 +261,14 @@ def decode_instance_png(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np
     return arr.astype(np.int32)
 
 
-def encode_png(arr: np.ndarray, compression: int = 1) -> bytes:
-    """Encode uint8 gray (H, W), RGB (H, W, 3) or uint16 gray as PNG.
+def encode_png(arr: np.ndarray, compression: int = 1, bgr: bool = False) -> bytes:
+    """Encode uint8 gray (H, W), RGB (H, W, 3) (``bgr``: already in OpenCV's BGR order, which
+    saves a full-size copy) or uint16 gray as PNG.
 
     Compression level 1: segmentation masks are mostly flat regions, so level 1 is already
     close to the best size and several times faster than OpenCV's default of 3.
     """
-    if arr.ndim == 3 and arr.shape[2] == 3:
+    if arr.ndim == 3 and arr.shape[2] == 3 and not bgr:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, compression])
     if not ok:

@@ -10,6 +10,7 @@ from segops.core import fs, imageio, labels, layout
 from segops.inference.discovery import WorkItem
 from segops.inference.tiling import TopK
 
+_BGR_COLORS = np.ascontiguousarray(labels.TRAIN_ID_TO_COLOR[:, ::-1])
 LOW_CONFIDENCE = 0.5  # a pixel whose top probability is below this counts as low-confidence
 
 
@@ -28,7 +29,7 @@ def encode_masks(rgb: np.ndarray, train_ids: np.ndarray, overlay: bool) -> dict[
     out = {
         "trainIds": imageio.encode_mask_png(train_ids),
         "labelIds": imageio.encode_mask_png(labels.to_label_ids(train_ids)),
-        "color": imageio.encode_png(labels.colorize(train_ids)),
+        "color": imageio.encode_png(_BGR_COLORS[train_ids], bgr=True),  # no RGB->BGR copy of a large image
     }
     if overlay:
         out[layout.OVERLAY_KIND] = imageio.encode_jpeg(overlay_image(rgb, train_ids))
