@@ -257,7 +257,7 @@ def refine(
     h, w = max(1, round(height / scale)), max(1, round(width / scale))
     if top_k is not None:  # a tiled image: one class plane at a time, never the full (H, W, C)
         small = np.zeros((h, w, num_classes), np.float32)
-        for c in np.unique(top_k.ids):
+        for c in top_k.classes():
             small[..., c] = top_k.area_downsample(int(c), h, w) if scale > 1 else top_k.class_map(int(c))
         small_rgb = _area_downsample(image, h, w) if scale > 1 else image
     elif scale > 1:

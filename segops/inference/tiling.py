@@ -101,6 +101,15 @@ class TopK:
     def top(self) -> np.ndarray:
         return self.probs[..., 0]
 
+    def classes(self) -> np.ndarray:
+        """The class ids present (a strip at a time: ``np.unique`` of the whole map would copy
+        and sort all of it)."""
+        present = np.zeros(256, bool)
+        rows = max(1, STRIP_PIXELS // self.ids.shape[1])
+        for r in range(0, self.ids.shape[0], rows):
+            present[np.unique(self.ids[r : r + rows])] = True
+        return np.flatnonzero(present)
+
     def class_map(self, c: int, rows: slice = slice(None)) -> np.ndarray:
         """(H, W) float32 probability of class ``c`` (0 where it is not in the top k) over ``rows``."""
         ids, probs = self.ids[rows], self.probs[rows]
