@@ -20,7 +20,7 @@ from isal.isal_zlib import crc32  # zlib's CRC-32 with PCLMUL: ~15x zlib.crc32
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 DEFAULT_MAX_PIXELS = 4096 * 4096  # 4x a Cityscapes frame; larger inputs are refused
-INFER_MAX_PIXELS = 4096 * 8192  # infer's default: tiled images cost ~30 bytes/pixel (docs/benchmarks.md)
+INFER_MAX_PIXELS = 4096 * 8192  # infer's default: its peak memory is in docs/benchmarks.md
 
 
 class BadInput(ValueError):
