@@ -284,19 +284,20 @@ def test_bad_inputs_are_dead_lettered_and_the_rest_lands(model_dir, tmp_path):
 
     out = tmp_path / "out"
     report = run_infer(InferOptions(model_dir, str(root / "leftImg8bit" / "val"), str(out), max_pixels=H * W))
-    assert (report.found, report.processed, report.dead_lettered) == (6, 1, 5)
-    dead = {Path(d["path"]).name.split("_leftImg8bit")[0]: d for d in map(json.loads, (out / "dead_letter.jsonl").read_text().splitlines())}
+    assert (report.found, report.processed, report.dead_lettered) == (6, 3, 5)
+    dead = {Path(d["path"]).name.split("_leftImg8bit")[0].split("_gtFine")[0]: d for d in map(json.loads, (out / "dead_letter.jsonl").read_text().splitlines())}
     assert set(dead) == {f"ulm_000000_00000{i}" for i in (2, 3, 4, 5, 6)}
-    assert all(d["stage"] == "decode" for d in dead.values())
+    assert [dead[f"ulm_000000_00000{i}"]["stage"] for i in (2, 3, 4, 5, 6)] == ["decode", "decode", "label", "label", "decode"]
     assert "truncated" in dead["ulm_000000_000002"]["reason"]
     assert "not a" in dead["ulm_000000_000003"]["reason"]
-    assert "is 50x60" in dead["ulm_000000_000004"]["reason"]
+    assert "is 50x60" in dead["ulm_000000_000004"]["reason"]  # bad ground truth: the image still lands
     assert "unknown label ids [200]" in dead["ulm_000000_000005"]["reason"]
     assert "over the limit" in dead["ulm_000000_000006"]["reason"]
     table = read_metrics(str(out))
-    assert table.column("path").to_pylist() == [str(city / "ulm_000000_000001_leftImg8bit.png")]
-    assert (out / "masks" / "ulm" / "ulm_000000_000001_trainIds.png").exists()
-    assert not (out / "masks" / "ulm" / "ulm_000000_000004_trainIds.png").exists()
+    assert sorted(table.column("path").to_pylist()) == [str(city / f"ulm_000000_00000{i}_leftImg8bit.png") for i in (1, 4, 5)]
+    assert table.column("has_labels").to_pylist() == [p.endswith("01_leftImg8bit.png") for p in table.column("path").to_pylist()]
+    assert (out / "masks" / "ulm" / "ulm_000000_000004_trainIds.png").exists()
+    assert not (out / "masks" / "ulm" / "ulm_000000_000002_trainIds.png").exists()
 
 
 def test_unlabelled_images_in_any_layout_get_masks_and_confidence_only(model_dir, tmp_path, serving):

@@ -10,11 +10,20 @@ import pytest
 
 from segops.core import labels
 from segops.core.options import OptionsError
+from segops.inference import crf, tiling
 from segops.inference.discovery import WorkItem, discover_inputs
 from segops.inference.examples import ImageExample
 from segops.inference.model import SegmentationModelHandler, ServingModel
 from segops.inference.options import InferOptions, PredictOptions
-from segops.inference.tiling import predict_probabilities, reflect_pad, tile_windows
+from segops.inference.tiling import (
+    TOP_K,
+    TopK,
+    axis_starts,
+    owned_spans,
+    predict_probabilities,
+    reflect_pad,
+    tile_windows,
+)
 from segops.training import export
 
 
@@ -63,9 +72,29 @@ def test_padding_and_tiling_give_the_whole_image_probabilities(serving_model):
         options = PredictOptions(tile=tile or 0, tile_overlap=16, batch_size=2, max_batch_pixels=1 << 20)
         probs = predict_probabilities(serving_model, images, 16, options)
         for p, expected, img in zip(probs, whole, images, strict=True):
-            assert p.shape == (*img.shape[:2], labels.NUM_CLASSES) and p.dtype == np.float32
+            assert p.shape == (*img.shape[:2], labels.NUM_CLASSES)
+            if isinstance(p, TopK):  # the image larger than the tile: top 3 classes per pixel
+                assert tile is not None and img.shape[0] > tile[0]
+                order = np.argsort(-expected, axis=2, kind="stable")[..., :TOP_K]
+                np.testing.assert_array_equal(p.ids, order)
+                np.testing.assert_allclose(p.probs, np.take_along_axis(expected, order, axis=2), atol=1e-3)
+                np.testing.assert_array_equal(p.argmax(axis=2), expected.argmax(axis=2))
+                continue
+            assert p.dtype == np.float32
             np.testing.assert_allclose(p, expected, atol=1e-5)
             np.testing.assert_allclose(p.sum(axis=2), 1.0, atol=1e-5)
+
+
+def test_each_pixel_is_owned_by_one_tile_with_half_the_overlap_as_context():
+    size, t, overlap = 250, 96, 16
+    starts = axis_starts(size, t, overlap)
+    spans = owned_spans(starts, t, size)
+    assert spans[0][0] == 0 and spans[-1][1] == size
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))  # a partition of [0, size)
+    for i, (start, (lo, hi)) in enumerate(zip(starts, spans, strict=True)):
+        assert start <= lo < hi <= start + t
+        assert i == 0 or lo - start >= overlap // 2
+        assert i == len(starts) - 1 or start + t - hi >= overlap // 2
 
 
 def test_model_handler_runs_a_mixed_size_batch_in_order(tmp_path, serving_model):
@@ -129,3 +158,25 @@ def test_options_are_validated_at_construction():
         PredictOptions(tile="big")
     with pytest.raises(OptionsError, match="run-id"):
         InferOptions("m", "i", "o", run_id="a/b")
+
+
+def test_crf_on_top_k_probabilities_equals_the_crf_on_the_same_dense_probabilities(monkeypatch):
+    """A tiled image's TopK goes through the CRF's downsampling and band update like the dense
+    map holding the same values (zero elsewhere)."""
+    from segops.inference.crf import refine
+
+    rng = np.random.default_rng(3)
+    h, w = 96, 160
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    image[:, w // 2 :] //= 3  # an edge for the bilateral kernel
+    dense = np.zeros((h, w, labels.NUM_CLASSES), np.float32)
+    ids = np.stack([rng.permutation(6)[:TOP_K] for _ in range(h * w)]).reshape(h, w, TOP_K)
+    vals = rng.dirichlet(np.ones(TOP_K) * 0.7, size=(h, w)).astype(np.float16).astype(np.float32)
+    np.put_along_axis(dense, ids, vals, axis=2)
+    top = TopK(h, w, labels.NUM_CLASSES)
+    top.put(slice(None), slice(None), dense.copy())
+    params = crf.CRFParams(target_pixels=h * w // 16)  # scale 4: downsampling and the band update
+    expected = refine(dense, image, params).labels
+    np.testing.assert_array_equal(refine(top, image, params).labels, expected)
+    monkeypatch.setattr(tiling, "STRIP_PIXELS", w * 4 * 5)  # downsampled 5 rows of cells at a time
+    np.testing.assert_array_equal(refine(top, image, params).labels, expected)

@@ -3,12 +3,13 @@
 Reads as a sentence of transforms; the driver hands it the input pattern, the model and the
 results table's version, never a list of images::
 
-    input pattern | ListingPatterns | Reshuffle | MatchAll        listing spreads over workers
+    input pattern | ListingPatterns | Reshuffle | List            listing spreads over workers
                   | Images                  WorkItem: relative path, fingerprint, ground truth
     table version | IndexFiles | Reshuffle | ReadIndex             (path, fingerprint) of done rows
     both          | CoGroupByKey | Plan     new or changed images only (counted: found, skipped)
       | Reshuffle | Decode                  read + validate image and ground truth (dead-letter bad ones)
-      | RunInference(SegmentationModelHandler)   one model per worker process, same-size batches
+      | RunInference(RetryingModelHandler)  one model per worker process, same-size batches; a
+                                        failed batch is rerun image by image (ModelFailures)
       | DenseCRF  (or Argmax with --no-crf)      its own stage; drops the probabilities after
       | WriteMasks                      trainIds / labelIds / colour PNGs (+ overlay), atomic
       | Metrics | WriteToParquet        this run's rows, staged under OUT/.staging/<run_id>/
@@ -17,10 +18,14 @@ results table's version, never a list of images::
 :func:`run_infer` adds the driver-side steps around it: check the model, create the results
 table if needed, run, commit the staged rows in one transaction (segops.inference.table), write
 summary.json from a streaming scan of the table, and the manifest.
+
+Native code (the image decoders, the CRF's mean field) runs in an isolated helper process
+(segops.core.isolation): a crash there dead-letters one image as "crashed in <stage>".
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -29,18 +34,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io import fileio
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.ml.inference.base import RunInference
 
-from segops.core import deadletter, fs, imageio, layout
+from segops.core import deadletter, fs, imageio, isolation, layout
 from segops.inference import summary as summaries
 from segops.inference import table
+from segops.inference.batch_retry import RetryingModelHandler
 from segops.inference.crf import CRFParams, refine
-from segops.inference.discovery import WorkItem, input_root, listing_patterns, work_item
+from segops.inference.discovery import (
+    Unlisted,
+    WorkItem,
+    input_root,
+    is_input_image,
+    list_pattern,
+    listing_patterns,
+    work_item,
+)
 from segops.inference.examples import ImageExample, Prediction, Segmented, load_example
 from segops.inference.masks import confidence_stats, encode_masks, mask_paths
-from segops.inference.model import SegmentationModelHandler
 from segops.inference.options import InferOptions
 from segops.inference.run_record import RunReport, output_paths, write_manifest
 from segops.training import export
@@ -51,13 +63,18 @@ COUNTERS = "segops_infer"
 
 
 class ImagesFn(beam.DoFn):
-    """Listed file -> WorkItem (relative path, fingerprint, ground truth); other files dropped."""
+    """Listed file -> WorkItem (relative path, fingerprint, ground truth); other files dropped,
+    images that are not files (broken symbolic links) dead-lettered."""
 
     def __init__(self, root: str, output: str, labels_root: str | None) -> None:
         self._root, self._output, self._labels = root, output, labels_root
         self._found = Metrics.counter(COUNTERS, "images_found")
 
     def process(self, meta: Any):
+        if isinstance(meta, Unlisted):
+            if is_input_image(meta.path, self._output):
+                yield deadletter.tagged(meta.path, "list", meta.reason)
+            return
         item = work_item(meta.path, meta.size_in_bytes, meta.last_updated_in_seconds, self._root, self._output,
                          self._labels)  # fmt: skip
         if item is not None:
@@ -85,20 +102,28 @@ class PlanFn(beam.DoFn):
 
 
 class DecodeFn(beam.DoFn):
-    """WorkItem -> ImageExample; unreadable/corrupt/oversized images and bad labels dead-lettered."""
+    """WorkItem -> ImageExample; unreadable/corrupt/oversized images dead-lettered, and unusable
+    ground truth (the image goes on without metrics)."""
 
     def __init__(self, max_pixels: int) -> None:
         self._max_pixels = max_pixels
 
     def process(self, item: WorkItem):
         try:
-            yield load_example(item, self._max_pixels)
+            example = load_example(item, self._max_pixels)
         except imageio.BadInput as exc:
             yield deadletter.tagged(item.path, "decode", exc.reason)
+        except isolation.NativeCrash as exc:
+            yield deadletter.tagged(item.path, "decode", str(exc))
         except OSError as exc:  # missing/unreadable file (FileSystems raises IOError subclasses)
             yield deadletter.tagged(item.path, "read", f"cannot read file ({exc})")
         except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not fail the batch
             yield deadletter.tagged(item.path, "decode", f"{type(exc).__name__}: {exc}")
+        else:
+            yield example
+            if example.label_error:
+                reason = f"{example.label_error}; the image was segmented without metrics"
+                yield deadletter.tagged(item.label_path or item.path, "label", reason, image=item.path)
 
 
 def _argmax(pred: Prediction) -> Segmented:
@@ -112,6 +137,8 @@ def _or_dead(path: str, stage: str, work: Callable[[], Segmented]) -> Any:
     command names the path; the rerun redoes the images not committed)."""
     try:
         return work()
+    except isolation.NativeCrash as exc:
+        return deadletter.tagged(path, stage, str(exc))
     except Exception as exc:  # noqa: BLE001
         if fs.write_error(exc) is not None:
             raise
@@ -133,7 +160,8 @@ class DenseCRFFn(beam.DoFn):
     def _refine(self, pred: Prediction) -> Segmented:
         seg = _argmax(pred)
         start = time.perf_counter()
-        seg.pred_after = refine(pred.probabilities, pred.example.rgb, self._params).labels
+        runner = functools.partial(isolation.call, "crf", pred.example.item.path)
+        seg.pred_after = refine(pred.probabilities, pred.example.rgb, self._params, runner).labels
         seg.crf_ms = (time.perf_counter() - start) * 1e3
         return seg
 
@@ -179,8 +207,16 @@ def check_model(options: InferOptions) -> export.ModelInfo:
     return info
 
 
-def model_handler(options: InferOptions, info: export.ModelInfo) -> SegmentationModelHandler:
-    return SegmentationModelHandler(export.resolve_export_dir(options.model_dir), info.stride, options.predict)
+def _model_failures(pred: Prediction) -> Any:
+    """A Prediction the model failed on (after its batch was retried image by image) -> dead letter."""
+    if pred.error is None:
+        yield pred
+    else:
+        yield deadletter.tagged(pred.example.item.path, "inference", pred.error)
+
+
+def model_handler(options: InferOptions, info: export.ModelInfo) -> RetryingModelHandler:
+    return RetryingModelHandler(export.resolve_export_dir(options.model_dir), info.stride, options.predict)
 
 
 def build_infer_pipeline(p: beam.Pipeline, options: InferOptions, info: export.ModelInfo,
@@ -193,8 +229,8 @@ def build_infer_pipeline(p: beam.Pipeline, options: InferOptions, info: export.M
         | "Source" >> beam.Create([options.source])
         | "ListingPatterns" >> beam.FlatMap(listing_patterns)
         | "SpreadPatterns" >> beam.Reshuffle()
-        | "MatchFiles" >> fileio.MatchAll()
-        | "Images" >> beam.ParDo(ImagesFn(root, options.output, options.labels))
+        | "List" >> beam.FlatMap(list_pattern)
+        | "Images" >> beam.ParDo(ImagesFn(root, options.output, options.labels)).with_outputs(DEAD, main="ok")
     )
     output, model_id = options.output, info.model_id
     done = (
@@ -205,16 +241,18 @@ def build_infer_pipeline(p: beam.Pipeline, options: InferOptions, info: export.M
         | "ReadIndex" >> beam.FlatMap(table.read_index, model_id)
     )
     decoded = (
-        {"image": listed, "done": done}
+        {"image": listed.ok, "done": done}
         | "JoinDone" >> beam.CoGroupByKey()
         | "Plan" >> beam.ParDo(PlanFn(options.overwrite))
         | "Spread" >> beam.Reshuffle()
         | "Decode" >> beam.ParDo(DecodeFn(options.max_pixels)).with_outputs(DEAD, main="ok")
     )
-    predictions, failed = (
+    predicted, failed = (
         decoded.ok
         | "RunInference" >> RunInference(model_handler(options, info)).with_exception_handling()
     )
+    checked = predicted | "ModelFailures" >> beam.FlatMap(_model_failures).with_outputs(DEAD, main="ok")
+    predictions = checked.ok
     failed_inference = failed.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch_to_dead)
     if options.crf:
         refined = predictions | "DenseCRF" >> beam.ParDo(DenseCRFFn(options.crf_params)).with_outputs(DEAD, main="ok")
@@ -229,7 +267,8 @@ def build_infer_pipeline(p: beam.Pipeline, options: InferOptions, info: export.M
         schema=table.metrics_schema(),
         file_name_suffix=".parquet",
     )
-    dead = (decoded[DEAD], failed_inference, crf_dead, written[DEAD]) | "AllDeadLetters" >> beam.Flatten()
+    stages = (listed[DEAD], decoded[DEAD], failed_inference, checked[DEAD], crf_dead, written[DEAD])
+    dead = stages | "AllDeadLetters" >> beam.Flatten()
     _ = (
         dead
         | "DeadLetterJson" >> beam.Map(deadletter.to_line)

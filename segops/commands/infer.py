@@ -8,9 +8,9 @@ import click
 
 from segops.commands.common import CONTEXT_SETTINGS, build_options, check_beam_args, output_errors
 from segops.core.formatting import fmt_score
-from segops.core.imageio import DEFAULT_MAX_PIXELS
+from segops.core.options import default_of
 from segops.inference.crf import CRFParams
-from segops.inference.options import DEFAULT_TILE, PredictOptions
+from segops.inference.options import DEFAULT_TILE, InferOptions, PredictOptions
 
 CRF = CRFParams()
 PREDICT = PredictOptions()
@@ -68,7 +68,7 @@ def format_summary(report: Any) -> str:
 @click.option("--crf-min-class-prob", default=CRF.min_class_prob, show_default=True, type=float, help="Classes whose max probability is below this skip the CRF.")
 @click.option("--overwrite", is_flag=True, help="Reprocess images whose outputs already exist.")
 @click.option("--overlay", is_flag=True, help="Also write an overlay JPEG per image.")
-@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=int, help="Refuse larger images (from the header).")
+@click.option("--max-pixels", default=default_of(InferOptions, "max_pixels"), show_default=True, type=int, help="Refuse larger images (from the header).")
 @click.option("--batch-size", default=PREDICT.batch_size, show_default=True, type=int, help="Images per RunInference batch (their probabilities are held together).")
 @click.option("--max-batch-pixels", default=PREDICT.max_batch_pixels, show_default=True, type=int, help="Pixels per model call (bounds activation memory; default one 1024x2048 frame).")
 @click.option("--tile", default=DEFAULT_TILE, show_default=True, help="Images larger than this (HxW) run as overlapping tiles; 0 = always whole images.")

@@ -20,6 +20,7 @@ from isal.isal_zlib import crc32  # zlib's CRC-32 with PCLMUL: ~15x zlib.crc32
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 DEFAULT_MAX_PIXELS = 4096 * 4096  # 4x a Cityscapes frame; larger inputs are refused
+INFER_MAX_PIXELS = 4096 * 8192  # infer's default: its peak memory is in docs/benchmarks.md
 
 
 class BadInput(ValueError):
@@ -57,21 +58,59 @@ def png_header(data: bytes) -> PngHeader:
     return PngHeader(width, height, bit_depth, color_type)
 
 
+@dataclass(frozen=True)
+class JpegHeader:
+    width: int
+    height: int
+    components: int  # 1 gray, 3 YCbCr/RGB, 4 CMYK/YCCK
+    progressive: bool
+
+
+# start-of-frame markers (baseline, extended, progressive, lossless; Huffman and arithmetic)
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_JPEG_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+
+
+def jpeg_header(data: bytes) -> JpegHeader:
+    """Walk a JPEG's marker segments up to its frame header (SOF); no pixels decoded."""
+    if not data.startswith(JPEG_SIGNATURE):
+        raise BadInput("not a JPEG file (bad signature)")
+    pos, size = 2, len(data)
+    while pos + 4 <= size:
+        if data[pos] != 0xFF:
+            raise BadInput(f"corrupt JPEG: no marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            pos += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            break
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        if marker in _JPEG_SOF:
+            if pos + 10 > size:
+                break
+            height, width, components = struct.unpack_from(">HHB", data, pos + 5)
+            if width == 0 or height == 0:
+                raise BadInput(f"JPEG has zero size {width}x{height}")
+            return JpegHeader(width, height, components, marker in _JPEG_PROGRESSIVE)
+        pos += 2 + length
+    raise BadInput("truncated or corrupt JPEG: no frame header before the image data")
+
+
 def image_size(data: bytes) -> tuple[int, int]:
-    """(height, width) from the header of a PNG or JPEG (or anything Pillow can open lazily)."""
+    """(height, width) as stored (before any EXIF rotation) from a PNG or JPEG header."""
     if data.startswith(PNG_SIGNATURE):
         hdr = png_header(data)
         return hdr.height, hdr.width
+    if data.startswith(JPEG_SIGNATURE):
+        jpg = jpeg_header(data)
+        return jpg.height, jpg.width
     if len(data) == 0:
         raise BadInput("empty file (0 bytes)")
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:  # reads the header only
-            width, height = im.size
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise BadInput(f"not a readable image ({exc})") from exc
-    return height, width
+    raise BadInput(f"not a PNG or JPEG file (it starts with {data[:8]!r})")
 
 
 def check_pixels(height: int, width: int, max_pixels: int) -> None:
@@ -158,6 +197,36 @@ def decode_rgb_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
     return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
 
 
+def check_photo_header(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """What :func:`decode_photo` refuses from the header alone (format, 16-bit, size over
+    ``max_pixels``: a decompression bomb is refused here, unallocated); returns (height, width)."""
+    height, width = image_size(data)
+    check_pixels(height, width, max_pixels)
+    if data.startswith(PNG_SIGNATURE):
+        hdr = png_header(data)
+        if hdr.bit_depth == 16:
+            raise BadInput("16-bit PNG: convert it to 8 bits first (its tone mapping is the camera's, not ours to guess)")
+    elif (components := jpeg_header(data).components) not in (1, 3, 4):
+        raise BadInput(f"JPEG with {components} colour components; expected 1, 3 or 4")
+    return height, width
+
+
+def decode_photo(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an archive image for inference to RGB uint8 (H, W, 3), as a viewer shows it.
+
+    Accepted with conversion (docs/formats.md): grayscale (replicated to RGB), palette
+    (expanded), RGBA and gray+alpha (alpha ignored, not composited), CMYK JPEG (converted by
+    libjpeg), progressive JPEG; an EXIF orientation (JPEG, or a PNG eXIf chunk) is applied, so
+    masks line up with what a viewer shows. Refused: :func:`check_photo_header`, and files the
+    decoder cannot read in full (PNG chunk CRCs are checked first: truncation anywhere).
+    """
+    check_photo_header(data, max_pixels)
+    if data.startswith(PNG_SIGNATURE):
+        check_png_chunks(data, "PNG")
+    arr = _decode(data, cv2.IMREAD_COLOR, "image")  # IMREAD_COLOR: EXIF orientation, 3 channels
+    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+
+
 def decode_label_png(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode a single-channel 8-bit label PNG (labelIds or trainIds) to uint8 (H, W)."""
     hdr = png_header(data)
@@ -192,13 +261,14 @@ def decode_instance_png(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np
     return arr.astype(np.int32)
 
 
-def encode_png(arr: np.ndarray, compression: int = 1) -> bytes:
-    """Encode uint8 gray (H, W), RGB (H, W, 3) or uint16 gray as PNG.
+def encode_png(arr: np.ndarray, compression: int = 1, bgr: bool = False) -> bytes:
+    """Encode uint8 gray (H, W), RGB (H, W, 3) (``bgr``: already in OpenCV's BGR order, which
+    saves a full-size copy) or uint16 gray as PNG.
 
     Compression level 1: segmentation masks are mostly flat regions, so level 1 is already
     close to the best size and several times faster than OpenCV's default of 3.
     """
-    if arr.ndim == 3 and arr.shape[2] == 3:
+    if arr.ndim == 3 and arr.shape[2] == 3 and not bgr:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, compression])
     if not ok:

@@ -48,17 +48,22 @@ min_class_prob=0)`` (:func:`full_resolution`) is the exact baseline.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import cv2
 import numpy as np
 
 from segops.core.options import OptionsError
+from segops.inference.tiling import TopK
 
 UNARY_CLIP = 1e-5  # as pydensecrf.utils.unary_from_softmax: -log(1e-5) ~ 11.5 at most
-_JBU_CHUNK = 1 << 16  # band pixels per vectorised step (bounds the temporaries to ~10 MB)
+Runner = Callable[..., Any]  # runner(fn, *args) -> fn(*args), possibly in another process
+_JBU_CHUNK = 1 << 16  # pixels per vectorised step of the band update (bounds its temporaries)
 
 
 @dataclass(frozen=True)
@@ -166,8 +171,7 @@ def _nearest_cell(full: int, low: int) -> np.ndarray:
 def _upsample_labels(
     q: np.ndarray,
     small_probs: np.ndarray,
-    probs: np.ndarray,
-    classes: np.ndarray,
+    gather: Callable[[np.ndarray, np.ndarray], np.ndarray],
     small_rgb: np.ndarray,
     image: np.ndarray,
     srgb: float,
@@ -182,8 +186,9 @@ def _upsample_labels(
     the CRF's colour kernel ``srgb`` between the pixel and each cell), adds its own
     full-resolution ``log p`` and takes argmax: a full-resolution update that keeps pixel-sharp
     edges. Computed only where the four cells disagree on their argmax; elsewhere the pixel
-    takes its cell's label. ``small_probs`` holds the K classes of ``q``; ``probs`` all classes,
-    of which ``classes`` are the K (the per-pixel renormalisation over them is a constant).
+    takes its cell's label. ``small_probs`` holds the K classes of ``q``; ``gather(y, x)`` gives
+    the full-resolution probabilities of those K classes at pixels (y, x) (the per-pixel
+    renormalisation over them is a constant).
     Returns (labels (H, W) uint8 over q's class axis, fraction of pixels computed).
     """
     height, width = image.shape[:2]
@@ -199,15 +204,18 @@ def _upsample_labels(
     x0_all = np.clip(np.floor(fx_all).astype(np.int32), 0, w - 2)
     top = low[:-1, :-1]
     mixed = (top != low[1:, :-1]) | (top != low[:-1, 1:]) | (top != low[1:, 1:])  # (h-1, w-1) blocks
-    ys, xs = np.nonzero(mixed[y0_all[:, None], x0_all[None, :]])
-    if len(ys) == 0:
-        return labels, 0.0
     message = np.log(np.maximum(q, 1e-12)) - np.log(np.maximum(small_probs, UNARY_CLIP))
     message = message.reshape(h * w, num)
     inv_2s2 = np.float32(1.0 / (2.0 * srgb * srgb))
     small = small_rgb.astype(np.float32).reshape(h * w, 3)
-    for start in range(0, len(ys), _JBU_CHUNK):
-        y, x = ys[start : start + _JBU_CHUNK], xs[start : start + _JBU_CHUNK]
+    band = 0
+    rows = max(1, _JBU_CHUNK // width)  # a block of rows at a time: band indices stay small
+    for r0 in range(0, height, rows):
+        y, x = np.nonzero(mixed[y0_all[r0 : r0 + rows, None], x0_all[None, :]])
+        if len(y) == 0:
+            continue
+        y += r0
+        band += len(y)
         fy, fx, y0, x0 = fy_all[y], fx_all[x], y0_all[y], x0_all[x]
         rgb = image[y, x].astype(np.float32)
         acc = np.zeros((len(y), num), np.float32)
@@ -221,27 +229,38 @@ def _upsample_labels(
                 acc += wt[:, None] * message[j]
                 wsum += wt
         acc /= np.maximum(wsum, 1e-30)[:, None]
-        unary = probs[y, x] if len(classes) == probs.shape[2] else probs[y, x][:, classes]
-        acc += np.log(np.maximum(unary, UNARY_CLIP))
+        acc += np.log(np.maximum(gather(y, x), UNARY_CLIP))
         labels[y, x] = acc.argmax(axis=1)
-    return labels, len(ys) / (height * width)
+    return labels, band / (height * width)
 
 
-def refine(probs: np.ndarray, image: np.ndarray, params: CRFParams | None = None) -> CRFResult:
+def refine(
+    probs: np.ndarray, image: np.ndarray, params: CRFParams | None = None, runner: Runner | None = None
+) -> CRFResult:
     """Fast dense-CRF refinement: labels (H, W) uint8 from probabilities (H, W, C) and RGB image.
 
     See the module docstring for the three steps and why they preserve the baseline's answer.
+    ``runner(fn, *args)`` runs the native mean field (pydensecrf); infer passes
+    ``segops.core.isolation.call`` so a crash there costs one image. Its inputs are the
+    reduced CRF grid (at most ~``target_pixels`` x classes floats), so crossing into the
+    isolated process is cheap.
     """
     params = params or CRFParams()
     _check_inputs(probs, image)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     height, width, num_classes = probs.shape
-    probs = np.asarray(probs, dtype=np.float32)
+    top_k = probs if isinstance(probs, TopK) else None
+    probs = probs if top_k is not None else np.asarray(probs, dtype=np.float32)
 
     scale = min(params.scale_for(height, width), height, width)
     h, w = max(1, round(height / scale)), max(1, round(width / scale))
-    if scale > 1:
+    if top_k is not None:  # a tiled image: one class plane at a time, never the full (H, W, C)
+        small = np.zeros((h, w, num_classes), np.float32)
+        for c in top_k.classes():
+            small[..., c] = top_k.area_downsample(int(c), h, w) if scale > 1 else top_k.class_map(int(c))
+        small_rgb = _area_downsample(image, h, w) if scale > 1 else image
+    elif scale > 1:
         small = _area_downsample(probs, h, w)
         small_rgb = _area_downsample(image, h, w)
     else:
@@ -265,14 +284,20 @@ def refine(probs: np.ndarray, image: np.ndarray, params: CRFParams | None = None
     timings["select_ms"] = (time.perf_counter() - t) * 1e3
 
     t = time.perf_counter()
-    q = _mean_field(sub, small_rgb, params, scale)
+    q = runner(_mean_field, sub, small_rgb, params, scale) if runner else _mean_field(sub, small_rgb, params, scale)
     timings["mean_field_ms"] = (time.perf_counter() - t) * 1e3
 
     t = time.perf_counter()
     if scale == 1:
         labels, band_fraction = q.argmax(axis=2).astype(np.uint8), 0.0
     else:
-        labels, band_fraction = _upsample_labels(q, sub, probs, classes, small_rgb, image, params.bilateral_srgb)
+        if top_k is not None:
+            gather = functools.partial(top_k.gather, classes=classes)
+        elif len(classes) == num_classes:
+            gather = lambda y, x: probs[y, x]  # noqa: E731
+        else:
+            gather = lambda y, x: probs[y, x][:, classes]  # noqa: E731
+        labels, band_fraction = _upsample_labels(q, sub, gather, small_rgb, image, params.bilateral_srgb)
     labels = classes.astype(np.uint8)[labels]
     timings["upsample_ms"] = (time.perf_counter() - t) * 1e3
     timings["total_ms"] = (time.perf_counter() - t0) * 1e3

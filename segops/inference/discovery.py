@@ -2,13 +2,20 @@
 directory, so listing spreads over workers), each image's relative path (the mask layout mirrors
 it) and fingerprint (size, modification time), and where its ground truth is (``--labels`` root,
 or the ``gtFine`` mirror of a ``leftImg8bit`` tree). Everything here runs per element on workers
-except :func:`discover_inputs`, the same listing in one process for tools and tests."""
+except :func:`discover_inputs`, the same listing in one process for tools and tests.
+
+:func:`list_pattern` lists one pattern. On local disks it walks the directory itself (one
+``stat`` per file) instead of Beam's ``MatchAll``, which silently drops a file it cannot stat:
+a broken symbolic link comes out as :class:`Unlisted` with a reason, so it is dead-lettered."""
 
 from __future__ import annotations
 
 import os
 import posixpath
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from segops.core import fs, layout
 from segops.inference.options import InferOptions
@@ -58,6 +65,41 @@ def listing_patterns(source: str) -> list[str]:
     with os.scandir(root) as entries:
         subdirs = sorted(e.name for e in entries if e.is_dir())
     return [fs.join(root, "*"), *(fs.join(root, d, "**") for d in subdirs)]
+
+
+@dataclass(frozen=True)
+class Unlisted:
+    """A listed name that is not a readable file (a broken symbolic link), and why."""
+
+    path: str
+    reason: str
+
+
+def list_pattern(pattern: str) -> Iterator[Any]:
+    """Beam ``FileMetadata`` of every file matching ``pattern`` (Beam's glob syntax: ``*``
+    within a directory, ``**`` across them), and :class:`Unlisted` for names that match but
+    cannot be stat-ed. Object stores: Beam's own match."""
+    from apache_beam.io.filesystem import FileMetadata, FileSystem
+
+    if fs.has_scheme(pattern):
+        yield from fs.match_metadata(pattern)
+        return
+    matches = re.compile(FileSystem.translate_pattern(pattern)).match
+    prefix = re.match(r"^[^[*?]*", pattern).group(0)  # type: ignore[union-attr]
+    top = prefix if os.path.isdir(prefix) else os.path.dirname(prefix)
+    for dirpath, _dirs, files in os.walk(top):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if not matches(path):
+                continue
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                target = f" to {os.readlink(path)}" if os.path.islink(path) else ""
+                kind = "broken symbolic link" if target and isinstance(exc, FileNotFoundError) else "cannot stat"
+                yield Unlisted(path, f"{kind}{target} ({exc.strerror})")
+                continue
+            yield FileMetadata(path, st.st_size, st.st_mtime)
 
 
 def find_label(image_path: str, rel: str, labels_root: str | None) -> str | None:
@@ -114,7 +156,9 @@ def discover_inputs(options: InferOptions) -> list[WorkItem]:
     root, _ = input_root(options.source)
     items = []
     for pattern in listing_patterns(options.source):
-        for meta in fs.match_metadata(pattern):
+        for meta in list_pattern(pattern):
+            if isinstance(meta, Unlisted):
+                continue
             item = work_item(meta.path, meta.size_in_bytes, meta.last_updated_in_seconds, root, options.output,
                              options.labels)  # fmt: skip
             if item is not None:

@@ -1,5 +1,10 @@
 """One image on its way through inference: reading and validating it and its ground truth
-(:func:`load_example`, raising BadInput with a reason), and the records passed between stages."""
+(:func:`load_example`, raising BadInput with a reason), and the records passed between stages.
+
+The decoders (OpenCV, libpng, libjpeg) run in the isolated helper process of
+:mod:`segops.core.isolation`: a file that crashes one costs that image only. A ground truth
+that cannot be used (unreadable, wrong size, unknown label ids) does not cost the image: it gets
+its masks and a row without metrics, and the label problem is reported as ``label_error``."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from segops.core import fs, imageio, labels
+from segops.core import fs, imageio, isolation, labels
 from segops.inference.discovery import WorkItem
 
 
@@ -18,12 +23,14 @@ class ImageExample(NamedTuple):
     item: WorkItem
     rgb: np.ndarray
     gt: np.ndarray | None
+    label_error: str | None = None  # why the ground truth at item.label_path was not used
 
 
 class Prediction(NamedTuple):
     example: ImageExample
     probabilities: np.ndarray  # (H, W, C) float32
     inference_ms: float  # this image's share of its model calls
+    error: str | None = None  # set (probabilities None) when the model failed on this image alone
 
 
 @dataclass
@@ -39,27 +46,44 @@ class Segmented:
     crf_ms: float | None
 
 
-def load_example(item: WorkItem, max_pixels: int) -> ImageExample:
-    """Read and validate one image (+ ground truth); raises BadInput with a reason."""
+def decode_pair(image: bytes, label: bytes | None, max_pixels: int) -> tuple[np.ndarray, np.ndarray | str | None]:
+    """(RGB, labelIds or the reason the label PNG is unusable, or None): every native decode of
+    one input, so it runs as one isolated call."""
+    rgb = imageio.decode_photo(image, max_pixels)
+    if label is None:
+        return rgb, None
+    try:
+        return rgb, imageio.decode_label_png(label, max_pixels)
+    except imageio.BadInput as exc:
+        return rgb, exc.reason
+
+
+def _label_problem(label_ids: np.ndarray, rgb: np.ndarray) -> str | None:
+    if label_ids.shape != rgb.shape[:2]:
+        return f"is {label_ids.shape[1]}x{label_ids.shape[0]}, the image is {rgb.shape[1]}x{rgb.shape[0]}"
+    unknown = labels.unknown_label_ids(label_ids)
+    return f"has unknown label ids {unknown[:10]}" if unknown else None
+
+
+def load_example(item: WorkItem, max_pixels: int, isolate: bool = True) -> ImageExample:
+    """Read and validate one image (+ ground truth); raises BadInput with a reason, OSError when
+    the image cannot be read, isolation.NativeCrash when a decoder crashed on it."""
     data = fs.read_bytes(item.path)
-    height, width = imageio.image_size(data)  # header only: oversized images never get decoded
-    imageio.check_pixels(height, width, max_pixels)
-    rgb = imageio.decode_rgb_image(data, max_pixels)
-    gt = None
+    imageio.check_photo_header(data, max_pixels)  # bombs refused here, before any decoder runs
+    label_data, label_error = None, None
     if item.label_path:
         try:
-            label_ids = imageio.decode_label_png(fs.read_bytes(item.label_path), max_pixels)
+            label_data = fs.read_bytes(item.label_path)
         except OSError as exc:
-            raise imageio.BadInput(f"ground truth {item.label_path} unreadable ({exc})") from exc
-        except imageio.BadInput as exc:
-            raise imageio.BadInput(f"ground truth {item.label_path}: {exc.reason}") from exc
-        if label_ids.shape != rgb.shape[:2]:
-            raise imageio.BadInput(
-                f"ground truth {item.label_path} is {label_ids.shape[1]}x{label_ids.shape[0]}, "
-                f"image is {rgb.shape[1]}x{rgb.shape[0]}"
-            )
-        unknown = labels.unknown_label_ids(label_ids)
-        if unknown:
-            raise imageio.BadInput(f"ground truth {item.label_path} has unknown label ids {unknown[:10]}")
-        gt = labels.to_train_ids(label_ids)
-    return ImageExample(item, rgb, gt)
+            label_error = f"unreadable ({exc})"
+    if isolate:
+        rgb, label = isolation.call("decode", item.path, decode_pair, data, label_data, max_pixels)
+    else:
+        rgb, label = decode_pair(data, label_data, max_pixels)
+    gt = None
+    if isinstance(label, str):
+        label_error = label
+    elif label is not None:
+        label_error = _label_problem(label, rgb)
+        gt = None if label_error else labels.to_train_ids(label)
+    return ImageExample(item, rgb, gt, label_error and f"ground truth {item.label_path}: {label_error}")

@@ -8,7 +8,9 @@ import numpy as np
 
 from segops.core import fs, imageio, labels, layout
 from segops.inference.discovery import WorkItem
+from segops.inference.tiling import TopK
 
+_BGR_COLORS = np.ascontiguousarray(labels.TRAIN_ID_TO_COLOR[:, ::-1])
 LOW_CONFIDENCE = 0.5  # a pixel whose top probability is below this counts as low-confidence
 
 
@@ -27,14 +29,18 @@ def encode_masks(rgb: np.ndarray, train_ids: np.ndarray, overlay: bool) -> dict[
     out = {
         "trainIds": imageio.encode_mask_png(train_ids),
         "labelIds": imageio.encode_mask_png(labels.to_label_ids(train_ids)),
-        "color": imageio.encode_png(labels.colorize(train_ids)),
+        "color": imageio.encode_png(_BGR_COLORS[train_ids], bgr=True),  # no RGB->BGR copy of a large image
     }
     if overlay:
         out[layout.OVERLAY_KIND] = imageio.encode_jpeg(overlay_image(rgb, train_ids))
     return out
 
 
-def confidence_stats(probs: np.ndarray) -> tuple[np.ndarray, float, float]:
+def confidence_stats(probs: np.ndarray | TopK) -> tuple[np.ndarray, float, float]:
     """(argmax trainIds uint8, mean top probability, fraction of pixels with top prob < 0.5)."""
+    if isinstance(probs, TopK):
+        top = probs.top()
+        low = float(np.count_nonzero(top < LOW_CONFIDENCE)) / top.size
+        return probs.argmax().copy(), float(top.mean(dtype=np.float64)), low
     top = probs.max(axis=2)
     return probs.argmax(axis=2).astype(np.uint8), float(top.mean()), float((top < LOW_CONFIDENCE).mean())

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from segops.core import fs, layout
-from segops.core.imageio import DEFAULT_MAX_PIXELS
+from segops.core.imageio import INFER_MAX_PIXELS
 from segops.core.options import OptionsError, parse_hw
 from segops.inference.crf import CRFParams
 
@@ -80,7 +80,7 @@ class InferOptions:
     predict: PredictOptions = field(default_factory=PredictOptions)
     overwrite: bool = False
     overlay: bool = False
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int = INFER_MAX_PIXELS
     run_id: str = field(default_factory=new_run_id)
 
     def __post_init__(self) -> None:

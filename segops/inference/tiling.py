@@ -1,17 +1,27 @@
-"""Running a model over images of any size: reflection padding to the model's stride, overlapping
-tiles blended with pyramid weights for images larger than the tile, and batching same-size inputs
-into model calls bounded in images and pixels (:func:`predict_probabilities`)."""
+"""Running a model over images of any size: reflection padding to the model's stride, whole-image
+model calls batched by size and bounded in images and pixels, and overlapping tiles for images
+larger than the tile (:func:`predict_probabilities`).
+
+Memory is bounded for any image size: a tiled image never holds its full (H, W, 19) float32
+probabilities (2.5 GB for 4096x8192). Each pixel takes the probabilities of the tile it lies most
+centrally in (the tile boundaries sit in the middle of the overlaps, so every pixel has at least
+``overlap / 2`` pixels of context from its tile), and they are kept as :class:`TopK`: the
+``TOP_K`` most probable classes per pixel, as uint8 ids and float16 probabilities (9 bytes per
+pixel instead of 76). Argmax and top probability are exact; the CRF treats the other classes'
+probability as 0 (clipped to 1e-5 like every probability)."""
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import cv2
 import numpy as np
 
-from segops.inference.options import PredictOptions
+if TYPE_CHECKING:  # options imports the CRF settings, and the CRF reads TopK
+    from segops.inference.options import PredictOptions
 
 
 def reflect_pad(image: np.ndarray, multiple: int, min_hw: tuple[int, int] = (0, 0)) -> np.ndarray:
@@ -34,78 +44,162 @@ def reflect_pad(image: np.ndarray, multiple: int, min_hw: tuple[int, int] = (0, 
     return image
 
 
+TOP_K = 3  # classes kept per pixel of a tiled image
+STRIP_PIXELS = 1 << 21  # full-resolution pixels per step when a TopK is area-downsampled
+
+
+def axis_starts(size: int, t: int, overlap: int) -> list[int]:
+    """Starts of windows of length ``t`` covering ``size``; neighbours overlap by >= ``overlap``."""
+    if size <= t:
+        return [0]
+    step = max(1, t - overlap)
+    n = math.ceil((size - t) / step) + 1
+    return sorted({round(i * (size - t) / (n - 1)) for i in range(n)})
+
+
 def tile_windows(height: int, width: int, tile: tuple[int, int], overlap: int) -> list[tuple[int, int]]:
     """Top-left corners of tiles covering (height, width); neighbours overlap by >= ``overlap``."""
-
-    def starts(size: int, t: int) -> list[int]:
-        if size <= t:
-            return [0]
-        step = max(1, t - overlap)
-        n = math.ceil((size - t) / step) + 1
-        return sorted({round(i * (size - t) / (n - 1)) for i in range(n)})
-
-    return [(y, x) for y in starts(height, tile[0]) for x in starts(width, tile[1])]
+    return [(y, x) for y in axis_starts(height, tile[0], overlap) for x in axis_starts(width, tile[1], overlap)]
 
 
-def pyramid_weights(th: int, tw: int) -> np.ndarray:
-    wy = np.minimum(np.arange(th) + 1, th - np.arange(th)).astype(np.float32)
-    wx = np.minimum(np.arange(tw) + 1, tw - np.arange(tw)).astype(np.float32)
-    return np.minimum.outer(wy, wx)
+def owned_spans(starts: list[int], t: int, size: int) -> list[tuple[int, int]]:
+    """[lo, hi) of each window that it owns: split at the middle of each overlap, clipped to ``size``."""
+    cuts = [0, *((b + a + t) // 2 for a, b in zip(starts, starts[1:], strict=False)), max(size, starts[-1] + t)]
+    return [(min(lo, size), min(hi, size)) for lo, hi in zip(cuts, cuts[1:], strict=False)]
+
+
+class TopK:
+    """Per-pixel top-k class probabilities of an (H, W, C) map: ``ids`` uint8 and ``probs``
+    float16, both (H, W, k), most probable first. Offers what the later stages read."""
+
+    def __init__(self, height: int, width: int, num_classes: int, k: int = TOP_K) -> None:
+        self.ids = np.zeros((height, width, k), np.uint8)
+        self.probs = np.zeros((height, width, k), np.float16)
+        self.num_classes = num_classes
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (*self.ids.shape[:2], self.num_classes)
+
+    @property
+    def ndim(self) -> int:
+        return 3
+
+    def put(self, y: slice, x: slice, probs: np.ndarray) -> None:
+        """Store the top k of ``probs`` (h, w, C) float32 (overwritten) at [y, x]."""
+        for k in range(self.ids.shape[2]):
+            top = probs.argmax(axis=2)[..., None]
+            self.ids[y, x, k] = top[..., 0]
+            self.probs[y, x, k] = np.take_along_axis(probs, top, axis=2)[..., 0]
+            np.put_along_axis(probs, top, -1.0, axis=2)
+
+    def argmax(self, axis: int = -1) -> np.ndarray:
+        if axis not in (-1, 2):
+            raise ValueError("TopK.argmax works over the class axis only")
+        return self.ids[..., 0]
+
+    def top(self) -> np.ndarray:
+        return self.probs[..., 0]
+
+    def classes(self) -> np.ndarray:
+        """The class ids present (a strip at a time: ``np.unique`` of the whole map would copy
+        and sort all of it)."""
+        present = np.zeros(256, bool)
+        rows = max(1, STRIP_PIXELS // self.ids.shape[1])
+        for r in range(0, self.ids.shape[0], rows):
+            present[np.unique(self.ids[r : r + rows])] = True
+        return np.flatnonzero(present)
+
+    def class_map(self, c: int, rows: slice = slice(None)) -> np.ndarray:
+        """(H, W) float32 probability of class ``c`` (0 where it is not in the top k) over ``rows``."""
+        ids, probs = self.ids[rows], self.probs[rows]
+        out = np.zeros(ids.shape[:2], np.float32)
+        hit = np.empty(ids.shape[:2], bool)
+        part = np.empty(ids.shape[:2], np.float16)
+        for k in range(ids.shape[2]):  # into reused buffers: no further full-size temporaries
+            np.equal(ids[..., k], c, out=hit)
+            np.multiply(probs[..., k], hit, out=part)
+            out += part
+        return out
+
+    def area_downsample(self, c: int, h: int, w: int) -> np.ndarray:
+        """:meth:`class_map` area-averaged to (h, w) (OpenCV ``INTER_AREA``). When h divides the
+        height, a strip of rows at a time (the same numbers, at most ``STRIP_PIXELS`` at once)."""
+        height, width = self.ids.shape[:2]
+        if height % h:
+            return cv2.resize(self.class_map(c), (w, h), interpolation=cv2.INTER_AREA)
+        step = height // h
+        cells = max(1, STRIP_PIXELS // (width * step))
+        out = np.empty((h, w), np.float32)
+        for r in range(0, h, cells):
+            plane = self.class_map(c, slice(r * step, (r + cells) * step))
+            out[r : r + cells] = cv2.resize(plane, (w, plane.shape[0] // step), interpolation=cv2.INTER_AREA)
+        return out
+
+    def gather(self, y: np.ndarray, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """(n, len(classes)) float32 probabilities at pixels (y, x) of ``classes``."""
+        column = np.full(256, -1, np.int64)
+        column[classes] = np.arange(len(classes))
+        out = np.zeros((len(y), len(classes)), np.float32)
+        rows = np.arange(len(y))
+        for k in range(self.ids.shape[2]):
+            col = column[self.ids[y, x, k]]
+            keep = col >= 0
+            out[rows[keep], col[keep]] = self.probs[y, x, k][keep]
+        return out
+
+
+def _predict_tiled(model: Any, img: np.ndarray, stride: int, tile: tuple[int, int], overlap: int, per_call: int) -> TopK:
+    h, w = img.shape[:2]
+    padded = reflect_pad(img, stride, min_hw=tile)
+    ys, xs = axis_starts(padded.shape[0], tile[0], overlap), axis_starts(padded.shape[1], tile[1], overlap)
+    windows = [(y, x, ylo, yhi, xlo, xhi)
+               for y, (ylo, yhi) in zip(ys, owned_spans(ys, tile[0], h), strict=True) if yhi > ylo
+               for x, (xlo, xhi) in zip(xs, owned_spans(xs, tile[1], w), strict=True) if xhi > xlo]  # fmt: skip
+    out: TopK | None = None
+    for start in range(0, len(windows), per_call):
+        chunk = windows[start : start + per_call]
+        probs = model.predict(np.stack([padded[y : y + tile[0], x : x + tile[1]] for y, x, *_ in chunk]))
+        out = out or TopK(h, w, probs.shape[-1])
+        for p, (y, x, ylo, yhi, xlo, xhi) in zip(probs, chunk, strict=True):
+            out.put(slice(ylo, yhi), slice(xlo, xhi), p[ylo - y : yhi - y, xlo - x : xhi - x])
+        del probs, p  # before the next call: one call's output (160 MB per tile) alive at a time
+    assert out is not None
+    return out
 
 
 def predict_probabilities(
     model: Any, images: Sequence[np.ndarray], stride: int, options: PredictOptions
-) -> list[np.ndarray]:
-    """Softmax probabilities (H, W, C) float32 for each RGB image, any size.
+) -> list[np.ndarray | TopK]:
+    """Softmax probabilities for each RGB image, any size: (H, W, C) float32, or :class:`TopK`
+    for an image larger than the tile.
 
     Images no larger than the tile are reflection-padded to a multiple of ``stride`` and run
-    whole; larger ones are cut into overlapping tiles (tile sides rounded up to the stride) and
-    blended with pyramid weights. Inputs of the same padded size share model calls, up to
-    ``options.batch_size`` images and ``options.max_batch_pixels`` pixels per call.
+    whole; inputs of the same padded size share model calls, up to ``options.batch_size``
+    images and ``options.max_batch_pixels`` pixels per call. Larger ones are cut into
+    overlapping tiles (sides rounded up to the stride), batched under the same bounds, each
+    pixel taken from the tile it is most central in (module docstring).
     """
     tile, overlap = options.tile, options.tile_overlap
     max_batch_images, max_batch_pixels = options.batch_size, options.max_batch_pixels
     if tile is not None:
         tile = (math.ceil(tile[0] / stride) * stride, math.ceil(tile[1] / stride) * stride)
-    # jobs: (image index, y, x, h, w, padded array)
-    jobs: list[tuple[int, int, int, int, int, np.ndarray]] = []
+    results: list[np.ndarray | TopK | None] = [None] * len(images)
+    by_shape: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = defaultdict(list)
     for i, img in enumerate(images):
         h, w = img.shape[:2]
         if tile is None or (h <= tile[0] and w <= tile[1]):
-            jobs.append((i, 0, 0, h, w, reflect_pad(img, stride)))
-            continue
-        padded = reflect_pad(img, stride, min_hw=tile)  # a side smaller than the tile
-        for y, x in tile_windows(padded.shape[0], padded.shape[1], tile, overlap):
-            jobs.append((i, y, x, tile[0], tile[1], padded[y : y + tile[0], x : x + tile[1]]))
-    by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for j, job in enumerate(jobs):
-        by_shape[job[5].shape].append(j)
-    outputs: list[np.ndarray | None] = [None] * len(jobs)
-    for shape, idxs in by_shape.items():
+            padded = reflect_pad(img, stride)
+            by_shape[padded.shape].append((i, padded))
+        else:
+            per_call = max(1, min(max_batch_images, max_batch_pixels // (tile[0] * tile[1])))
+            results[i] = _predict_tiled(model, img, stride, tile, overlap, per_call)
+    for shape, jobs in by_shape.items():
         per_call = max(1, min(max_batch_images, max_batch_pixels // (shape[0] * shape[1])))
-        for start in range(0, len(idxs), per_call):
-            chunk = idxs[start : start + per_call]
-            probs = model.predict(np.stack([jobs[j][5] for j in chunk]))
-            for j, p in zip(chunk, probs, strict=True):
-                outputs[j] = p
-    results: list[np.ndarray] = []
-    for i, img in enumerate(images):
-        h, w = img.shape[:2]
-        mine = [j for j, job in enumerate(jobs) if job[0] == i]
-        if len(mine) == 1 and jobs[mine[0]][1:3] == (0, 0) and jobs[mine[0]][3:5] == (h, w):
-            results.append(np.ascontiguousarray(outputs[mine[0]][:h, :w], dtype=np.float32))
-            continue
-        num_classes = outputs[mine[0]].shape[-1]
-        ph = max(jobs[j][1] + jobs[j][3] for j in mine)
-        pw = max(jobs[j][2] + jobs[j][4] for j in mine)
-        acc = np.zeros((ph, pw, num_classes), np.float32)
-        wsum = np.zeros((ph, pw, 1), np.float32)
-        weights = pyramid_weights(tile[0], tile[1])[..., None]  # type: ignore[index]
-        for j in mine:
-            _, y, x, th, tw, _ = jobs[j]
-            acc[y : y + th, x : x + tw] += outputs[j] * weights
-            wsum[y : y + th, x : x + tw] += weights
-            outputs[j] = None
-        acc /= wsum
-        results.append(np.ascontiguousarray(acc[:h, :w]))
-    return results
+        for start in range(0, len(jobs), per_call):
+            chunk = jobs[start : start + per_call]
+            probs = model.predict(np.stack([padded for _, padded in chunk]))
+            for (i, _), p in zip(chunk, probs, strict=True):
+                h, w = images[i].shape[:2]
+                results[i] = np.ascontiguousarray(p[:h, :w], dtype=np.float32)
+    return results  # type: ignore[return-value]
