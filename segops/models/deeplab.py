@@ -9,7 +9,7 @@ stride-4 (low-level) features.
   with ``backbone="none"``, a from-scratch VGG-like encoder of five levels (``base_filters *
   (1, 2, 4, 8, 16)`` channels) whose levels past the output stride dilate instead of pooling.
 - ASPP: a 1x1 conv, three 3x3 atrous convs at rates 6, 12, 18 (OS 16; doubled at OS 8) and image
-  pooling (global average, 1x1 conv, resized back), concatenated and projected to
+  pooling (global average, 1x1 conv, spread back over the map), concatenated and projected to
   ``aspp_filters``.
 - Decoder: the ASPP output upsampled bilinearly to stride 4, concatenated with the low-level
   features reduced to 48 channels by a 1x1 conv, two 3x3 convs, the classifier, and a bilinear
@@ -26,7 +26,7 @@ from keras import layers
 from segops.core.labels import NUM_CLASSES
 from segops.models.backbones import NO_WEIGHTS, encode
 from segops.models.blocks import conv_bn_relu, logits_head, normalize_input
-from segops.models.layers import ResizeLike
+from segops.models.layers import BilinearUpsampling, BroadcastLike
 
 OUTPUT_STRIDES = (8, 16)
 ASPP_RATES_OS16 = (6, 12, 18)
@@ -45,7 +45,7 @@ def aspp(x: keras.KerasTensor, filters: int, rates: Sequence[int], dropout: floa
     branches += [conv_bn_relu(x, filters, 3, dilation_rate=r, name=f"{name}_rate{r}") for r in rates]
     pooled = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_image_pool")(x)
     pooled = conv_bn_relu(pooled, filters, 1, name=f"{name}_image")
-    branches.append(ResizeLike(name=f"{name}_image_resize")([pooled, x]))
+    branches.append(BroadcastLike(name=f"{name}_image_broadcast")([pooled, x]))
     x = layers.Concatenate(name=f"{name}_concat")(branches)
     x = conv_bn_relu(x, filters, 1, name=f"{name}_project")
     return layers.Dropout(dropout, name=f"{name}_dropout")(x) if dropout > 0 else x
@@ -89,11 +89,11 @@ def build_deeplabv3plus(
         features = encode(inputs, backbone, backbone_weights, output_stride)
     x = aspp(features[32], filters, aspp_rates(output_stride), dropout)
 
-    x = layers.UpSampling2D(output_stride // LOW_LEVEL_STRIDE, interpolation="bilinear", name="aspp_up")(x)
+    x = BilinearUpsampling(output_stride // LOW_LEVEL_STRIDE, name="aspp_up")(x)
     low = conv_bn_relu(features[LOW_LEVEL_STRIDE], LOW_LEVEL_FILTERS, 1, name="low_level")
     x = layers.Concatenate(name="decoder_concat")([x, low])
     x = conv_bn_relu(x, filters, name="decoder_a")
     x = conv_bn_relu(x, filters, name="decoder_b")
     x = layers.Conv2D(num_classes, 1, name="classifier")(x)
-    x = layers.UpSampling2D(LOW_LEVEL_STRIDE, interpolation="bilinear", name="upsample")(x)
+    x = BilinearUpsampling(LOW_LEVEL_STRIDE, name="upsample")(x)
     return keras.Model(inputs, logits_head(x), name=name)

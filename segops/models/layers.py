@@ -1,6 +1,6 @@
 """The custom Keras layers of the model zoo (backend-neutral: ``keras.ops`` only): max pooling
-that keeps its argmax and the max unpooling that routes values back (SegNet), a resize to
-another tensor's size (DeepLab's image pooling) and the input preprocessing of the
+that keeps its argmax and the max unpooling that routes values back (SegNet), a broadcast
+onto another tensor's size (DeepLab's image pooling) and the input preprocessing of the
 ``keras.applications`` encoders.
 
 Each is registered under the ``segops`` package so checkpoints and ``model.keras`` exports of
@@ -71,18 +71,58 @@ def _windows(x: Any) -> Any:
 
 
 @keras.saving.register_keras_serializable(package="segops")
-class ResizeLike(keras.layers.Layer):
-    """Bilinear resize of ``inputs[0]`` to the height and width of ``inputs[1]`` (sizes known only
-    at run time, e.g. DeepLab's image-pooling branch back onto the ASPP feature map)."""
+class BroadcastLike(keras.layers.Layer):
+    """``inputs[0]`` (N, 1, 1, C) spread over the height and width of ``inputs[1]`` (DeepLab's
+    image-pooling branch back onto the ASPP feature map: the bilinear upsampling of a 1x1 map
+    is this constant map). A broadcast add, so it works for sizes known only at run time, in
+    eager and in graph (SavedModel) mode alike."""
 
     def call(self, inputs: list[Any]) -> Any:
         x, like = inputs
-        shape = ops.shape(like)
-        return ops.image.resize(x, (shape[1], shape[2]), interpolation="bilinear")
+        return x + ops.zeros_like(like[..., :1], dtype=x.dtype)
 
     def compute_output_shape(self, input_shape: list[tuple]) -> tuple:
         (n, _, _, c), (_, h, w, _) = input_shape
         return (n, h, w, c)
+
+
+@keras.saving.register_keras_serializable(package="segops")
+class BilinearUpsampling(keras.layers.Layer):
+    """Bilinear upsampling by an integer ``factor`` (half-pixel centres, edges clamped: what
+    ``tf.image.resize`` computes). Keras' ``UpSampling2D(interpolation="bilinear")`` cannot be
+    traced in graph mode when height and width are unknown (its resize checks the size with a
+    Python ``if``); this one is slices and a reshape, so it runs at any size in any mode."""
+
+    def __init__(self, factor: int = 2, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.factor = int(factor)
+
+    def call(self, x: Any) -> Any:
+        return self._upsample(self._upsample(x, 1), 2)
+
+    def _upsample(self, x: Any, axis: int) -> Any:
+        f = self.factor
+        pad = [[0, 0]] * 4
+        pad[axis] = [1, 1]
+        padded = ops.pad(x, pad, mode="symmetric")  # edge replication by one pixel
+        before, here, after = (ops.take(padded, ops.arange(k, ops.shape(padded)[axis] - 2 + k), axis=axis)
+                               for k in range(3))  # fmt: skip
+        phases = []
+        for r in range(f):
+            p = (r + 0.5) / f - 0.5  # source offset of output phase r, in (-0.5, 0.5)
+            phases.append((-p) * before + (1 + p) * here if p < 0 else (1 - p) * here + p * after)
+        stacked = ops.stack(phases, axis=axis + 1)  # (..., size, f, ...)
+        shape = ops.shape(x)
+        new_shape = [shape[0], shape[1], shape[2], x.shape[-1]]
+        new_shape[axis] = shape[axis] * f
+        return ops.reshape(stacked, new_shape)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        n, h, w, c = input_shape
+        return (n, None if h is None else h * self.factor, None if w is None else w * self.factor, c)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "factor": self.factor}
 
 
 @keras.saving.register_keras_serializable(package="segops")

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from segops.core import fs, layout
 from segops.core.formatting import finite_or_none, is_missing
 from segops.training.data import read_json
-from segops.training.options import RESUME_FREE_OPTIONS, TrainError, TrainOptions
+from segops.training.options import LATER_KEY_DEFAULTS, RESUME_FREE_OPTIONS, TrainError, TrainOptions
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def check_resume(opts: TrainOptions, out: str) -> None:
     if os.path.exists(path) and not opts.resume:
         raise TrainError(f"{opts.out} already holds a training run: pass --resume to continue it, or another OUT")
     if opts.resume and os.path.exists(path):
-        saved = read_json(path, "checkpoint state")["options"]
+        saved = {**LATER_KEY_DEFAULTS, **read_json(path, "checkpoint state")["options"]}
         mine = opts.to_json()
         differ = [k for k in mine if k not in RESUME_FREE_OPTIONS and saved.get(k) != mine[k]]
         if differ:
