@@ -144,10 +144,24 @@ class _EncoderWatch(keras.callbacks.Callback):
         self._look()
 
 
+def test_segnet_basic_takes_a_training_step():
+    """SegNet-Basic shares SegNet's pooling/unpooling layers, whose export and `segops infer` run
+    is tested below; here one optimizer step moves every trainable weight."""
+    keras.utils.set_random_seed(2)
+    model = build_model("segnet_basic", depth=3, base_filters=8)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(2)
+    images, labels = make_scene(rng, H, W)
+    before = [np.array(w) for w in model.trainable_weights]
+    loss = model.train_on_batch(images[None].astype(np.float32), labels[None].clip(0, 18))
+    assert np.isfinite(loss) and model.output.shape[-1] == 19
+    assert all(not np.array_equal(b, np.array(w)) for b, w in zip(before, model.trainable_weights, strict=True))
+
+
 MODELS = {
-    "segnet_basic": {"depth": 3, "base_filters": 8},
     "segnet": {"base_filters": 4},
-    "deeplabv3plus+mobilenetv2": {"base_filters": 4, "backbone": "mobilenetv2", "freeze_backbone_epochs": 1},
+    "deeplabv3plus": {"base_filters": 4, "output_stride": 8},
+    "unet+mobilenetv2": {"base_filters": 4, "backbone": "mobilenetv2", "freeze_backbone_epochs": 1},
 }
 
 

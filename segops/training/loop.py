@@ -29,6 +29,7 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -340,9 +341,13 @@ def export_run(opts: TrainOptions, plan: Plan, model: Any, result: TrainResult) 
     best_row = _best_row(run)
     final_dir = os.path.join(opts.out, layout.FINAL_EXPORT)
     final_info = export.export_model(float32_copy(model, opts), final_dir, info(run.history[-1]))
-    best_model = keras.saving.load_model(run.checkpoint_path(best_row["epoch"]), compile=False)
     best_dir = os.path.join(opts.out, layout.BEST_EXPORT)
-    best_info = export.export_model(float32_copy(best_model, opts), best_dir, info(best_row))
+    if best_row["epoch"] == run.history[-1]["epoch"]:  # the same weights and row: copy, do not export again
+        shutil.copytree(final_dir, best_dir, dirs_exist_ok=True)
+        best_info = final_info
+    else:
+        best_model = keras.saving.load_model(run.checkpoint_path(best_row["epoch"]), compile=False)
+        best_info = export.export_model(float32_copy(best_model, opts), best_dir, info(best_row))
     summary = {
         "default_export": layout.BEST_EXPORT,
         "best": {"dir": layout.BEST_EXPORT, "model_id": best_info.model_id, **best_info.metrics},
