@@ -153,7 +153,8 @@ def load_or_build_model(opts: TrainOptions, plan: Plan) -> Any:
         model = keras.saving.load_model(os.path.join(plan.run.ckpt_dir, plan.state["checkpoint"]))
         if bool(opts.xla) != bool(model.jit_compile):
             model.jit_compile = bool(opts.xla)
-        set_encoder_trainable(model, plan.initial_epoch >= opts.model.freeze_backbone_epochs)
+        # A checkpoint of epoch e <= N was saved frozen (with an optimizer over the other weights).
+        set_encoder_trainable(model, plan.initial_epoch > opts.model.freeze_backbone_epochs)
         return model
     model = opts.model.build()
     set_encoder_trainable(model, opts.model.freeze_backbone_epochs == 0)
@@ -183,16 +184,17 @@ def unfreeze_encoder(model: Any, opts: TrainOptions, plan: Plan) -> None:
 def fit(model: Any, opts: TrainOptions, plan: Plan, extra_callbacks: list[Any]) -> None:
     """``model.fit`` over epochs ``initial_epoch .. epochs-1``, validating after each; in two
     phases (frozen, then trainable encoder) when ``--freeze-backbone-epochs`` says so."""
-    freeze = min(opts.model.freeze_backbone_epochs, opts.optim.epochs)
+    freeze, epochs = opts.model.freeze_backbone_epochs, opts.optim.epochs
     start = plan.initial_epoch
-    if start < freeze:
-        fit_epochs(model, opts, plan, extra_callbacks, start, freeze)
-        start = freeze
-        if plan.run.stopped_early or (plan.run.history and plan.run.history[-1]["epoch"] < freeze):
-            return
+    if freeze and start <= freeze < epochs:  # this process reaches the end of the frozen phase
+        if start < freeze:
+            fit_epochs(model, opts, plan, extra_callbacks, start, freeze)
+            if plan.run.stopped_early or not plan.run.history or plan.run.history[-1]["epoch"] < freeze:
+                return
         unfreeze_encoder(model, opts, plan)
-    if start < opts.optim.epochs:
-        fit_epochs(model, opts, plan, extra_callbacks, start, opts.optim.epochs)
+        start = freeze
+    if start < epochs:
+        fit_epochs(model, opts, plan, extra_callbacks, start, epochs)
 
 
 def fit_epochs(model: Any, opts: TrainOptions, plan: Plan, extra_callbacks: list[Any], first: int, end: int) -> None:
