@@ -182,7 +182,8 @@ def test_flat_options_round_trip_in_the_recorded_key_order():
     assert list(flat) == list(JSON_KEYS)  # state.json / model.json key order
     assert flat["model"] == "fcn8s" and flat["crop"] == [64, 96] and flat["weight_maps"] is False
     assert TrainOptions.from_flat(**flat) == opts
-    assert opts.model.hparams() == {"base_filters": 32, "dropout": 0.2, "dilated": False}
+    assert opts.model.hparams() == {"base_filters": 32, "dropout": 0.2, "dilated": False, "backbone": "none",
+                                    "backbone_weights": "none"}  # fmt: skip
     with pytest.raises(OptionsError, match="multiples of 32 for fcn8s"):
         TrainOptions.from_flat(prepared="p", out="o", model="fcn8s", crop=(16, 32))
 

@@ -12,7 +12,7 @@ from segops.core import layout
 from segops.core.formatting import fmt_score
 from segops.core.labels import CLASS_NAMES
 from segops.core.options import OptionsError, default_of
-from segops.models import MODEL_NAMES, UPSAMPLING_MODES
+from segops.models import BACKBONE_NAMES, MODEL_NAMES, NO_BACKBONE, OUTPUT_STRIDES, UPSAMPLING_MODES
 from segops.training.options import (
     CLASS_WEIGHT_CHOICES,
     LOSS_TERMS,
@@ -39,7 +39,8 @@ def _fmt(value: float | None) -> str:
 @click.argument("prepared", metavar="PREPARED")
 @click.argument("out", metavar="OUT")
 @click.option("--model", type=click.Choice(MODEL_NAMES), default=default_of(ModelOptions, "name"), show_default=True,
-              help="Architecture. Crops must be multiples of 2**depth (U-Net) or 32 (FCN-8s).")  # fmt: skip
+              help="Architecture. Crops must be multiples of its stride: 2**depth (U-Net, SegNet-Basic), 32 "
+                   "(FCN-8s, SegNet, U-Net with a backbone), --output-stride (DeepLabV3+).")  # fmt: skip
 @click.option("--epochs", type=click.IntRange(1), default=default_of(OptimOptions, "epochs"), show_default=True,
               help="Epochs to train.")  # fmt: skip
 @click.option("--batch-size", type=click.IntRange(1), default=default_of(PipelineConfig, "batch_size"),
@@ -83,6 +84,20 @@ def _fmt(value: float | None) -> str:
               help="Atrous block (rates 1,2,4,8) in the U-Net bottleneck / FCN fc6.")  # fmt: skip
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=default_of(ModelOptions, "dropout"),
               show_default=True, help="Dropout at the bottleneck (U-Net) / after fc6, fc7 (FCN-8s).")  # fmt: skip
+@click.option("--backbone", type=click.Choice((NO_BACKBONE, *BACKBONE_NAMES)),
+              default=default_of(ModelOptions, "backbone"), show_default=True,
+              help="Pretrained keras.applications encoder (unet, fcn8s, deeplabv3plus; segnet: vgg16).")  # fmt: skip
+@click.option("--backbone-weights", default=default_of(ModelOptions, "backbone_weights"), show_default=True,
+              metavar="none|imagenet|PATH",
+              help="Encoder weights: random, ImageNet (Keras downloads them once) or a weights file of that "
+                   "encoder (.h5 / .weights.h5).")  # fmt: skip
+@click.option("--output-stride", type=click.Choice([str(s) for s in OUTPUT_STRIDES]),
+              default=str(default_of(ModelOptions, "output_stride")), show_default=True,
+              callback=lambda _ctx, _param, value: int(value),
+              help="DeepLabV3+ encoder output stride (ASPP rates 6,12,18 at 16, doubled at 8).")  # fmt: skip
+@click.option("--freeze-backbone-epochs", type=click.IntRange(0),
+              default=default_of(ModelOptions, "freeze_backbone_epochs"), show_default=True,
+              help="Train with the pretrained encoder frozen for this many first epochs, then fine-tune it.")  # fmt: skip
 @click.option("--scale-range", default=f"{_SCALE[0]},{_SCALE[1]}", show_default=True, callback=range_callback,
               help="Random scale MIN,MAX applied before the crop (1,1 disables).")  # fmt: skip
 @click.option("--flip/--no-flip", default=default_of(AugmentConfig, "flip"), show_default=True,
@@ -129,7 +144,7 @@ def _fmt(value: float | None) -> str:
                    "on the fine --val-split.")  # fmt: skip
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Keras progress bar per epoch.")
 def command(prepared: str, out: str, progress: bool, **kwargs: object) -> None:
-    """Train U-Net or FCN-8s on the TFRecords of `segops prepare` (PREPARED) and export it to OUT.
+    """Train U-Net, FCN-8s, SegNet or DeepLabV3+ on the TFRecords of `segops prepare` (PREPARED) and export it to OUT.
 
     Writes OUT/best/ and OUT/final/ (export directories for `segops infer OUT`: model.keras,
     saved_model/ taking uint8 images, model.json), OUT/model.json, OUT/history.csv and .json (loss,

@@ -4,27 +4,43 @@ registry: name -> builder, stride, the hyper-parameters training passes to it.
 Every model is a function of its hyper-parameters returning a ``keras.Model`` that maps float
 images in 0..255 (N, H, W, 3) to per-class logits (N, H, W, num_classes) at input resolution;
 normalisation happens inside the model. Training, export and the CLI look models up here only
-(:data:`REGISTRY`, :func:`build_model`, :func:`model_stride`). This module does not import Keras:
+(:data:`REGISTRY`, :func:`build_model`, :func:`model_stride`). Models: U-Net, FCN-8s, SegNet
+and SegNet-Basic, DeepLabV3+; U-Net, FCN-8s and DeepLabV3+ take a pretrained ``keras.applications``
+encoder (:data:`BACKBONE_NAMES`), SegNet VGG16's. This module does not import Keras:
 a builder's module is imported on the first build, so option checks and ``--help`` stay fast.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 UPSAMPLING_MODES = ("transpose", "bilinear")  # U-Net decoder: learned 2x2 transposed conv, or resize + 1x1 conv
 FCN_STRIDE = 32  # five 2x2 poolings
+NO_BACKBONE = "none"
+# keras.applications encoders (segops.models.backbones.ENCODERS has one entry per name)
+BACKBONE_NAMES = ("vgg16", "resnet50", "mobilenetv2", "efficientnetb0")
+OUTPUT_STRIDES = (8, 16)  # DeepLabV3+
+BACKBONE_LAYER = "backbone"  # the nested keras.applications model inside a segmentation model
 
 
-def unet_stride(depth: int = 4, **_: object) -> int:
-    return 2**depth
+def unet_stride(depth: int = 4, backbone: str = NO_BACKBONE, **_: object) -> int:
+    return 2**depth if backbone == NO_BACKBONE else FCN_STRIDE
 
 
 def fcn8s_stride(**_: object) -> int:
     return FCN_STRIDE
+
+
+def segnet_basic_stride(depth: int = 4, **_: object) -> int:
+    return 2**depth
+
+
+def deeplab_stride(output_stride: int = 16, **_: object) -> int:
+    return output_stride
 
 
 @dataclass(frozen=True)
@@ -38,6 +54,7 @@ class ModelSpec:
     stride_fn: Callable[..., int]
     hparams: tuple[str, ...]
     stride_rule: str = "its stride"
+    backbones: tuple[str, ...] = ()  # pretrained encoders it can use (besides "none")
 
     def build(self, **hparams: Any) -> Any:
         module, _, function = self.builder.partition(":")
@@ -49,15 +66,26 @@ class ModelSpec:
 
 
 _COMMON_HPARAMS = ("base_filters", "dropout", "dilated")
+_BACKBONE_HPARAMS = ("backbone", "backbone_weights")
 
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec("unet", "segops.models.unet:build_unet", unet_stride, (*_COMMON_HPARAMS, "depth", "upsampling"),
-                  stride_rule="2**depth with --depth {depth}"),  # fmt: skip
-        ModelSpec("fcn8s", "segops.models.fcn:build_fcn8s", fcn8s_stride, _COMMON_HPARAMS),
+        ModelSpec("unet", "segops.models.unet:build_unet", unet_stride,
+                  (*_COMMON_HPARAMS, "depth", "upsampling", *_BACKBONE_HPARAMS),
+                  stride_rule="2**depth with --depth {depth}, 32 with a backbone", backbones=BACKBONE_NAMES),
+        ModelSpec("fcn8s", "segops.models.fcn:build_fcn8s", fcn8s_stride, (*_COMMON_HPARAMS, *_BACKBONE_HPARAMS),
+                  backbones=BACKBONE_NAMES),
+        ModelSpec("segnet", "segops.models.segnet:build_segnet", fcn8s_stride,
+                  ("base_filters", "dropout", *_BACKBONE_HPARAMS), stride_rule="five poolings",
+                  backbones=("vgg16",)),
+        ModelSpec("segnet_basic", "segops.models.segnet:build_segnet_basic", segnet_basic_stride,
+                  ("base_filters", "dropout", "depth"), stride_rule="2**depth with --depth {depth}"),
+        ModelSpec("deeplabv3plus", "segops.models.deeplab:build_deeplabv3plus", deeplab_stride,
+                  ("base_filters", "dropout", "output_stride", *_BACKBONE_HPARAMS),
+                  stride_rule="--output-stride {output_stride}", backbones=BACKBONE_NAMES),
     )
-}
+}  # fmt: skip
 MODEL_NAMES = tuple(REGISTRY)
 
 
@@ -68,10 +96,19 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def build_model(name: str, **hparams: Any) -> Any:
-    """Build model ``name`` ("unet" or "fcn8s") with the builder's keyword hyper-parameters."""
+    """Build model ``name`` (a :data:`MODEL_NAMES` entry) with the builder's keyword hyper-parameters."""
     return get_spec(name).build(**hparams)
 
 
 def model_stride(name: str, **hparams: Any) -> int:
-    """Input height and width must be multiples of this (2**depth for U-Net, 32 for FCN-8s)."""
+    """Input height and width must be multiples of this (e.g. 2**depth for U-Net, 32 for FCN-8s)."""
     return get_spec(name).stride(**hparams)
+
+
+def encoder_layers(model: Any) -> list[Any]:
+    """The layers of ``model`` that hold pretrained encoder weights (what
+    ``--freeze-backbone-epochs`` freezes): the nested backbone, or SegNet's VGG16 convs."""
+    return [
+        layer for layer in model.layers
+        if layer.name == BACKBONE_LAYER or re.fullmatch(r"block\d_conv\d(_bn)?", layer.name)
+    ]  # fmt: skip

@@ -13,6 +13,9 @@ Deviations from the paper, for training from scratch: batch norm after every con
 "same" padding instead of the 100-pixel input padding and crop layers, and fc6 has
 ``fc_filters`` channels (default ``16 * base_filters``; the paper's VGG-16 has 4096 = 64 * 64).
 ``base_filters=64, fc_filters=4096, batch_norm=False`` gives the original layer sizes.
+
+With ``backbone="vgg16"`` (the paper's encoder, :mod:`segops.models.backbones`) or another
+pretrained encoder, pool3, pool4 and pool5 are the encoder's stride 8, 16 and 32 features.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import keras
 from keras import layers
 
 from segops.core.labels import NUM_CLASSES
+from segops.models.backbones import NO_WEIGHTS, encode
 from segops.models.blocks import bilinear_kernel, conv_bn_relu, dilated_block, logits_head, normalize_input
 
 VGG_BLOCKS = ((2, 1), (2, 2), (3, 4), (3, 8), (3, 8))  # (convs, width multiplier of base_filters)
@@ -34,19 +38,25 @@ def build_fcn8s(
     batch_norm: bool = True,
     dropout: float = 0.0,
     dilated: bool = False,
+    backbone: str = NO_WEIGHTS,
+    backbone_weights: str = NO_WEIGHTS,
     name: str = "fcn8s",
 ) -> keras.Model:
     """FCN-8s. ``dilated`` replaces fc6 by an atrous block (rates 1, 2, 4, 8) of ``fc_filters``."""
     fc_filters = fc_filters or 16 * base_filters
     inputs = keras.Input((None, None, 3), name="images")
-    x = normalize_input(inputs)
-    pools = []
-    for block, (convs, mult) in enumerate(VGG_BLOCKS, start=1):
-        for i in range(1, convs + 1):
-            x = conv_bn_relu(x, base_filters * mult, batch_norm=batch_norm, name=f"block{block}_{i}")
-        x = layers.MaxPooling2D(2, name=f"pool{block}")(x)
-        pools.append(x)
-    pool3, pool4 = pools[2], pools[3]
+    if backbone != NO_WEIGHTS:
+        features = encode(inputs, backbone, backbone_weights)
+        pool3, pool4, x = features[8], features[16], features[32]
+    else:
+        x = normalize_input(inputs)
+        pools = []
+        for block, (convs, mult) in enumerate(VGG_BLOCKS, start=1):
+            for i in range(1, convs + 1):
+                x = conv_bn_relu(x, base_filters * mult, batch_norm=batch_norm, name=f"block{block}_{i}")
+            x = layers.MaxPooling2D(2, name=f"pool{block}")(x)
+            pools.append(x)
+        pool3, pool4 = pools[2], pools[3]
 
     if dilated:
         x = dilated_block(x, fc_filters, batch_norm=batch_norm, name="fc6_atrous")

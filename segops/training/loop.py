@@ -14,6 +14,11 @@ learning-rate position), state.json the epoch counter and history (segops.traini
 the input pipeline's data order is a function of (seed, epoch) only; so epochs 1..k + resume
 k+1..n produce the weights of an uninterrupted run.
 
+``--freeze-backbone-epochs N`` trains in two phases: the pretrained encoder is frozen for epochs
+1..N (the checkpoints hold it frozen, with an optimizer over the other weights), then unfrozen
+with a fresh optimizer whose iteration count continues (the poly schedule does not restart);
+both an uninterrupted run and a resume at any epoch go through the same two states.
+
 :func:`train` reads as its steps: check the input, plan the run (workers, steps, state), build or
 load the model, fit, then summarise and export.
 """
@@ -24,6 +29,7 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -167,14 +173,52 @@ def load_or_build_model(opts: TrainOptions, plan: Plan) -> Any:
         model = keras.saving.load_model(os.path.join(plan.run.ckpt_dir, plan.state["checkpoint"]), safe_mode=True)
         if opts.xla is not None and opts.xla != bool(model.jit_compile):
             model.jit_compile = opts.xla
+        # A checkpoint of epoch e <= N was saved frozen (with an optimizer over the other weights).
+        set_encoder_trainable(model, plan.initial_epoch > opts.model.freeze_backbone_epochs)
         return model
     model = opts.model.build()
+    set_encoder_trainable(model, opts.model.freeze_backbone_epochs == 0)
     compile_model(model, opts, plan.class_weights, plan.steps)
     return model
 
 
+def set_encoder_trainable(model: Any, trainable: bool) -> None:
+    from segops.models import encoder_layers
+
+    for layer in encoder_layers(model):
+        layer.trainable = trainable
+
+
+def unfreeze_encoder(model: Any, opts: TrainOptions, plan: Plan) -> None:
+    """End of the frozen phase: encoder trainable, recompiled with a fresh optimizer (the frozen
+    one has no slots for the encoder) that continues the iteration count (so the lr schedule)."""
+    import keras
+
+    iterations = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    set_encoder_trainable(model, True)
+    compile_model(model, opts, plan.class_weights, plan.steps)
+    model.optimizer.build(model.trainable_variables)
+    model.optimizer.iterations.assign(iterations)
+
+
 def fit(model: Any, opts: TrainOptions, plan: Plan, extra_callbacks: list[Any]) -> None:
-    """``model.fit`` over epochs ``initial_epoch .. epochs-1``, validating after each."""
+    """``model.fit`` over epochs ``initial_epoch .. epochs-1``, validating after each; in two
+    phases (frozen, then trainable encoder) when ``--freeze-backbone-epochs`` says so."""
+    freeze, epochs = opts.model.freeze_backbone_epochs, opts.optim.epochs
+    start = plan.initial_epoch
+    if freeze and start <= freeze < epochs:  # this process reaches the end of the frozen phase
+        if start < freeze:
+            fit_epochs(model, opts, plan, extra_callbacks, start, freeze)
+            if plan.run.stopped_early or not plan.run.history or plan.run.history[-1]["epoch"] < freeze:
+                return
+        unfreeze_encoder(model, opts, plan)
+        start = freeze
+    if start < epochs:
+        fit_epochs(model, opts, plan, extra_callbacks, start, epochs)
+
+
+def fit_epochs(model: Any, opts: TrainOptions, plan: Plan, extra_callbacks: list[Any], first: int, end: int) -> None:
+    """``model.fit`` over epochs ``first .. end-1`` (0-based)."""
     from segops.training import input_pipeline as ip
 
     corrupt = plan.run.corrupt
@@ -184,8 +228,8 @@ def fit(model: Any, opts: TrainOptions, plan: Plan, extra_callbacks: list[Any]) 
         opts.data,
         seed=opts.seed,
         steps_per_epoch=plan.steps,
-        initial_epoch=plan.initial_epoch,
-        epochs=opts.optim.epochs,
+        initial_epoch=first,
+        epochs=end,
         num_records=plan.train_records,
         corrupt=corrupt,
         coarse_files=plan.data.coarse_files,
@@ -203,16 +247,16 @@ def fit(model: Any, opts: TrainOptions, plan: Plan, extra_callbacks: list[Any]) 
         model.fit(
             train_ds,
             validation_data=val_ds,
-            epochs=opts.optim.epochs,
-            initial_epoch=plan.initial_epoch,
+            epochs=end,
+            initial_epoch=first,
             steps_per_epoch=plan.steps,
             callbacks=make_callbacks(plan.run) + extra_callbacks,
             verbose=opts.verbose,
             shuffle=False,
         )
     run = plan.run
-    trained = run.history[-1]["epoch"] if run.history else plan.initial_epoch
-    if trained < opts.optim.epochs and not run.stopped_early:
+    trained = run.history[-1]["epoch"] if run.history else first
+    if trained < end and not run.stopped_early:
         log.warning("training input ran out after epoch %d of %d (corrupt records?)", trained, opts.optim.epochs)
 
 
@@ -228,6 +272,7 @@ def train(opts: TrainOptions, extra_callbacks: list[Any] | None = None) -> Train
 
     import keras
 
+    from segops.models import layers  # noqa: F401  (registers the model zoo's layers for load_model)
     from segops.training import losses, metrics  # noqa: F401  (registers their classes for load_model)
 
     keras.utils.set_random_seed(opts.seed)
@@ -277,7 +322,7 @@ def float32_copy(model: Any, opts: TrainOptions) -> Any:
     """The same weights in a float32, uncompiled model (what exports hold, whatever the training
     precision; the .keras file then loads with plain Keras, no segops classes needed)."""
     with dtype_policy("float32"):
-        copy = opts.model.build()
+        copy = opts.model.build(pretrained=False)
     copy.set_weights(model.get_weights())
     return copy
 
@@ -321,9 +366,13 @@ def export_run(opts: TrainOptions, plan: Plan, model: Any, result: TrainResult) 
     best_row = _best_row(run)
     final_dir = os.path.join(opts.out, layout.FINAL_EXPORT)
     final_info = export.export_model(float32_copy(model, opts), final_dir, info(run.history[-1]))
-    best_model = keras.saving.load_model(run.checkpoint_path(best_row["epoch"]), compile=False, safe_mode=True)
     best_dir = os.path.join(opts.out, layout.BEST_EXPORT)
-    best_info = export.export_model(float32_copy(best_model, opts), best_dir, info(best_row))
+    if best_row["epoch"] == run.history[-1]["epoch"]:  # the same weights and row: copy, do not export again
+        shutil.copytree(final_dir, best_dir, dirs_exist_ok=True)
+        best_info = final_info
+    else:
+        best_model = keras.saving.load_model(run.checkpoint_path(best_row["epoch"]), compile=False, safe_mode=True)
+        best_info = export.export_model(float32_copy(best_model, opts), best_dir, info(best_row))
     summary = {
         "default_export": layout.BEST_EXPORT,
         "best": {"dir": layout.BEST_EXPORT, "model_id": best_info.model_id, **best_info.metrics},

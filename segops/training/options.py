@@ -14,12 +14,13 @@ its own says so in its metadata (``{FLAG: "model"}``; ``{FLAG: None}``: not a fl
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from segops.core import layout
 from segops.core.options import OptionsError
-from segops.models import MODEL_NAMES, UPSAMPLING_MODES, get_spec
+from segops.models import MODEL_NAMES, NO_BACKBONE, OUTPUT_STRIDES, UPSAMPLING_MODES, get_spec
 from segops.prepare.class_weights import SCHEMES
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -44,9 +45,13 @@ JSON_KEYS = (
     "flip", "jitter", "precision", "xla", "resume", "early_stopping", "seed", "val_size", "val_batch_size",
     "steps_per_epoch", "train_split", "val_split", "shuffle_buffer", "cycle_length", "data_threads", "verbose",
     "export", "focal_gamma", "ohem_fraction", "ohem_threshold", "coarse_ratio", "coarse_epochs", "coarse_splits",
+    "backbone", "backbone_weights", "output_stride", "freeze_backbone_epochs",
 )  # fmt: skip
-# Options that may differ on --resume without changing the result of the remaining epochs.
-RESUME_FREE_OPTIONS = ("resume", "out", "prepared", "verbose", "early_stopping", "xla", "export", "data_threads")
+# Options that may differ on --resume without changing the result of the remaining epochs
+# (backbone weights are read only when the model is first built, never on a resume).
+RESUME_FREE_OPTIONS = ("resume", "out", "prepared", "verbose", "early_stopping", "xla", "export", "data_threads",
+                       "backbone_weights")  # fmt: skip
+IMAGENET = "imagenet"
 
 _COUNTS_MESSAGE = "--epochs and --batch-size must be >= 1 and --lr > 0"
 
@@ -59,14 +64,20 @@ class TrainError(OptionsError):
 @dataclass(frozen=True)
 class ModelOptions:
     """The network: an architecture of the :mod:`segops.models` registry and the
-    hyper-parameters its builder takes (the others are ignored: ``depth`` for FCN-8s)."""
+    hyper-parameters its builder takes (the others are ignored: ``depth`` for FCN-8s).
+    ``backbone_weights``: ``none``, ``imagenet`` or a weights file of the backbone;
+    ``freeze_backbone_epochs``: the pretrained encoder is frozen for this many first epochs."""
 
     name: str = field(default="unet", metadata={FLAG: "model"})
-    depth: int = 4  # U-Net levels
+    depth: int = 4  # U-Net / SegNet-Basic levels
     base_filters: int = 32
     upsampling: str = "transpose"  # U-Net decoder
     dilated: bool = False
     dropout: float = 0.0
+    backbone: str = NO_BACKBONE
+    backbone_weights: str = NO_BACKBONE
+    output_stride: int = 16  # DeepLabV3+
+    freeze_backbone_epochs: int = 0
 
     def __post_init__(self) -> None:
         if self.name not in MODEL_NAMES:
@@ -77,18 +88,43 @@ class ModelOptions:
             raise TrainError(f"--upsampling must be one of {', '.join(UPSAMPLING_MODES)}")
         if not 0 <= self.dropout < 1:
             raise TrainError("--dropout must be in [0, 1)")
+        if self.output_stride not in OUTPUT_STRIDES:
+            raise TrainError(f"--output-stride must be one of {', '.join(map(str, OUTPUT_STRIDES))}")
+        self._check_backbone()
 
-    def hparams(self) -> dict[str, Any]:
-        """Keyword hyper-parameters of the model builder."""
-        return {name: getattr(self, name) for name in get_spec(self.name).hparams}
+    def _check_backbone(self) -> None:
+        backbones = get_spec(self.name).backbones
+        if self.backbone != NO_BACKBONE and self.backbone not in backbones:
+            takes = ", ".join(backbones) if backbones else "no backbone"
+            raise TrainError(f"--backbone {self.backbone}: {self.name} takes {takes}")
+        if self.backbone == NO_BACKBONE and (self.backbone_weights != NO_BACKBONE or self.freeze_backbone_epochs):
+            raise TrainError("--backbone-weights and --freeze-backbone-epochs need a --backbone")
+        if self.backbone_weights not in (NO_BACKBONE, IMAGENET) and not os.path.isfile(self.backbone_weights):
+            raise TrainError(f"--backbone-weights {self.backbone_weights}: not none, imagenet or an existing file")
+        if self.freeze_backbone_epochs < 0:
+            raise TrainError("--freeze-backbone-epochs must be >= 0")
+
+    def hparams(self, pretrained: bool = True) -> dict[str, Any]:
+        """Keyword hyper-parameters of the model builder (``pretrained=False``: random encoder
+        weights, for a model whose weights are set right after)."""
+        hparams = {name: getattr(self, name) for name in get_spec(self.name).hparams}
+        if not pretrained and "backbone_weights" in hparams:
+            hparams["backbone_weights"] = NO_BACKBONE
+        return hparams
 
     @property
     def stride(self) -> int:
         return get_spec(self.name).stride(**self.hparams())
 
-    def build(self) -> Any:
-        """A new ``keras.Model`` (in the current dtype policy)."""
-        return get_spec(self.name).build(**self.hparams())
+    def build(self, pretrained: bool = True) -> Any:
+        """A new ``keras.Model`` (in the current dtype policy); ``pretrained``: load the backbone
+        weights (off for a copy whose weights are set from another model)."""
+        from segops.models.backbones import BackboneError
+
+        try:
+            return get_spec(self.name).build(**self.hparams(pretrained))
+        except BackboneError as exc:
+            raise TrainError(str(exc)) from exc
 
 
 @dataclass(frozen=True)
