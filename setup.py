@@ -40,6 +40,9 @@ setup(
     extras_require={
         "test": [
             "pytest>=8",
+            # `make test` runs the suite on 2 processes (--dist loadfile: a module's fixtures are
+            # built once): most tests are single-threaded Python (Beam's DirectRunner).
+            "pytest-xdist>=3.6",
             "duckdb>=1.1",  # tests read the results table the way docs/scheduled.md shows
             "pandas>=2",
             "cityscapesscripts==2.3.0",

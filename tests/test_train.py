@@ -198,7 +198,7 @@ def test_two_processes_train_bit_identical_weights(tmp_path):
     from segops.training import losses, metrics  # noqa: F401  (registers the classes the checkpoints name)
 
     prepared = tmp_path / "prepared"
-    write_prepared(str(prepared), {"train": 8, "val": 2}, height=64, width=128)
+    write_prepared(str(prepared), {"train": 4, "val": 2}, height=64, width=128)
     flags = ["--depth", "2", "--base-filters", "8", "--batch-size", "4", "--crop", "64x128", "--epochs", "1",
              "--class-weights", "none", "--dropout", "0.2", "--no-progress", "--no-export"]  # fmt: skip
     outs = [tmp_path / "a", tmp_path / "b"]
