@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("segops.commands.synth", "Generate the built-in synthetic dataset in the Cityscapes layout."),
     "prepare": ("segops.commands.prepare", "Raw Cityscapes layout -> sharded TFRecords, statistics, class weights (Beam)."),
-    "train": ("segops.commands.train", "Train U-Net or FCN-8s on prepared TFRecords; export for inference."),
+    "train": ("segops.commands.train", "Train a segmentation network on prepared TFRecords; export for inference."),
     "infer": ("segops.commands.infer", "Batch inference with dense-CRF refinement: masks, a results table (Beam)."),
     "review": ("segops.commands.review", "Relabeling loop: select images to check, export to Label Studio/COCO, import corrections."),
     "report": ("segops.commands.report", "Self-contained HTML quality report with plots for a run directory."),
