@@ -19,7 +19,7 @@ from keras import layers
 
 from segops.core.labels import NUM_CLASSES
 from segops.models.backbones import NO_WEIGHTS, build_backbone, preprocess
-from segops.models.blocks import conv_bn_relu, logits_head, normalize_input
+from segops.models.blocks import BN_MOMENTUM, conv_bn_relu, logits_head, normalize_input
 from segops.models.layers import MaxPoolingWithArgmax, MaxUnpooling
 
 VGG16_BLOCKS = ((2, 1), (2, 2), (3, 4), (3, 8), (3, 8))  # (convs, width multiplier of base_filters)
@@ -27,8 +27,10 @@ VGG16_WIDTH = 64
 
 
 def conv_bn(x: keras.KerasTensor, filters: int, kernel: int, *, relu: bool, use_bias: bool, name: str):
+    """blocks.conv_bn_relu with Keras VGG16's layer names (``name`` is the conv's own, so VGG16's
+    weights copy by name), an optional bias (VGG16's convs have one) and an optional ReLU."""
     x = layers.Conv2D(filters, kernel, padding="same", use_bias=use_bias, kernel_initializer="he_normal", name=name)(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
