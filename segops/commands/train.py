@@ -15,6 +15,7 @@ from segops.core.options import OptionsError, default_of
 from segops.models import BACKBONE_NAMES, MODEL_NAMES, NO_BACKBONE, OUTPUT_STRIDES, UPSAMPLING_MODES
 from segops.training.options import (
     CLASS_WEIGHT_CHOICES,
+    INPUT_DOWNSAMPLES,
     LOSS_TERMS,
     LR_SCHEDULES,
     OPTIMIZERS,
@@ -43,6 +44,11 @@ def _fmt(value: float | None) -> str:
                    "(FCN-8s, SegNet, U-Net with a backbone), --output-stride (DeepLabV3+).")  # fmt: skip
 @click.option("--epochs", type=click.IntRange(1), default=default_of(OptimOptions, "epochs"), show_default=True,
               help="Epochs to train.")  # fmt: skip
+@click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=default_of(OptimOptions, "time_budget"),
+              metavar="MINUTES",
+              help="Fit the whole command (start-up, training, validation, export) in this wall-clock time: the "
+                   "step time is measured first and the steps, validation cadence and lr schedule planned "
+                   "over the budget (--epochs and --steps-per-epoch are then ignored).")  # fmt: skip
 @click.option("--batch-size", type=click.IntRange(1), default=default_of(PipelineConfig, "batch_size"),
               show_default=True, help="Global batch size (split over GPUs / workers).")  # fmt: skip
 @click.option("--crop", default=f"{_CROP[0]}x{_CROP[1]}", show_default=True, callback=hw_callback(),
@@ -53,6 +59,9 @@ def _fmt(value: float | None) -> str:
               show_default=True, help="Adam, or SGD with momentum 0.9.")  # fmt: skip
 @click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=default_of(OptimOptions, "lr_schedule"),
               show_default=True, help="poly: lr * (1 - step/total)^0.9, the usual segmentation schedule.")  # fmt: skip
+@click.option("--warmup", type=click.FloatRange(0, 1, max_open=True), default=default_of(OptimOptions, "warmup"),
+              show_default=True,
+              help="poly schedule: share of all steps over which the lr rises linearly from lr/10 to lr.")  # fmt: skip
 @click.option("--loss", default=default_of(OptimOptions, "loss"), show_default=True, metavar="TERM[*W][+TERM[*W]...]",
               help=f"Sum of loss terms, each optionally weighted: {', '.join(LOSS_TERMS)} (e.g. ce+dice, "
                    "ce+lovasz, focal*0.5+jaccard). ce: weighted cross-entropy; focal: focal loss; ohem: CE "
@@ -98,6 +107,11 @@ def _fmt(value: float | None) -> str:
 @click.option("--freeze-backbone-epochs", type=click.IntRange(0),
               default=default_of(ModelOptions, "freeze_backbone_epochs"), show_default=True,
               help="Train with the pretrained encoder frozen for this many first epochs, then fine-tune it.")  # fmt: skip
+@click.option("--input-downsample", type=click.Choice([str(f) for f in INPUT_DOWNSAMPLES]),
+              default=str(default_of(ModelOptions, "input_downsample")), show_default=True,
+              callback=lambda _ctx, _param, value: int(value),
+              help="Run the network on images average-pooled by this factor (its logits upsampled back): "
+                   "factor**2 fewer pixels per step; exports still take full-size images.")  # fmt: skip
 @click.option("--scale-range", default=f"{_SCALE[0]},{_SCALE[1]}", show_default=True, callback=range_callback,
               help="Random scale MIN,MAX applied before the crop (1,1 disables).")  # fmt: skip
 @click.option("--flip/--no-flip", default=default_of(AugmentConfig, "flip"), show_default=True,
@@ -161,7 +175,7 @@ def command(prepared: str, out: str, progress: bool, **kwargs: object) -> None:
     try:
         options = TrainOptions.from_flat(prepared=prepared, out=out, verbose=1 if progress else 2, **kwargs)
         with output_errors(options.out, "model.json"):
-            result = train(options)
+            result = train(options, on_plan=click.echo)
     except OptionsError as exc:
         raise click.ClickException(str(exc)) from exc
 

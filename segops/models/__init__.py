@@ -24,7 +24,8 @@ NO_BACKBONE = "none"
 # keras.applications encoders (segops.models.backbones.ENCODERS has one entry per name)
 BACKBONE_NAMES = ("vgg16", "resnet50", "mobilenetv2", "efficientnetb0")
 OUTPUT_STRIDES = (8, 16)  # DeepLabV3+
-BACKBONE_LAYER = "backbone"  # the nested keras.applications model inside a segmentation model
+BACKBONE_LAYER = "backbone"
+REALTIME_STRIDE = 8  # DDRNet, Fast-SCNN: the head's resolution; their coarser branches join maps of any size
 
 
 def unet_stride(depth: int = 4, backbone: str = NO_BACKBONE, **_: object) -> int:
@@ -43,6 +44,10 @@ def deeplab_stride(output_stride: int = 16, **_: object) -> int:
     return output_stride
 
 
+def realtime_stride(**_: object) -> int:
+    return REALTIME_STRIDE
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One architecture. ``hparams``: the training options its builder takes, in the order
@@ -56,13 +61,20 @@ class ModelSpec:
     stride_rule: str = "its stride"
     backbones: tuple[str, ...] = ()  # pretrained encoders it can use (besides "none")
 
-    def build(self, **hparams: Any) -> Any:
+    def build(self, input_downsample: int = 1, **hparams: Any) -> Any:
+        """The model; ``input_downsample`` > 1 wraps it to run on images average-pooled by that
+        factor and to return its logits upsampled back (:func:`segops.models.blocks.downsampled`)."""
         module, _, function = self.builder.partition(":")
-        return getattr(importlib.import_module(module), function)(**hparams)
+        model = getattr(importlib.import_module(module), function)(**hparams)
+        if input_downsample == 1:
+            return model
+        from segops.models.blocks import downsampled
 
-    def stride(self, **hparams: Any) -> int:
+        return downsampled(model, input_downsample)
+
+    def stride(self, input_downsample: int = 1, **hparams: Any) -> int:
         """Input height and width must be multiples of this."""
-        return self.stride_fn(**hparams)
+        return self.stride_fn(**hparams) * input_downsample
 
 
 _COMMON_HPARAMS = ("base_filters", "dropout", "dilated")
@@ -84,6 +96,10 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("deeplabv3plus", "segops.models.deeplab:build_deeplabv3plus", deeplab_stride,
                   ("base_filters", "dropout", "output_stride", *_BACKBONE_HPARAMS),
                   stride_rule="--output-stride {output_stride}", backbones=BACKBONE_NAMES),
+        ModelSpec("ddrnet23_slim", "segops.models.ddrnet:build_ddrnet", realtime_stride, ("base_filters", "dropout"),
+                  stride_rule="its 1/8 head"),
+        ModelSpec("fast_scnn", "segops.models.fast_scnn:build_fast_scnn", realtime_stride, ("base_filters", "dropout"),
+                  stride_rule="its 1/8 fusion"),
     )
 }  # fmt: skip
 MODEL_NAMES = tuple(REGISTRY)

@@ -80,3 +80,17 @@ def bilinear_kernel(kernel_size: int, channels: int) -> np.ndarray:
     for c in range(channels):
         kernel[:, :, c, c] = filt
     return kernel
+
+
+def downsampled(model: keras.Model, factor: int) -> keras.Model:
+    """``model`` applied to its input average-pooled by ``factor`` (exact area downsampling), its
+    logits upsampled bilinearly back to the input size: a network trained and run at
+    ``1/factor`` of the prepared resolution (``factor**2`` fewer pixels per step), whose exports
+    still take and return full-size images, so infer, tiling and the CRF see no difference."""
+    from segops.models.layers import BilinearUpsampling
+
+    inputs = keras.Input((None, None, 3), name="images")
+    x = layers.AveragePooling2D(factor, name="input_downsample")(inputs)
+    x = model(x)
+    x = BilinearUpsampling(factor, dtype="float32", name="logits_upsample")(x)
+    return keras.Model(inputs, x, name=f"{model.name}_ds{factor}")

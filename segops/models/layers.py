@@ -154,3 +154,83 @@ class EncoderPreprocess(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="segops")
+class UpsampleLike(BilinearUpsampling):
+    """``inputs[0]`` upsampled bilinearly by ``factor`` and cropped to the height and width of
+    ``inputs[1]``: joins a coarse branch onto a finer one whose size is not an exact multiple
+    (stride-2 "same" convs round up, so a ``ceil(h / f)`` map upsampled by ``f`` covers ``h``)."""
+
+    def call(self, inputs: list[Any]) -> Any:  # type: ignore[override]
+        x, like = inputs
+        up = super().call(x)
+        shape = ops.shape(like)
+        return up[:, : shape[1], : shape[2], :]
+
+    def compute_output_shape(self, input_shape: list[tuple]) -> tuple:  # type: ignore[override]
+        (n, _, _, c), (_, h, w, _) = input_shape
+        return (n, h, w, c)
+
+
+def _tent_weights(out_size: Any, in_size: Any, dtype: str) -> Any:
+    """(out_size, in_size) bilinear interpolation weights (half-pixel centres, edges clamped)."""
+    n_in = ops.cast(in_size, "float32")
+    src = (ops.cast(ops.arange(out_size), "float32") + 0.5) * (n_in / ops.cast(out_size, "float32")) - 0.5
+    src = ops.minimum(ops.maximum(src, 0.0), n_in - 1.0)
+    grid = ops.cast(ops.arange(in_size), "float32")
+    return ops.cast(ops.relu(1.0 - ops.abs(src[:, None] - grid[None, :])), dtype)
+
+
+def _bin_weights(in_size: Any, bins: int, dtype: str) -> Any:
+    """(bins, in_size) adaptive average pooling weights: bin i averages rows
+    [floor(i * n / bins), ceil((i + 1) * n / bins)), as PyTorch's AdaptiveAvgPool2d."""
+    n = ops.cast(in_size, "float32")
+    index = ops.cast(ops.arange(bins), "float32")
+    start = ops.floor(index * n / bins)
+    end = ops.ceil((index + 1.0) * n / bins)
+    rows = ops.cast(ops.arange(in_size), "float32")
+    inside = ops.cast((rows[None, :] >= start[:, None]) & (rows[None, :] < end[:, None]), "float32")
+    return ops.cast(inside / ops.sum(inside, axis=1, keepdims=True), dtype)
+
+
+@keras.saving.register_keras_serializable(package="segops")
+class AdaptiveAveragePooling(keras.layers.Layer):
+    """Average pooling of any (N, H, W, C) map onto a fixed ``bins x bins`` grid (the pyramid
+    pooling module of PSPNet / Fast-SCNN). Two small matrix products with the bin-averaging
+    weights, so H and W may be known only at run time, on every backend."""
+
+    def __init__(self, bins: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.bins = int(bins)
+
+    def call(self, x: Any) -> Any:
+        shape = ops.shape(x)
+        rows = _bin_weights(shape[1], self.bins, x.dtype)
+        cols = _bin_weights(shape[2], self.bins, x.dtype)
+        return ops.einsum("bh,nhwc,vw->nbvc", rows, x, cols)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (input_shape[0], self.bins, self.bins, input_shape[-1])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "bins": self.bins}
+
+
+@keras.saving.register_keras_serializable(package="segops")
+class ResizeLike(keras.layers.Layer):
+    """``inputs[0]``, a small map (pooled context), resized bilinearly to the height and width
+    of ``inputs[1]``, both sizes known only at run time: interpolation-weight matrices built
+    from the run-time sizes, two matrix products. Meant for maps of a few cells; a large
+    integer upsampling is :class:`BilinearUpsampling`'s job."""
+
+    def call(self, inputs: list[Any]) -> Any:
+        x, like = inputs
+        target, source = ops.shape(like), ops.shape(x)
+        rows = _tent_weights(target[1], source[1], x.dtype)
+        cols = _tent_weights(target[2], source[2], x.dtype)
+        return ops.einsum("hb,nbvc,wv->nhwc", rows, x, cols)
+
+    def compute_output_shape(self, input_shape: list[tuple]) -> tuple:
+        (n, _, _, c), (_, h, w, _) = input_shape
+        return (n, h, w, c)

@@ -30,14 +30,25 @@ import logging
 import math
 import os
 import shutil
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from segops.core import fs, labels, layout
 from segops.core.formatting import finite_or_none
+from segops.training.budget import (
+    PROBE_STEPS,
+    BudgetPlan,
+    Deadline,
+    deadline_guard,
+    plan_budget,
+    process_started,
+    run_probe,
+)
 from segops.training.callbacks import make_callbacks
-from segops.training.data import PreparedData, check_prepared, resolve_class_weights
+from segops.training.data import PreparedData, check_prepared, read_json, resolve_class_weights
 from segops.training.devices import dtype_policy, resolve_precision, select_strategy, worker_info
 from segops.training.options import POLY_POWER, SGD_MOMENTUM, TrainError, TrainOptions
 from segops.training.state import RunState, check_resume, class_key
@@ -86,12 +97,16 @@ def make_optimizer(opts: TrainOptions, steps: int) -> Any:
     """Adam or momentum SGD, with the poly schedule over all ``epochs * steps`` steps or a constant lr."""
     import keras
 
+    from segops.training.schedule import WarmupPolyDecay
+
     optim = opts.optim
     lr: Any = optim.lr
-    if optim.lr_schedule == "poly":
-        lr = keras.optimizers.schedules.PolynomialDecay(
-            optim.lr, decay_steps=max(optim.epochs * steps, 1), end_learning_rate=0.0, power=POLY_POWER
-        )
+    total = max(optim.epochs * steps, 1)
+    if optim.lr_schedule == "poly" and optim.warmup > 0:
+        lr = WarmupPolyDecay(optim.lr, total, warmup_steps=round(optim.warmup * total), power=POLY_POWER)
+    elif optim.lr_schedule == "poly":
+        lr = keras.optimizers.schedules.PolynomialDecay(optim.lr, decay_steps=total, end_learning_rate=0.0,
+                                                        power=POLY_POWER)  # fmt: skip
     if optim.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate=lr)
     return keras.optimizers.SGD(learning_rate=lr, momentum=SGD_MOMENTUM)
@@ -115,14 +130,17 @@ def compile_model(model: Any, opts: TrainOptions, class_weights: list[float] | N
 # --- the steps of a run --------------------------------------------------------------------------
 
 
-def plan_run(opts: TrainOptions, data: PreparedData, scheme: str, class_weights: list[float] | None) -> Plan:
+def plan_run(opts: TrainOptions, data: PreparedData, scheme: str, class_weights: list[float] | None,
+             recorded: TrainOptions | None = None) -> Plan:  # fmt: skip
     """This worker's output directory and shards, the steps per epoch and the saved state to
-    resume from. Raises TrainError for a run that cannot start."""
+    resume from. ``recorded``: the options as the user gave them, when ``opts`` holds a time
+    budget's plan (they are what state.json records and --resume compares). Raises TrainError
+    for a run that cannot start."""
     from segops.training import input_pipeline as ip
 
     index, num_workers, is_chief = worker_info()
     out = opts.out if is_chief else os.path.join(opts.out, layout.worker_dir(index))
-    check_resume(opts, out)
+    check_resume(recorded or opts, out)
     os.makedirs(out, exist_ok=True)
 
     precision = resolve_precision(opts.precision)
@@ -147,7 +165,7 @@ def plan_run(opts: TrainOptions, data: PreparedData, scheme: str, class_weights:
         if mix.uses_coarse else max(train_records * num_workers // opts.data.batch_size, 1)
     )  # fmt: skip
 
-    run = RunState(opts, out, is_chief, corrupt)
+    run = RunState(opts, out, is_chief, corrupt, recorded=recorded)
     run.extra_state = {"precision": precision, "class_weight_scheme": scheme}
     state = run.load_state() if opts.resume else None
     return Plan(out, data, train_records, coarse_records, steps, precision, scheme, class_weights, run, state)
@@ -199,6 +217,39 @@ def unfreeze_encoder(model: Any, opts: TrainOptions, plan: Plan) -> None:
     compile_model(model, opts, plan.class_weights, plan.steps)
     model.optimizer.build(model.trainable_variables)
     model.optimizer.iterations.assign(iterations)
+
+
+def budget_plan(opts: TrainOptions, data: PreparedData, class_weights: list[float] | None, strategy: Any,
+                started: float) -> BudgetPlan:  # fmt: skip
+    """The plan of a ``--time-budget`` run: the interrupted run's on ``--resume``, else measured
+    by a probe (:mod:`segops.training.budget`) on a throw-away copy of the model."""
+    import keras
+
+    from segops.training import input_pipeline as ip
+    from segops.training.state import state_path
+
+    path = state_path(opts.out)
+    if opts.resume and os.path.exists(path):
+        saved = read_json(path, "checkpoint state").get("budget_plan")
+        if saved:
+            return BudgetPlan.from_json(saved)
+    probe_opts = dataclasses.replace(opts, optim=dataclasses.replace(opts.optim, epochs=1, steps_per_epoch=PROBE_STEPS))
+    corrupt = ip.CorruptRecords()
+    records = worker_records(data.train_files, data.train_records, 1, corrupt)
+    val_batches = math.ceil(ip.count_records(data.val_files, corrupt) / opts.data.for_validation().batch_size)
+    keras.utils.set_random_seed(opts.seed)
+    with dtype_policy(resolve_precision(opts.precision)), strategy.scope():
+        model = opts.model.build()
+        compile_model(model, probe_opts, class_weights, PROBE_STEPS)
+        train_ds = ip.train_dataset(data.train_files, opts.augment, opts.data, seed=opts.seed,
+                                    steps_per_epoch=PROBE_STEPS, initial_epoch=0, epochs=1, num_records=records,
+                                    corrupt=corrupt)  # fmt: skip
+        val_ds = ip.eval_dataset(data.val_files, opts.data.for_validation(), size=opts.data.val_size,
+                                 stride=opts.model.stride, corrupt=corrupt)  # fmt: skip
+        probe = run_probe(opts, model, train_ds, val_ds, val_batches)
+    del model
+    keras.backend.clear_session()
+    return plan_budget(opts.optim.time_budget * 60.0, time.monotonic() - started, probe, opts.optim.warmup)
 
 
 def fit(model: Any, opts: TrainOptions, plan: Plan, extra_callbacks: list[Any]) -> None:
@@ -260,15 +311,29 @@ def fit_epochs(model: Any, opts: TrainOptions, plan: Plan, extra_callbacks: list
         log.warning("training input ran out after epoch %d of %d (corrupt records?)", trained, opts.optim.epochs)
 
 
-def train(opts: TrainOptions, extra_callbacks: list[Any] | None = None) -> TrainResult:
+def train(opts: TrainOptions, extra_callbacks: list[Any] | None = None, started: float | None = None,
+          on_plan: Callable[[str], None] | None = None) -> TrainResult:  # fmt: skip
     """Train, checkpoint every epoch, export best and final. Raises :class:`TrainError` for bad
     input or options before anything is trained (options are checked when ``opts`` is made).
-    ``extra_callbacks`` run after the built-in ones (so after each epoch's checkpoint is written)."""
+    ``extra_callbacks`` run after the built-in ones (so after each epoch's checkpoint is written).
+    With ``--time-budget``, ``started`` is when the budget began (``time.monotonic()``; default:
+    this process's start) and ``on_plan`` receives the plan's one-line description."""
+    started = process_started() if started is None else started
     # MultiWorkerMirroredStrategy must exist before TensorFlow runs anything.
     strategy = select_strategy()
     data = check_prepared(opts)
     scheme, class_weights = resolve_class_weights(opts, data)
-    plan = plan_run(opts, data, scheme, class_weights)
+    recorded, budget = opts, None
+    if opts.optim.time_budget:
+        check_resume(opts, opts.out)  # before the probe: a refused run costs nothing
+        budget = budget_plan(opts, data, class_weights, strategy, started)
+        (on_plan or log.warning)(budget.describe())
+        opts = budget.apply(opts)
+    plan = plan_run(opts, data, scheme, class_weights, recorded=recorded)
+    if budget is not None:
+        plan.run.extra_state["budget_plan"] = budget.to_json()
+        deadline = Deadline(started if not plan.state else time.monotonic(), budget.budget_s, budget.reserve_s)
+        extra_callbacks = [*(extra_callbacks or []), deadline_guard(deadline, plan.run)]
 
     import keras
 
@@ -336,7 +401,7 @@ def export_run(opts: TrainOptions, plan: Plan, model: Any, result: TrainResult) 
 
     run = plan.run
     training = {
-        **opts.to_json(),
+        **run.recorded_options,
         "precision_used": plan.precision,
         "class_weight_scheme": plan.scheme,
         "steps_per_epoch": plan.steps,
@@ -344,6 +409,7 @@ def export_run(opts: TrainOptions, plan: Plan, model: Any, result: TrainResult) 
         "epochs_trained": result.epochs_trained,
         "stopped_early": run.stopped_early,
         "corrupt_records": run.corrupt.count,
+        **({"budget_plan": run.extra_state["budget_plan"]} if "budget_plan" in run.extra_state else {}),
     }
 
     def info(row: dict[str, Any]) -> export.ModelInfo:

@@ -45,13 +45,15 @@ JSON_KEYS = (
     "flip", "jitter", "precision", "xla", "resume", "early_stopping", "seed", "val_size", "val_batch_size",
     "steps_per_epoch", "train_split", "val_split", "shuffle_buffer", "cycle_length", "data_threads", "verbose",
     "export", "focal_gamma", "ohem_fraction", "ohem_threshold", "coarse_ratio", "coarse_epochs", "coarse_splits",
-    "backbone", "backbone_weights", "output_stride", "freeze_backbone_epochs",
+    "backbone", "backbone_weights", "output_stride", "freeze_backbone_epochs", "input_downsample",
+    "time_budget", "warmup",
 )  # fmt: skip
 # Options that may differ on --resume without changing the result of the remaining epochs
 # (backbone weights are read only when the model is first built, never on a resume).
 RESUME_FREE_OPTIONS = ("resume", "out", "prepared", "verbose", "early_stopping", "xla", "export", "data_threads",
                        "backbone_weights")  # fmt: skip
 IMAGENET = "imagenet"
+INPUT_DOWNSAMPLES = (1, 2, 4)
 
 _COUNTS_MESSAGE = "--epochs and --batch-size must be >= 1 and --lr > 0"
 
@@ -78,6 +80,7 @@ class ModelOptions:
     backbone_weights: str = NO_BACKBONE
     output_stride: int = 16  # DeepLabV3+
     freeze_backbone_epochs: int = 0
+    input_downsample: int = 1  # run the network on images average-pooled by this factor
 
     def __post_init__(self) -> None:
         if self.name not in MODEL_NAMES:
@@ -88,6 +91,10 @@ class ModelOptions:
             raise TrainError(f"--upsampling must be one of {', '.join(UPSAMPLING_MODES)}")
         if not 0 <= self.dropout < 1:
             raise TrainError("--dropout must be in [0, 1)")
+        if self.input_downsample not in INPUT_DOWNSAMPLES:
+            raise TrainError(f"--input-downsample must be one of {', '.join(map(str, INPUT_DOWNSAMPLES))}")
+        if self.input_downsample > 1 and self.backbone != NO_BACKBONE:
+            raise TrainError("--input-downsample works with --backbone none only")
         if self.output_stride not in OUTPUT_STRIDES:
             raise TrainError(f"--output-stride must be one of {', '.join(map(str, OUTPUT_STRIDES))}")
         self._check_backbone()
@@ -110,6 +117,8 @@ class ModelOptions:
         hparams = {name: getattr(self, name) for name in get_spec(self.name).hparams}
         if not pretrained and "backbone_weights" in hparams:
             hparams["backbone_weights"] = NO_BACKBONE
+        if self.input_downsample != 1:  # recorded only when used: older model.json files stay as they were
+            hparams["input_downsample"] = self.input_downsample
         return hparams
 
     @property
@@ -142,6 +151,8 @@ class OptimOptions:
     focal_gamma: float = 2.0  # focal loss focusing exponent (0: the weighted CE)
     ohem_fraction: float = 0.25  # OHEM: share of the batch's valid pixels kept (the hardest)
     ohem_threshold: float | None = None  # OHEM: also keep every pixel whose true-class probability is below it
+    time_budget: float | None = None  # minutes for the whole command; None: --epochs of fixed work
+    warmup: float = 0.0  # poly schedule: share of all steps spent warming the lr up linearly
 
     def __post_init__(self) -> None:
         # Canonical spec (" CE + Lovasz*1" -> "ce+lovasz"): --resume compares the recorded string.
@@ -154,6 +165,10 @@ class OptimOptions:
             raise TrainError("--ohem-threshold must be in (0, 1]")
         if self.optimizer not in OPTIMIZERS or self.lr_schedule not in LR_SCHEDULES:
             raise TrainError(f"--optimizer must be {' or '.join(OPTIMIZERS)}, --lr-schedule {' or '.join(LR_SCHEDULES)}")
+        if self.time_budget is not None and not 0 < self.time_budget < float("inf"):
+            raise TrainError("--time-budget must be a positive number of minutes")
+        if not 0 <= self.warmup < 1:
+            raise TrainError("--warmup must be in [0, 1)")
         if self.epochs < 1 or self.lr <= 0:
             raise TrainError(_COUNTS_MESSAGE)
         if self.class_weights not in CLASS_WEIGHT_CHOICES:

@@ -62,8 +62,11 @@ def check_resume(opts: TrainOptions, out: str) -> None:
 class RunState:
     """State of one training run: history, best epoch, checkpoint files."""
 
-    def __init__(self, opts: TrainOptions, out: str, is_chief: bool, corrupt: Counted) -> None:
+    def __init__(self, opts: TrainOptions, out: str, is_chief: bool, corrupt: Counted,
+                 recorded: TrainOptions | None = None) -> None:  # fmt: skip
         self.opts = opts
+        # The options as given (a --time-budget run trains opts, its plan applied, but records these).
+        self.recorded_options = (recorded or opts).to_json()
         self.out = out
         self.is_chief = is_chief
         self.corrupt = corrupt
@@ -119,7 +122,7 @@ class RunState:
             "epoch": done,
             "checkpoint": layout.checkpoint_name(done),
             "seed": self.opts.seed,
-            "options": self.opts.to_json(),
+            "options": self.recorded_options,
             "best_epoch": self.best_epoch,
             "best_val_mean_iou": finite_or_none(self.best_miou),
             "stopped_early": self.stopped_early,

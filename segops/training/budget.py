@@ -1,0 +1,185 @@
+"""``segops train --time-budget MINUTES``: the whole command (start-up, training, validation,
+export) in a wall-clock budget.
+
+The run is planned once, up front: a probe model (built and compiled as the real one) takes a
+few training steps on the real input pipeline and one validation batch, which gives the step
+time, the validation time and the tracing overhead on *this* machine; :func:`plan_budget` then
+turns what is left of the budget into a number of steps, an evaluation cadence (``epochs`` of
+``steps_per_epoch`` steps, validated after each) and the warm-up. The plan becomes ordinary
+``--epochs`` / ``--steps-per-epoch`` values, so the lr schedule, checkpoints and exact resume are
+those of a fixed-work run; it is recorded in ``checkpoints/state.json`` and ``model.json``, and
+``--resume`` reuses it instead of probing again. :class:`DeadlineGuard` stops training after an
+epoch when the next one would not end in time (a machine that slowed down), so the command
+still ends within its budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from segops.training.options import TrainError, TrainOptions
+
+log = logging.getLogger(__name__)
+
+PROBE_STEPS = 6  # training steps the probe times (the first, traced, is not counted)
+EVAL_SHARE = 0.08  # validation may take this share of the training time
+MAX_VALIDATIONS = 20
+MIN_STEPS = 1
+CHECKPOINT_S = 2.0  # writing a checkpoint and state.json after each validation
+# Export: the float32 copy, model.keras and one SavedModel (best = final when the last epoch is
+# the best; otherwise a second export): this many times the traced first step, at least EXPORT_MIN_S.
+EXPORT_TRACES = 1.0
+EXPORT_MIN_S = 20.0
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the probe measured on this machine (seconds)."""
+
+    step_s: float  # one training step, median of the untraced ones, input pipeline included
+    first_step_s: float  # the first step: tracing + one step
+    eval_batch_s: float  # one validation batch (after its tracing)
+    eval_first_s: float  # the first validation batch (tracing included)
+    val_batches: int
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """The steps and cadence that fit a budget. ``epochs * steps_per_epoch`` steps, a
+    validation after each epoch, ``warmup_steps`` of linear warm-up."""
+
+    budget_s: float
+    startup_s: float  # before the real model was built (imports, input checks, the probe)
+    reserve_s: float  # kept for tracing the real model and exporting
+    step_s: float
+    eval_s: float  # one full validation pass
+    epochs: int
+    steps_per_epoch: int
+    warmup_steps: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def describe(self) -> str:
+        return (f"budget {self.budget_s / 60:g} min: ~{self.total_steps} steps of {self.step_s:.2f} s, "
+                f"validation every {self.steps_per_epoch} steps ({self.epochs} x {self.eval_s:.0f} s), "
+                f"warm-up {self.warmup_steps} steps; start-up and probe took {self.startup_s:.0f} s, "
+                f"{self.reserve_s:.0f} s kept for tracing and export")  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BudgetPlan:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+    def apply(self, opts: TrainOptions) -> TrainOptions:
+        """``opts`` with the plan's epochs and steps per epoch (what the loop trains)."""
+        optim = dataclasses.replace(opts.optim, epochs=self.epochs, steps_per_epoch=self.steps_per_epoch)
+        return dataclasses.replace(opts, optim=optim)
+
+
+def plan_budget(budget_s: float, elapsed_s: float, probe: Probe, warmup: float) -> BudgetPlan:
+    """Fit training into ``budget_s`` seconds of which ``elapsed_s`` are gone: reserve the
+    real model's tracing and the export, give validation at most :data:`EVAL_SHARE` of the
+    training time (at least one pass, at the end), and train for the rest."""
+    trace_s = max(probe.first_step_s - probe.step_s, 0.0) + max(probe.eval_first_s - probe.eval_batch_s, 0.0)
+    export_s = max(EXPORT_MIN_S, EXPORT_TRACES * probe.first_step_s)
+    reserve = trace_s + export_s
+    available = budget_s - elapsed_s - reserve
+    eval_s = probe.eval_batch_s * probe.val_batches + CHECKPOINT_S
+    validations = int(min(MAX_VALIDATIONS, max(1, EVAL_SHARE * available // max(eval_s, 1e-6))))
+    total = int((available - validations * eval_s) // probe.step_s)
+    if total < MIN_STEPS * validations:
+        validations = 1
+        total = int((available - eval_s) // probe.step_s)
+    if total < MIN_STEPS:
+        raise TrainError(
+            f"--time-budget {budget_s / 60:g} min leaves no time to train: start-up and the probe took "
+            f"{elapsed_s:.0f} s, tracing and export need ~{reserve:.0f} s, one validation {eval_s:.0f} s and "
+            f"one step {probe.step_s:.1f} s; give a larger budget"
+        )
+    steps_per_epoch = max(total // validations, 1)
+    total = steps_per_epoch * validations
+    return BudgetPlan(budget_s=budget_s, startup_s=elapsed_s, reserve_s=reserve, step_s=probe.step_s, eval_s=eval_s,
+                      epochs=validations, steps_per_epoch=steps_per_epoch,
+                      warmup_steps=round(warmup * total))  # fmt: skip
+
+
+def run_probe(opts: TrainOptions, model: Any, train_ds: Any, val_ds: Any, val_batches: int) -> Probe:
+    """Time ``PROBE_STEPS`` training steps of ``model`` (compiled) on ``train_ds`` and two
+    validation batches of ``val_ds``; the model is thrown away afterwards."""
+    times = []
+    iterator = iter(train_ds)
+    for _ in range(PROBE_STEPS):
+        start = time.perf_counter()
+        try:
+            x, y = next(iterator)
+        except StopIteration:
+            break
+        model.train_on_batch(x, y)
+        times.append(time.perf_counter() - start)
+    if len(times) < 2:
+        raise TrainError(f"{opts.prepared}: too few training batches to measure a step")
+    evals = []
+    for x, y in val_ds.take(2):
+        start = time.perf_counter()
+        model.test_on_batch(x, y)
+        evals.append(time.perf_counter() - start)
+    eval_batch = evals[-1] if evals else 0.0
+    return Probe(step_s=statistics.median(times[1:]), first_step_s=times[0], eval_batch_s=eval_batch,
+                 eval_first_s=evals[0] if evals else 0.0, val_batches=val_batches)  # fmt: skip
+
+
+class Deadline:
+    """The wall-clock end of a budgeted command (``time.monotonic()`` seconds)."""
+
+    def __init__(self, started: float, budget_s: float, reserve_s: float) -> None:
+        self.end = started + budget_s
+        self.reserve_s = reserve_s
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+
+def deadline_guard(deadline: Deadline, run: Any) -> Any:
+    """A Keras callback that stops training after an epoch when another epoch, at the pace of
+    the epochs so far, would eat into the time kept for export."""
+    import keras
+
+    class DeadlineGuard(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.began = time.monotonic()
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            took = time.monotonic() - self.began
+            if deadline.left() - deadline.reserve_s < took and epoch + 1 < self.params.get("epochs", 0):
+                log.warning("time budget: %.0f s left, an epoch takes %.0f s: stopping after epoch %d",
+                            deadline.left(), took, epoch + 1)  # fmt: skip
+                run.stopped_early = True
+                self.model.stop_training = True
+
+    return DeadlineGuard()
+
+
+def process_started() -> float:
+    """When this process started, on the ``time.monotonic()`` clock (Linux: from /proc, so the
+    interpreter's and the imports' start-up count against the budget; elsewhere: now)."""
+    now = time.monotonic()
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+        import os
+
+        age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return now
+    return now - age if 0 <= age < 86400 else now
