@@ -29,10 +29,11 @@ STATE_FILE = layout.DEMO_STATE_FILE
 # 0.442; docs/benchmarks.md, "Demo recipe"), so the demo's time comes from a faster step
 # (oneDNN kernels, segops.core.runtime), not from fewer epochs. README, "The demo", has the times.
 DEMO_TRAIN, DEMO_VAL, DEMO_SIZE, DEMO_EPOCHS = 96, 12, "128x256", 40
-# A 3-level U-Net with 16..128 channels (56 GFLOP per step of 8 crops). ENet class weights and
+# A 3-level U-Net with 16..128 channels (56 GFLOP per step of 8 crops), named: the default
+# network (Fast-SCNN) is the real-data recipe's, measured on CamVid (docs/train.md, "Recipe"). ENet class weights and
 # milder scaling than the default 0.5..2 roughly doubled the val mIoU reached in this budget
 # (measured: 0.21 -> 0.42 after 300-480 steps).
-DEMO_TRAIN_OPTIONS = ("--depth", "3", "--base-filters", "16", "--batch-size", "8", "--lr", "3e-3",
+DEMO_TRAIN_OPTIONS = ("--model", "unet", "--depth", "3", "--base-filters", "16", "--batch-size", "8", "--lr", "3e-3",
                       "--class-weights", "enet", "--scale-range", "0.75,1.5")  # fmt: skip
 
 

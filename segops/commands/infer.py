@@ -10,7 +10,7 @@ from segops.commands.common import CONTEXT_SETTINGS, build_options, check_beam_a
 from segops.core.formatting import fmt_score
 from segops.core.options import default_of
 from segops.inference.crf import CRFParams
-from segops.inference.options import DEFAULT_TILE, InferOptions, PredictOptions
+from segops.inference.options import DEFAULT_TILE, TTA_CHOICES, InferOptions, PredictOptions
 
 CRF = CRFParams()
 PREDICT = PredictOptions()
@@ -73,6 +73,7 @@ def format_summary(report: Any) -> str:
 @click.option("--max-batch-pixels", default=PREDICT.max_batch_pixels, show_default=True, type=int, help="Pixels per model call (bounds activation memory; default one 1024x2048 frame).")
 @click.option("--tile", default=DEFAULT_TILE, show_default=True, help="Images larger than this (HxW) run as overlapping tiles; 0 = always whole images.")
 @click.option("--tile-overlap", default=PREDICT.tile_overlap, show_default=True, type=int, help="Minimum overlap of neighbouring tiles, in pixels.")
+@click.option("--tta", type=click.Choice(TTA_CHOICES), default=PREDICT.tta, show_default=True, help="Test-time augmentation: flip averages the probabilities of each image and its mirror image before the CRF (2x the model time).")
 @click.option("--tf-threads", default=PREDICT.tf_threads, show_default=True, type=int, help="TensorFlow intra-op threads per worker (0 = default).")
 @click.option("--share-model-across-processes", is_flag=True, help="One model per machine instead of per worker process.")
 @click.option("--run-id", default=None, help="Name of this run in the results table's history (default: UTC time + random).")
@@ -98,6 +99,7 @@ def command(model_dir: str, input_path: str, out: str, beam_args: tuple[str, ...
         tile=kw["tile"],
         tile_overlap=kw["tile_overlap"],
         tf_threads=kw["tf_threads"],
+        tta=kw["tta"],
         share_model_across_processes=kw["share_model_across_processes"],
     )
     options = build_options(

@@ -28,7 +28,12 @@ from segops.training.options import (
     TrainOptions,
 )
 
-_CROP = default_of(AugmentConfig, "crop")
+_PARSE_HW = hw_callback()
+
+
+def _crop_callback(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int] | None:
+    return None if value.strip().lower() == "auto" else _PARSE_HW(ctx, param, value)
+
 _SCALE = default_of(AugmentConfig, "scale_range")
 
 
@@ -40,8 +45,9 @@ def _fmt(value: float | None) -> str:
 @click.argument("prepared", metavar="PREPARED")
 @click.argument("out", metavar="OUT")
 @click.option("--model", type=click.Choice(MODEL_NAMES), default=default_of(ModelOptions, "name"), show_default=True,
-              help="Architecture. Crops must be multiples of its stride: 2**depth (U-Net, SegNet-Basic), 32 "
-                   "(FCN-8s, SegNet, U-Net with a backbone), --output-stride (DeepLabV3+).")  # fmt: skip
+              help="Architecture. Crops must be multiples of its stride: 8 (Fast-SCNN, DDRNet-23-slim), "
+                   "2**depth (U-Net, SegNet-Basic), 32 (FCN-8s, SegNet, U-Net with a backbone), --output-stride "
+                   "(DeepLabV3+); times --input-downsample.")  # fmt: skip
 @click.option("--epochs", type=click.IntRange(1), default=default_of(OptimOptions, "epochs"), show_default=True,
               help="Epochs to train.")  # fmt: skip
 @click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=default_of(OptimOptions, "time_budget"),
@@ -51,8 +57,10 @@ def _fmt(value: float | None) -> str:
                    "over the budget (--epochs and --steps-per-epoch are then ignored).")  # fmt: skip
 @click.option("--batch-size", type=click.IntRange(1), default=default_of(PipelineConfig, "batch_size"),
               show_default=True, help="Global batch size (split over GPUs / workers).")  # fmt: skip
-@click.option("--crop", default=f"{_CROP[0]}x{_CROP[1]}", show_default=True, callback=hw_callback(),
-              help="Training crop HxW (after random scaling). The built-in dataset is 256x512.")  # fmt: skip
+@click.option("--crop", default="auto", show_default=True, callback=_crop_callback,
+              help="Training crop HxW (after random scaling); auto: the prepared image size, at most "
+                   "512x1024, rounded down to the model's stride. A crop larger than a scaled image is "
+                   "padded with ignore pixels.")  # fmt: skip
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=default_of(OptimOptions, "lr"),
               show_default=True, help="Initial learning rate.")  # fmt: skip
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=default_of(OptimOptions, "optimizer"),
@@ -158,7 +166,7 @@ def _fmt(value: float | None) -> str:
                    "on the fine --val-split.")  # fmt: skip
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Keras progress bar per epoch.")
 def command(prepared: str, out: str, progress: bool, **kwargs: object) -> None:
-    """Train U-Net, FCN-8s, SegNet or DeepLabV3+ on the TFRecords of `segops prepare` (PREPARED) and export it to OUT.
+    """Train Fast-SCNN, DDRNet-23-slim, U-Net, FCN-8s, SegNet or DeepLabV3+ on the TFRecords of `segops prepare` (PREPARED) and export it to OUT.
 
     Writes OUT/best/ and OUT/final/ (export directories for `segops infer OUT`: model.keras,
     saved_model/ taking uint8 images, model.json), OUT/model.json, OUT/history.csv and .json (loss,

@@ -59,7 +59,7 @@ import cv2
 import numpy as np
 
 from segops.core.options import OptionsError
-from segops.inference.tiling import TopK
+from segops.inference.probabilities import TopK
 
 UNARY_CLIP = 1e-5  # as pydensecrf.utils.unary_from_softmax: -log(1e-5) ~ 11.5 at most
 Runner = Callable[..., Any]  # runner(fn, *args) -> fn(*args), possibly in another process

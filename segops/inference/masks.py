@@ -8,7 +8,7 @@ import numpy as np
 
 from segops.core import fs, imageio, labels, layout
 from segops.inference.discovery import WorkItem
-from segops.inference.tiling import TopK
+from segops.inference.probabilities import TopK
 
 _BGR_COLORS = np.ascontiguousarray(labels.TRAIN_ID_TO_COLOR[:, ::-1])
 LOW_CONFIDENCE = 0.5  # a pixel whose top probability is below this counts as low-confidence

@@ -17,6 +17,8 @@ from segops.core.options import OptionsError, parse_hw
 from segops.inference.crf import CRFParams
 
 DEFAULT_TILE = "1024x2048"
+TTA_NONE, TTA_FLIP = "none", "flip"
+TTA_CHOICES = (TTA_NONE, TTA_FLIP)
 
 
 def new_run_id() -> str:
@@ -46,9 +48,12 @@ class PredictOptions:
     tile_overlap: int = 64
     tf_threads: int = 0  # intra-op threads per worker; 0 = TensorFlow's default
     share_model_across_processes: bool = False
+    tta: str = TTA_NONE  # test-time augmentation: none | flip (probabilities of image and mirror averaged)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tile", parse_tile(self.tile))
+        if self.tta not in TTA_CHOICES:
+            raise OptionsError(f"--tta must be one of {', '.join(TTA_CHOICES)}, got {self.tta!r}")
         if self.batch_size < 1 or self.max_batch_pixels < 1:
             raise OptionsError("--batch-size and --max-batch-pixels must be >= 1")
         if self.tile is not None and (self.tile[0] < 1 or self.tile[1] < 1):

@@ -17,6 +17,7 @@ the stride they lost, so the pretrained weights keep their receptive fields.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +48,27 @@ class Encoder:
 
     def construct(self, weights: str | None, input_shape: tuple[Any, ...]) -> keras.Model:
         app = getattr(keras.applications, self.application)
-        return app(include_top=False, weights=weights, input_shape=input_shape)
+        try:
+            return app(include_top=False, weights=weights, input_shape=input_shape)
+        except Exception as exc:  # keras.utils.get_file raises a bare Exception when it cannot download
+            url = re.search(r"URL fetch failure on (\S+?):", str(exc))
+            if weights != IMAGENET or url is None:
+                raise
+            raise BackboneError(offline_message(self.application, url.group(1))) from None
+
+
+def keras_cache_dir() -> str:
+    """Where Keras keeps downloaded weights: $KERAS_HOME/models, else ~/.keras/models."""
+    return os.path.join(os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras"), "models")
+
+
+def offline_message(application: str, url: str) -> str:
+    """One line for ``--backbone-weights imagenet`` on a machine that cannot download: the file
+    to fetch, where Keras looks for it, and the flag that takes it from anywhere."""
+    name = url.rsplit("/", 1)[-1]
+    return (f"--backbone-weights imagenet: cannot download the {application} ImageNet weights (no network?); "
+            f"fetch {url} on a machine with network and put it in {keras_cache_dir()}/ (Keras' cache, "
+            f"$KERAS_HOME/models), or pass --backbone-weights /path/to/{name}")  # fmt: skip
 
 
 ENCODERS: dict[str, Encoder] = {

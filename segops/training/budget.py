@@ -6,17 +6,21 @@ few training steps on the real input pipeline and one validation batch, which gi
 time, the validation time and the tracing overhead on *this* machine; :func:`plan_budget` then
 turns what is left of the budget into a number of steps, an evaluation cadence (``epochs`` of
 ``steps_per_epoch`` steps, validated after each) and the warm-up. The plan becomes ordinary
-``--epochs`` / ``--steps-per-epoch`` values, so the lr schedule, checkpoints and exact resume are
-those of a fixed-work run; it is recorded in ``checkpoints/state.json`` and ``model.json``, and
-``--resume`` reuses it instead of probing again. :class:`DeadlineGuard` stops training after an
-epoch when the next one would not end in time (a machine that slowed down), so the command
-still ends within its budget.
+``--epochs`` / ``--steps-per-epoch`` values and the total of the warm-up + poly schedule.
+
+A probe's few steps do not see the steady state (tf.data's buffers were filled while the model
+traced; a shared machine's pace drifts), so after every epoch :func:`deadline_guard` re-plans:
+the last epoch that still ends in time at the measured pace becomes the end of the lr decay
+(:meth:`segops.training.schedule.WarmupPolyDecay.set_total_steps`) and of the run. The plan in
+force is recorded in ``checkpoints/state.json`` and ``model.json``; ``--resume`` finishes it
+without probing or re-planning (it only stops if time runs out).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -26,15 +30,17 @@ from segops.training.options import TrainError, TrainOptions
 
 log = logging.getLogger(__name__)
 
-PROBE_STEPS = 6  # training steps the probe times (the first, traced, is not counted)
+PROBE_STEPS = 5  # training steps the probe times (the first, traced, is not counted)
 EVAL_SHARE = 0.08  # validation may take this share of the training time
 MAX_VALIDATIONS = 20
+MIN_VALIDATIONS = 2  # one mid-way (a first re-plan, a best epoch to compare with) and one at the end
+MAX_GROWTH = 1.5  # a re-plan may lengthen the run to this many times the probe's epochs
 MIN_STEPS = 1
 CHECKPOINT_S = 2.0  # writing a checkpoint and state.json after each validation
 # Export: the float32 copy, model.keras and one SavedModel (best = final when the last epoch is
 # the best; otherwise a second export): this many times the traced first step, at least EXPORT_MIN_S.
 EXPORT_TRACES = 1.0
-EXPORT_MIN_S = 20.0
+EXPORT_MIN_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class BudgetPlan:
     budget_s: float
     startup_s: float  # before the real model was built (imports, input checks, the probe)
     reserve_s: float  # kept for tracing the real model and exporting
+    export_s: float  # the export's share of reserve_s (what must be left after the last epoch)
     step_s: float
     eval_s: float  # one full validation pass
     epochs: int
@@ -79,22 +86,24 @@ class BudgetPlan:
     def from_json(cls, data: dict[str, Any]) -> BudgetPlan:
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
 
-    def apply(self, opts: TrainOptions) -> TrainOptions:
-        """``opts`` with the plan's epochs and steps per epoch (what the loop trains)."""
-        optim = dataclasses.replace(opts.optim, epochs=self.epochs, steps_per_epoch=self.steps_per_epoch)
+    def apply(self, opts: TrainOptions, room: bool) -> TrainOptions:
+        """``opts`` with the plan's steps per epoch and epochs (what the loop trains); ``room``:
+        up to :data:`MAX_GROWTH` times the epochs, for a pace faster than the probe's."""
+        epochs = math.ceil(self.epochs * MAX_GROWTH) if room else self.epochs
+        optim = dataclasses.replace(opts.optim, epochs=epochs, steps_per_epoch=self.steps_per_epoch)
         return dataclasses.replace(opts, optim=optim)
 
 
 def plan_budget(budget_s: float, elapsed_s: float, probe: Probe, warmup: float) -> BudgetPlan:
     """Fit training into ``budget_s`` seconds of which ``elapsed_s`` are gone: reserve the
-    real model's tracing and the export, give validation at most :data:`EVAL_SHARE` of the
-    training time (at least one pass, at the end), and train for the rest."""
+    real model's tracing and the export, give validation :data:`EVAL_SHARE` of the training
+    time (at least two passes when they fit, else one, at the end), and train for the rest."""
     trace_s = max(probe.first_step_s - probe.step_s, 0.0) + max(probe.eval_first_s - probe.eval_batch_s, 0.0)
     export_s = max(EXPORT_MIN_S, EXPORT_TRACES * probe.first_step_s)
     reserve = trace_s + export_s
     available = budget_s - elapsed_s - reserve
     eval_s = probe.eval_batch_s * probe.val_batches + CHECKPOINT_S
-    validations = int(min(MAX_VALIDATIONS, max(1, EVAL_SHARE * available // max(eval_s, 1e-6))))
+    validations = int(min(MAX_VALIDATIONS, max(MIN_VALIDATIONS, EVAL_SHARE * available // max(eval_s, 1e-6))))
     total = int((available - validations * eval_s) // probe.step_s)
     if total < MIN_STEPS * validations:
         validations = 1
@@ -107,7 +116,8 @@ def plan_budget(budget_s: float, elapsed_s: float, probe: Probe, warmup: float) 
         )
     steps_per_epoch = max(total // validations, 1)
     total = steps_per_epoch * validations
-    return BudgetPlan(budget_s=budget_s, startup_s=elapsed_s, reserve_s=reserve, step_s=probe.step_s, eval_s=eval_s,
+    return BudgetPlan(budget_s=budget_s, startup_s=elapsed_s, reserve_s=reserve, export_s=export_s,
+                      step_s=probe.step_s, eval_s=eval_s,
                       epochs=validations, steps_per_epoch=steps_per_epoch,
                       warmup_steps=round(warmup * total))  # fmt: skip
 
@@ -148,24 +158,52 @@ class Deadline:
         return self.end - time.monotonic()
 
 
-def deadline_guard(deadline: Deadline, run: Any) -> Any:
-    """A Keras callback that stops training after an epoch when another epoch, at the pace of
-    the epochs so far, would eat into the time kept for export."""
+def deadline_guard(deadline: Deadline, run: Any, plan: BudgetPlan, replan: bool) -> Any:
+    """A Keras callback run after each epoch, before its checkpoint. ``replan``: move the end of
+    the lr decay to the last epoch that still ends in time at the pace measured so far (after the
+    first step, which carries the tracing), and stop there; a probe is a few steps and a
+    shared machine's pace drifts. Otherwise (a resumed run, which finishes its recorded plan)
+    only stop when another epoch would eat into the export's time. The plan in force goes to
+    ``run.extra_state["budget_plan"]``, so the checkpoint and state.json record it."""
     import keras
 
-    class DeadlineGuard(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            self.began = time.monotonic()
+    from segops.training.schedule import WarmupPolyDecay
+
+    class BudgetGuard(keras.callbacks.Callback):
+        def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+            self.planned = plan.epochs
+            self.began = None
+
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            if self.began is None:
+                self.began, self.steps_done = time.monotonic(), 0
+            else:
+                self.steps_done += 1
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            took = time.monotonic() - self.began
-            if deadline.left() - deadline.reserve_s < took and epoch + 1 < self.params.get("epochs", 0):
+            done, steps = epoch + 1, self.params.get("steps") or plan.steps_per_epoch
+            # Seconds per epoch, validation included, from every step after the very first.
+            per_epoch = (time.monotonic() - self.began) * steps / max(self.steps_done, 1)
+            left = deadline.left() - deadline.reserve_s
+            if replan:
+                planned = max(done, min(done + int(left // per_epoch), self.params.get("epochs", done)))
+                schedule = getattr(self.model.optimizer, "_learning_rate", None)
+                if planned != self.planned and isinstance(schedule, WarmupPolyDecay):
+                    schedule.set_total_steps(planned * steps)
+                    log.info("time budget: %.0f s per epoch, %.0f s left: the run ends after epoch %d (was %d)",
+                             per_epoch, left, planned, self.planned)  # fmt: skip
+                self.planned = planned
+                run.extra_state["budget_plan"] = {**plan.to_json(), "epochs": planned}
+            elif left < per_epoch and done < self.planned:
                 log.warning("time budget: %.0f s left, an epoch takes %.0f s: stopping after epoch %d",
-                            deadline.left(), took, epoch + 1)  # fmt: skip
+                            deadline.left(), per_epoch, done)  # fmt: skip
+                self.planned = done
                 run.stopped_early = True
+            if done >= self.planned and done < self.params.get("epochs", 0):
+                run.budget_ended = True
                 self.model.stop_training = True
 
-    return DeadlineGuard()
+    return BudgetGuard()
 
 
 def process_started() -> float:

@@ -146,3 +146,18 @@ def resolve_class_weights(opts: TrainOptions, data: PreparedData) -> tuple[str, 
     if not isinstance(weights, list) or len(weights) != labels.NUM_CLASSES:
         raise TrainError(f"{layout.CLASS_WEIGHTS_FILE} has no {labels.NUM_CLASSES}-value scheme {scheme!r}")
     return scheme, [float(w) for w in weights]
+
+
+def first_image_size(files: list[str]) -> tuple[int, int] | None:
+    """(height, width) of the first readable record of ``files`` (prepare writes every image
+    of a split at its own size; the first one stands for the split), None when none is readable."""
+    import tensorflow as tf
+
+    from segops.training import input_pipeline as ip
+
+    reader = ip.ShardReader(ip.CorruptRecords())
+    for path in files:
+        for serialized in reader(path):
+            feature = tf.train.Example.FromString(serialized).features.feature
+            return int(feature["image/height"].int64_list.value[0]), int(feature["image/width"].int64_list.value[0])
+    return None

@@ -48,10 +48,16 @@ from segops.training.budget import (
     run_probe,
 )
 from segops.training.callbacks import make_callbacks
-from segops.training.data import PreparedData, check_prepared, read_json, resolve_class_weights
+from segops.training.data import (
+    PreparedData,
+    check_prepared,
+    first_image_size,
+    read_json,
+    resolve_class_weights,
+)
 from segops.training.devices import dtype_policy, resolve_precision, select_strategy, worker_info
 from segops.training.options import POLY_POWER, SGD_MOMENTUM, TrainError, TrainOptions
-from segops.training.state import RunState, check_resume, class_key
+from segops.training.state import RunState, check_resume, class_key, state_path
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +90,8 @@ class Plan:
     class_weights: list[float] | None
     run: RunState
     state: dict[str, Any] | None
+    first_callbacks: list[Any] = field(default_factory=list)  # before the checkpoint (the budget's re-plan)
+    lr_total_steps: int | None = None  # end of the lr decay, when not epochs * steps (a budget's plan)
 
     @property
     def initial_epoch(self) -> int:
@@ -93,7 +101,7 @@ class Plan:
 # --- compiling -----------------------------------------------------------------------------------
 
 
-def make_optimizer(opts: TrainOptions, steps: int) -> Any:
+def make_optimizer(opts: TrainOptions, steps: int, total_steps: int | None = None) -> Any:
     """Adam or momentum SGD, with the poly schedule over all ``epochs * steps`` steps or a constant lr."""
     import keras
 
@@ -101,8 +109,8 @@ def make_optimizer(opts: TrainOptions, steps: int) -> Any:
 
     optim = opts.optim
     lr: Any = optim.lr
-    total = max(optim.epochs * steps, 1)
-    if optim.lr_schedule == "poly" and optim.warmup > 0:
+    total = max(total_steps or optim.epochs * steps, 1)
+    if optim.lr_schedule == "poly" and (optim.warmup > 0 or optim.time_budget):  # a budget adjusts its total
         lr = WarmupPolyDecay(optim.lr, total, warmup_steps=round(optim.warmup * total), power=POLY_POWER)
     elif optim.lr_schedule == "poly":
         lr = keras.optimizers.schedules.PolynomialDecay(optim.lr, decay_steps=total, end_learning_rate=0.0,
@@ -112,7 +120,8 @@ def make_optimizer(opts: TrainOptions, steps: int) -> Any:
     return keras.optimizers.SGD(learning_rate=lr, momentum=SGD_MOMENTUM)
 
 
-def compile_model(model: Any, opts: TrainOptions, class_weights: list[float] | None, steps: int) -> None:
+def compile_model(model: Any, opts: TrainOptions, class_weights: list[float] | None, steps: int,
+                  total_steps: int | None = None) -> None:  # fmt: skip
     """Compile ``model`` as training does: optimizer, segmentation loss, streaming mIoU and Dice."""
     from segops.training.losses import SegmentationLoss
     from segops.training.metrics import MeanDice, MeanIoU
@@ -122,7 +131,7 @@ def compile_model(model: Any, opts: TrainOptions, class_weights: list[float] | N
                             focal_gamma=optim.focal_gamma, ohem_fraction=optim.ohem_fraction,
                             ohem_threshold=optim.ohem_threshold)  # fmt: skip
     model.compile(
-        optimizer=make_optimizer(opts, steps), loss=loss, metrics=[MeanIoU(), MeanDice()],
+        optimizer=make_optimizer(opts, steps, total_steps), loss=loss, metrics=[MeanIoU(), MeanDice()],
         jit_compile="auto" if opts.xla is None else opts.xla,
     )
 
@@ -196,7 +205,7 @@ def load_or_build_model(opts: TrainOptions, plan: Plan) -> Any:
         return model
     model = opts.model.build()
     set_encoder_trainable(model, opts.model.freeze_backbone_epochs == 0)
-    compile_model(model, opts, plan.class_weights, plan.steps)
+    compile_model(model, opts, plan.class_weights, plan.steps, plan.lr_total_steps)
     return model
 
 
@@ -214,7 +223,7 @@ def unfreeze_encoder(model: Any, opts: TrainOptions, plan: Plan) -> None:
 
     iterations = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     set_encoder_trainable(model, True)
-    compile_model(model, opts, plan.class_weights, plan.steps)
+    compile_model(model, opts, plan.class_weights, plan.steps, plan.lr_total_steps)
     model.optimizer.build(model.trainable_variables)
     model.optimizer.iterations.assign(iterations)
 
@@ -226,7 +235,6 @@ def budget_plan(opts: TrainOptions, data: PreparedData, class_weights: list[floa
     import keras
 
     from segops.training import input_pipeline as ip
-    from segops.training.state import state_path
 
     path = state_path(opts.out)
     if opts.resume and os.path.exists(path):
@@ -301,13 +309,13 @@ def fit_epochs(model: Any, opts: TrainOptions, plan: Plan, extra_callbacks: list
             epochs=end,
             initial_epoch=first,
             steps_per_epoch=plan.steps,
-            callbacks=make_callbacks(plan.run) + extra_callbacks,
+            callbacks=plan.first_callbacks + make_callbacks(plan.run) + extra_callbacks,
             verbose=opts.verbose,
             shuffle=False,
         )
     run = plan.run
     trained = run.history[-1]["epoch"] if run.history else first
-    if trained < end and not run.stopped_early:
+    if trained < end and not run.stopped_early and not run.budget_ended:
         log.warning("training input ran out after epoch %d of %d (corrupt records?)", trained, opts.optim.epochs)
 
 
@@ -324,16 +332,23 @@ def train(opts: TrainOptions, extra_callbacks: list[Any] | None = None, started:
     data = check_prepared(opts)
     scheme, class_weights = resolve_class_weights(opts, data)
     recorded, budget = opts, None
+    if opts.augment.crop is None:  # --crop auto: from the prepared images (recorded as given)
+        size = first_image_size(data.train_files or data.coarse_files)
+        if size is None:
+            raise TrainError(f"{opts.prepared}: no readable training record to take the crop size from")
+        opts = dataclasses.replace(opts, augment=opts.augment.resolved(size, opts.model.stride))
     if opts.optim.time_budget:
         check_resume(opts, opts.out)  # before the probe: a refused run costs nothing
         budget = budget_plan(opts, data, class_weights, strategy, started)
         (on_plan or log.warning)(budget.describe())
-        opts = budget.apply(opts)
+        opts = budget.apply(opts, room=not (opts.resume and os.path.exists(state_path(opts.out))))
     plan = plan_run(opts, data, scheme, class_weights, recorded=recorded)
     if budget is not None:
         plan.run.extra_state["budget_plan"] = budget.to_json()
-        deadline = Deadline(started if not plan.state else time.monotonic(), budget.budget_s, budget.reserve_s)
-        extra_callbacks = [*(extra_callbacks or []), deadline_guard(deadline, plan.run)]
+        plan.lr_total_steps = budget.total_steps
+        # A resumed run finishes the recorded plan; a new one re-plans after every epoch.
+        deadline = Deadline(started if not plan.state else time.monotonic(), budget.budget_s, budget.export_s)
+        plan.first_callbacks.append(deadline_guard(deadline, plan.run, budget, replan=not plan.state))
 
     import keras
 
@@ -405,6 +420,7 @@ def export_run(opts: TrainOptions, plan: Plan, model: Any, result: TrainResult) 
         "precision_used": plan.precision,
         "class_weight_scheme": plan.scheme,
         "steps_per_epoch": plan.steps,
+        "crop_used": list(opts.augment.crop),
         "hparams": opts.model.hparams(),
         "epochs_trained": result.epochs_trained,
         "stopped_early": run.stopped_early,

@@ -70,7 +70,7 @@ class ModelOptions:
     ``backbone_weights``: ``none``, ``imagenet`` or a weights file of the backbone;
     ``freeze_backbone_epochs``: the pretrained encoder is frozen for this many first epochs."""
 
-    name: str = field(default="unet", metadata={FLAG: "model"})
+    name: str = field(default="fast_scnn", metadata={FLAG: "model"})
     depth: int = 4  # U-Net / SegNet-Basic levels
     base_filters: int = 32
     upsampling: str = "transpose"  # U-Net decoder
@@ -142,17 +142,17 @@ class OptimOptions:
 
     epochs: int = 20
     steps_per_epoch: int | None = None  # None: train records // batch size
-    lr: float = 1e-3
+    lr: float = 2e-3
     optimizer: str = "adam"  # adam | sgd (momentum SGD_MOMENTUM)
     lr_schedule: str = "poly"  # poly | constant
     loss: str = "ce"  # a LOSS_SYNTAX spec, e.g. ce, ce+dice, ce+lovasz, focal*0.5+dice; stored canonical
-    class_weights: str = NO_CLASS_WEIGHTS  # none | default | a scheme of class_weights.json
+    class_weights: str = DEFAULT_CLASS_WEIGHTS  # none | default (class_weights.json's) | a scheme of it
     early_stopping: int | None = None  # patience in epochs on val mIoU
     focal_gamma: float = 2.0  # focal loss focusing exponent (0: the weighted CE)
     ohem_fraction: float = 0.25  # OHEM: share of the batch's valid pixels kept (the hardest)
     ohem_threshold: float | None = None  # OHEM: also keep every pixel whose true-class probability is below it
     time_budget: float | None = None  # minutes for the whole command; None: --epochs of fixed work
-    warmup: float = 0.0  # poly schedule: share of all steps spent warming the lr up linearly
+    warmup: float = 0.05  # poly schedule: share of all steps spent warming the lr up linearly
 
     def __post_init__(self) -> None:
         # Canonical spec (" CE + Lovasz*1" -> "ce+lovasz"): --resume compares the recorded string.
@@ -206,6 +206,16 @@ def format_loss(terms: tuple[tuple[str, float], ...]) -> str:
     return "+".join(name if weight == 1 else f"{name}*{weight:.12g}" for name, weight in terms)
 
 
+MAX_AUTO_CROP = (512, 1024)  # an "auto" crop of larger images (Cityscapes: half its 1024x2048 frames)
+
+
+def auto_crop(image_size: tuple[int, int], stride: int) -> tuple[int, int]:
+    """``--crop auto``: the prepared image size, at most :data:`MAX_AUTO_CROP` per side, rounded
+    down to the model's stride (at least one stride)."""
+    return tuple(max(stride, min(side, cap) // stride * stride) for side, cap in zip(image_size, MAX_AUTO_CROP,
+                                                                                    strict=True))  # type: ignore[return-value]  # fmt: skip
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     """Training-time augmentation. ``scale_range``: the prepared image is rescaled by a factor
@@ -213,8 +223,8 @@ class AugmentConfig:
     jitter, whose strengths are ``brightness`` (a fraction of 255), ``contrast`` and
     ``saturation`` (+- factors around 1; 0 disables each)."""
 
-    crop: tuple[int, int] = (256, 512)
-    scale_range: tuple[float, float] = (0.5, 2.0)
+    crop: tuple[int, int] | None = None  # None ("auto"): the prepared image size (auto_crop)
+    scale_range: tuple[float, float] = (0.75, 1.5)
     flip: bool = True
     jitter: bool = True
     brightness: float = field(default=0.125, metadata={FLAG: None})
@@ -222,12 +232,16 @@ class AugmentConfig:
     saturation: float = field(default=0.25, metadata={FLAG: None})
 
     def __post_init__(self) -> None:
-        h, w = self.crop
+        h, w = self.crop or (1, 1)
         if h <= 0 or w <= 0:
             raise TrainError(f"--crop {h}x{w}: height and width must be positive")
         lo, hi = self.scale_range
         if not 0 < lo <= hi:
             raise TrainError(f"--scale-range {lo},{hi}: need 0 < min <= max")
+
+    def resolved(self, image_size: tuple[int, int], stride: int) -> AugmentConfig:
+        """This config with an "auto" crop made concrete (:func:`auto_crop`)."""
+        return self if self.crop else dataclasses.replace(self, crop=auto_crop(image_size, stride))
 
     @property
     def color_jitter(self) -> tuple[float, float, float]:
@@ -325,7 +339,7 @@ class TrainOptions:
             raise TrainError(f"--coarse-epochs {self.annotations.coarse_epochs} must be less than --epochs "
                              f"{self.optim.epochs} (the run goes on with fine labels after them)")  # fmt: skip
         stride = self.model.stride
-        h, w = self.augment.crop
+        h, w = self.augment.crop or (stride, stride)
         if h % stride or w % stride:
             rule = get_spec(self.model.name).stride_rule.format(**dataclasses.asdict(self.model))
             raise TrainError(

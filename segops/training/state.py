@@ -75,6 +75,7 @@ class RunState:
         self.best_epoch = 0
         self.best_miou = float("-inf")
         self.stopped_early = False
+        self.budget_ended = False  # a --time-budget plan ended the run before opts' epochs
         self.extra_state: dict[str, Any] = {}  # more keys for state.json (precision, class-weight scheme)
 
     def checkpoint_path(self, epoch: int) -> str:

@@ -1,0 +1,94 @@
+"""`segops train --time-budget`: the plan's arithmetic, the warm-up + poly schedule, and a
+budgeted run end to end (plan printed, followed, recorded, kept on --resume)."""
+
+import json
+import time
+
+import keras
+import numpy as np
+import pytest
+from trainutil import write_prepared
+
+from segops.training.budget import BudgetPlan, Probe, plan_budget
+from segops.training.loop import train
+from segops.training.options import TrainError, TrainOptions
+from segops.training.schedule import WARMUP_START, WarmupPolyDecay
+
+PROBE = Probe(step_s=1.0, first_step_s=11.0, eval_batch_s=0.5, eval_first_s=3.0, val_batches=10)
+
+
+def test_plan_fills_the_budget_without_passing_it():
+    plan = plan_budget(budget_s=600.0, elapsed_s=60.0, probe=PROBE, warmup=0.05)
+    spent = 60.0 + plan.reserve_s + plan.total_steps * PROBE.step_s + plan.epochs * plan.eval_s
+    assert spent <= 600.0
+    assert spent + plan.steps_per_epoch * PROBE.step_s > 600.0 - plan.epochs  # no epoch's worth left unused
+    # Validation takes at most its share of the training time, at least one pass.
+    assert 2 <= plan.epochs and plan.epochs * plan.eval_s <= max(0.08 * (600 - 60 - plan.reserve_s), 2 * plan.eval_s)
+    assert plan.warmup_steps == round(0.05 * plan.total_steps)
+    assert BudgetPlan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
+
+
+def test_a_budget_smaller_than_start_up_is_refused_with_the_numbers():
+    with pytest.raises(TrainError, match="leaves no time to train"):
+        plan_budget(budget_s=60.0, elapsed_s=50.0, probe=PROBE, warmup=0.0)
+
+
+def test_warmup_poly_schedule_values():
+    schedule = WarmupPolyDecay(0.01, total_steps=100, warmup_steps=10, power=0.9)
+    lr = [float(keras.ops.convert_to_numpy(schedule(step))) for step in (0, 5, 10, 55, 100, 150)]
+    expected = [0.01 * WARMUP_START, 0.01 * (WARMUP_START + (1 - WARMUP_START) * 0.5), 0.01,
+                0.01 * 0.5**0.9, 0.0, 0.0]  # fmt: skip
+    np.testing.assert_allclose(lr, expected, rtol=1e-5, atol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prepared")
+    write_prepared(str(root), {"train": 8, "val": 4}, height=16, width=32)
+    return str(root)
+
+
+TINY = {"model": "unet", "depth": 2, "base_filters": 4, "batch_size": 4, "crop": (16, 32), "verbose": 0,
+        "warmup": 0.1}  # fmt: skip
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+
+def test_budgeted_run_follows_records_and_resumes_its_plan(prepared, tmp_path):
+    plans = []
+    opts = TrainOptions.from_flat(prepared=prepared, out=str(tmp_path / "run"), time_budget=0.6, export=False, **TINY)
+    with pytest.raises(KeyboardInterrupt):
+        train(opts, extra_callbacks=[_Interrupt()], started=time.monotonic(), on_plan=plans.append)
+    assert len(plans) == 1 and plans[0].startswith("budget 0.6 min: ~")
+    state = json.loads((tmp_path / "run/checkpoints/state.json").read_text())
+    plan = BudgetPlan.from_json(state["budget_plan"])
+    assert state["options"]["time_budget"] == 0.6 and state["options"]["epochs"] == 20  # as given
+    assert plan.total_steps >= plan.epochs >= 1  # re-planned after epoch 1 at the pace it measured
+    # --resume takes the recorded plan (no new probe: the same line) and trains it to the end.
+    resumed = train(TrainOptions.from_flat(prepared=prepared, out=str(tmp_path / "run"), time_budget=0.6,
+                                           export=False, resume=True, **TINY), on_plan=plans.append)  # fmt: skip
+    assert plans[1] == plans[0]
+    assert resumed.epochs_trained == plan.epochs
+    model = keras.saving.load_model(str(tmp_path / f"run/checkpoints/epoch-{plan.epochs:04d}.keras"))
+    assert int(model.optimizer.iterations.numpy()) == plan.total_steps
+    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_auto_crop_is_the_image_size_capped_and_rounded_to_the_stride():
+    from segops.training.options import auto_crop
+
+    assert auto_crop((360, 480), 8) == (360, 480)  # CamVid, Fast-SCNN
+    assert auto_crop((360, 480), 16) == (352, 480)
+    assert auto_crop((1024, 2048), 32) == (512, 1024)  # Cityscapes: capped
+    assert auto_crop((20, 20), 32) == (32, 32)  # never below one stride (padded with ignore)
+
+
+def test_auto_crop_comes_from_the_prepared_records_and_is_recorded(prepared, tmp_path):
+    opts = {k: v for k, v in TINY.items() if k != "crop"}
+    train(TrainOptions.from_flat(prepared=prepared, out=str(tmp_path / "run"), epochs=1, **opts))
+    training = json.loads((tmp_path / "run/model.json").read_text())["training"]
+    assert training["crop"] is None and training["crop_used"] == [16, 32]

@@ -1,0 +1,43 @@
+"""`--backbone-weights imagenet` on a machine without network: one line naming the file to
+fetch, Keras' cache directory and the flag that takes a local copy (Keras' own download code
+runs; only the network is taken away)."""
+
+import socket
+import urllib.error
+
+import keras.src.utils.file_utils as keras_files
+import pytest
+from click.testing import CliRunner
+
+from segops.cli import cli
+
+
+def _no_network(url, *args, **kwargs):
+    raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+
+def test_imagenet_weights_offline_say_what_to_fetch_and_where(tmp_path, monkeypatch):
+    monkeypatch.setattr(keras_files, "urlretrieve", _no_network)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    from segops.models.backbones import BackboneError, build_backbone
+
+    with pytest.raises(BackboneError) as info:
+        build_backbone("mobilenetv2", "imagenet")
+    message = str(info.value)
+    assert "\n" not in message and "URL fetch failure" not in message
+    assert "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/" in message
+    assert f"{tmp_path / 'keras' / 'models'}/" in message
+    assert "--backbone-weights /path/to/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5" in message
+
+
+def test_train_cli_exits_1_with_the_offline_line(tmp_path, monkeypatch):
+    from trainutil import write_prepared
+
+    monkeypatch.setattr(keras_files, "urlretrieve", _no_network)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    write_prepared(str(tmp_path / "prepared"), {"train": 2, "val": 1}, height=32, width=32)
+    result = CliRunner().invoke(cli, ["train", str(tmp_path / "prepared"), str(tmp_path / "out"), "--model", "unet",
+                                      "--backbone", "mobilenetv2", "--backbone-weights", "imagenet", "--crop", "32x32"])  # fmt: skip
+    assert result.exit_code == 1
+    assert "cannot download the MobileNetV2 ImageNet weights" in result.output
+    assert not (tmp_path / "out" / "model.json").exists()
