@@ -239,7 +239,7 @@ def test_train_cli_coarse_then_fine(prepared: dict[str, Path], tmp_path: Path) -
 
     out = tmp_path / "model"
     args = ["train", str(prepared["fine+coarse"]), str(out), "--epochs", "2", "--coarse-epochs", "1",
-            "--coarse-ratio", "0.5", "--crop", "32x64", "--depth", "1", "--base-filters", "4", "--batch-size", "2",
+            "--coarse-ratio", "0.5", "--crop", "32x64", "--model", "unet", "--depth", "1", "--base-filters", "4", "--batch-size", "2",
             "--steps-per-epoch", "2", "--no-export", "--no-progress", "--scale-range", "1,1"]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
@@ -249,10 +249,10 @@ def test_train_cli_coarse_then_fine(prepared: dict[str, Path], tmp_path: Path) -
     assert (state["options"]["coarse_ratio"], state["options"]["coarse_epochs"]) == (0.5, 1)
     # coarse asked for where none was prepared: a clear error before any model is built
     result = CliRunner().invoke(cli, ["train", str(prepared["fine"]), str(tmp_path / "x"), "--coarse-ratio", "0.5",
-                                      "--crop", "32x64", "--depth", "2"])  # fmt: skip
+                                      "--crop", "32x64", "--model", "unet", "--depth", "2"])  # fmt: skip
     assert result.exit_code == 1 and "--annotations fine+coarse" in result.output
     result = CliRunner().invoke(cli, ["train", str(prepared["fine"]), str(tmp_path / "y"), "--epochs", "2",
-                                      "--coarse-epochs", "2", "--crop", "32x64", "--depth", "2"])  # fmt: skip
+                                      "--coarse-epochs", "2", "--crop", "32x64", "--model", "unet", "--depth", "2"])  # fmt: skip
     assert result.exit_code == 1 and "must be less than --epochs" in result.output
 
 

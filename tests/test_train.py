@@ -112,7 +112,8 @@ def test_early_stopping_counts_epochs_since_best(tmp_path):
 
 
 def _cli_train(prepared, out, *args):
-    return CliRunner().invoke(cli, ["train", prepared, out, "--epochs", "1", "--crop", "16x32", "--depth", "2", *args])
+    return CliRunner().invoke(cli, ["train", prepared, out, "--epochs", "1", "--crop", "16x32", "--model", "unet", "--depth", "2",
+                                    "--class-weights", "none", *args])
 
 
 def test_bad_prepared_dirs_fail_before_training(tmp_path, prepared):
@@ -199,7 +200,7 @@ def test_two_processes_train_bit_identical_weights(tmp_path):
 
     prepared = tmp_path / "prepared"
     write_prepared(str(prepared), {"train": 4, "val": 2}, height=64, width=128)
-    flags = ["--depth", "2", "--base-filters", "8", "--batch-size", "4", "--crop", "64x128", "--epochs", "1",
+    flags = ["--model", "unet", "--depth", "2", "--base-filters", "8", "--batch-size", "4", "--crop", "64x128", "--epochs", "1",
              "--class-weights", "none", "--dropout", "0.2", "--no-progress", "--no-export"]  # fmt: skip
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:

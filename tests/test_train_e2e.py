@@ -38,7 +38,8 @@ def test_short_cpu_run_beats_the_majority_class_baseline(tmp_path):
 
     out = tmp_path / "run"
     args = ["train", prepared, str(out), "--epochs", "12", "--batch-size", "8", "--crop", "64x128",
-            "--depth", "3", "--base-filters", "16", "--lr", "3e-3", "--scale-range", "0.75,1.5", "--no-progress"]  # fmt: skip
+            "--model", "unet", "--depth", "3", "--base-filters", "16", "--lr", "3e-3", "--scale-range", "0.75,1.5",
+            "--class-weights", "none", "--warmup", "0", "--no-progress"]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "best val mIoU" in result.output and "traffic light" in result.output  # summary table
