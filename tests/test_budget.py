@@ -68,10 +68,11 @@ def test_budgeted_run_follows_records_and_resumes_its_plan(prepared, tmp_path):
     plan = BudgetPlan.from_json(state["budget_plan"])
     assert state["options"]["time_budget"] == 0.6 and state["options"]["epochs"] == 20  # as given
     assert plan.total_steps >= plan.epochs >= 1  # re-planned after epoch 1 at the pace it measured
-    # --resume takes the recorded plan (no new probe: the same line) and trains it to the end.
+    # --resume takes the recorded plan (no new probe: the line of the plan as last re-planned)
+    # and trains it to the end.
     resumed = train(TrainOptions.from_flat(prepared=prepared, out=str(tmp_path / "run"), time_budget=0.6,
                                            export=False, resume=True, **TINY), on_plan=plans.append)  # fmt: skip
-    assert plans[1] == plans[0]
+    assert plans[1] == plan.describe() and plans[1].startswith("budget 0.6 min: ~")
     assert resumed.epochs_trained == plan.epochs
     model = keras.saving.load_model(str(tmp_path / f"run/checkpoints/epoch-{plan.epochs:04d}.keras"))
     assert int(model.optimizer.iterations.numpy()) == plan.total_steps

@@ -10,14 +10,13 @@ import pytest
 
 from segops.core import labels
 from segops.core.options import OptionsError
-from segops.inference import crf, tiling
+from segops.inference import crf, probabilities
 from segops.inference.discovery import WorkItem, discover_inputs
 from segops.inference.examples import ImageExample
 from segops.inference.model import SegmentationModelHandler, ServingModel
 from segops.inference.options import InferOptions, PredictOptions
+from segops.inference.probabilities import TOP_K, TopK
 from segops.inference.tiling import (
-    TOP_K,
-    TopK,
     axis_starts,
     owned_spans,
     predict_probabilities,
@@ -178,5 +177,5 @@ def test_crf_on_top_k_probabilities_equals_the_crf_on_the_same_dense_probabiliti
     params = crf.CRFParams(target_pixels=h * w // 16)  # scale 4: downsampling and the band update
     expected = refine(dense, image, params).labels
     np.testing.assert_array_equal(refine(top, image, params).labels, expected)
-    monkeypatch.setattr(tiling, "STRIP_PIXELS", w * 4 * 5)  # downsampled 5 rows of cells at a time
+    monkeypatch.setattr(probabilities, "STRIP_PIXELS", w * 4 * 5)  # downsampled 5 rows of cells at a time
     np.testing.assert_array_equal(refine(top, image, params).labels, expected)

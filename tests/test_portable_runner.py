@@ -130,8 +130,12 @@ def test_infer_on_the_portable_runner_equals_the_direct_runner(model_and_data, p
     for name, data_ in direct_masks.items():
         assert portable_masks[name] == data_, name
     assert len(direct_rows) == 3
+    # Float sums may differ in the last bit between processes (the worker's thread pool splits
+    # the model's reductions differently): confidences agree to float32 precision, all else exactly.
     for d, p in zip(direct_rows, portable_rows, strict=True):
+        assert p.pop("mean_confidence") == pytest.approx(d.pop("mean_confidence"), rel=1e-6)
         assert p == d
+    assert portable_summary.pop("mean_confidence") == pytest.approx(direct_summary.pop("mean_confidence"), rel=1e-6)
     assert portable_summary == direct_summary
     assert direct_summary["after_crf"]["images"] == 3
     # the job really went through the job service and ran in an SDK worker the pool started

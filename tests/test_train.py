@@ -158,7 +158,7 @@ def test_existing_run_needs_resume_with_same_options(tmp_path, prepared):
     r = CliRunner().invoke(cli, ["train", prepared, str(out)])
     assert r.exit_code == 1 and "--resume" in r.output
     r = CliRunner().invoke(cli, ["train", prepared, str(out), "--resume"])
-    assert r.exit_code == 1 and "lr (was 0.5, now 0.001)" in r.output
+    assert r.exit_code == 1 and "lr (was 0.5, now 0.002)" in r.output
     assert not Path(out / "history.json").exists()
     # A run recorded before an option existed used its default: that key alone never differs,
     # a set value does.

@@ -7,7 +7,7 @@ import pytest
 
 from segops.core.options import OptionsError
 from segops.inference.options import PredictOptions
-from segops.inference.tiling import predict_probabilities
+from segops.inference.tiling import predict_probabilities, reflect_pad
 from segops.models import build_model
 
 
@@ -27,8 +27,10 @@ def test_flip_tta_averages_the_mirror_images_probabilities():
     image = np.random.default_rng(0).integers(0, 256, (18, 36, 3), dtype=np.uint8)  # reflection-padded to 20x36
     plain = predict_probabilities(model, [image], 4, PredictOptions(tile=0))[0]
     tta = predict_probabilities(model, [image], 4, PredictOptions(tile=0, tta="flip"))[0]
-    direct = model.predict(image[None])[0]
-    mirrored = model.predict(image[None, :, ::-1])[0, :, ::-1]
+    padded = reflect_pad(image, 4)  # rows added below: a horizontal mirror commutes with that padding
+    assert padded.shape == (20, 36, 3)
+    direct = model.predict(padded[None])[0, :18]
+    mirrored = model.predict(padded[None, :, ::-1])[0, :18, ::-1]
     np.testing.assert_allclose(plain, direct, atol=1e-6)
     np.testing.assert_allclose(tta, (direct + mirrored) / 2, atol=1e-6)
     assert not np.allclose(tta, plain, atol=1e-4)  # the mirror changes something

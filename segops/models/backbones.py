@@ -51,7 +51,7 @@ class Encoder:
         try:
             return app(include_top=False, weights=weights, input_shape=input_shape)
         except Exception as exc:  # keras.utils.get_file raises a bare Exception when it cannot download
-            url = re.search(r"URL fetch failure on (\S+?):", str(exc))
+            url = re.search(r"URL fetch failure on (\S+?): ", str(exc))
             if weights != IMAGENET or url is None:
                 raise
             raise BackboneError(offline_message(self.application, url.group(1))) from None
@@ -106,6 +106,8 @@ def build_backbone(name: str, weights: str = NO_WEIGHTS, output_stride: int = 32
     shape = (None, None, 3) if output_stride == 32 else (_PROBE, _PROBE, 3)
     try:
         app = encoder.construct(source, shape)
+    except BackboneError:
+        raise
     except (ValueError, KeyError, OSError) as exc:
         reason = str(exc).strip().splitlines()[0][:200]
         raise BackboneError(f"--backbone-weights {weights}: not weights of the {name} encoder ({reason})") from exc
