@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from segops.core import imageio, labels
+from segops.core.options import OptionsError
 from segops.datasets.synth import generate_dataset
 from segops.inference import crf
 
@@ -74,6 +75,26 @@ def test_fast_path_agrees_with_full_resolution_baseline_on_a_realistic_scene(syn
     fast = crf.refine(probs, rgb)
     assert fast.scale == 2 and 0 < fast.band_fraction < 0.2
     assert (fast.labels == baseline).mean() >= 0.99
+
+
+def test_the_appearance_kernel_spans_the_same_share_of_any_image_height():
+    """80 px at 1024 rows is 7.5 px at the 96 rows of this case; a 96-row image under
+    reference height 96 keeps 80 px; reference 0 takes the pixels as given."""
+    rgb, _, probs = _blocks_case()
+    params = crf.CRFParams(scale=1)
+    assert params.for_height(96).bilateral_sxy == pytest.approx(7.5)
+    assert params.for_height(1024) == crf.CRFParams(scale=1, bilateral_reference_height=0)
+    fixed_small = crf.CRFParams(scale=1, bilateral_sxy=7.5, bilateral_reference_height=0)
+    np.testing.assert_array_equal(crf.refine(probs, rgb, params).labels, crf.refine(probs, rgb, fixed_small).labels)
+    np.testing.assert_array_equal(crf.dense_crf_reference(probs, rgb, params),
+                                  crf.dense_crf_reference(probs, rgb, fixed_small))  # fmt: skip
+    same_share = crf.CRFParams(scale=1, bilateral_reference_height=96)
+    fixed_80 = crf.CRFParams(scale=1, bilateral_reference_height=0)
+    wide, narrow = crf.refine(probs, rgb, fixed_80).labels, crf.refine(probs, rgb, params).labels
+    np.testing.assert_array_equal(crf.refine(probs, rgb, same_share).labels, wide)
+    assert (wide != narrow).any()  # the kernel size matters on this case
+    with pytest.raises(OptionsError, match="reference_height"):
+        crf.CRFParams(bilateral_reference_height=-1)
 
 
 def test_output_is_uint8_labels_of_the_input_size_for_odd_sizes():

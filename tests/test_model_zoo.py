@@ -161,7 +161,7 @@ def test_segnet_basic_takes_a_training_step():
 MODELS = {
     "segnet": {"base_filters": 4},
     "deeplabv3plus": {"base_filters": 4, "output_stride": 8},
-    "unet+mobilenetv2": {"base_filters": 4, "backbone": "mobilenetv2", "freeze_backbone_epochs": 1},
+    "unet+vgg16": {"base_filters": 4, "backbone": "vgg16", "freeze_backbone_epochs": 1},
 }
 
 
