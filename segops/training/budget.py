@@ -36,6 +36,7 @@ MAX_VALIDATIONS = 20
 MIN_VALIDATIONS = 2  # one mid-way (a first re-plan, a best epoch to compare with) and one at the end
 MAX_GROWTH = 1.5  # a re-plan may lengthen the run to this many times the probe's epochs
 MIN_STEPS = 1
+PARTIAL_EPOCH = 0.25  # a shortened last epoch under a budget trains at least this share of an epoch
 CHECKPOINT_S = 2.0  # writing a checkpoint and state.json after each validation
 # Export: the float32 copy, model.keras and one SavedModel (best = final when the last epoch is
 # the best; otherwise a second export): this many times the traced first step, at least EXPORT_MIN_S.
@@ -68,10 +69,11 @@ class BudgetPlan:
     epochs: int
     steps_per_epoch: int
     warmup_steps: int
+    last_step: int = 0  # a re-plan's shortened last epoch ends at this step (0: at the end of an epoch)
 
     @property
     def total_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
+        return self.last_step or self.epochs * self.steps_per_epoch
 
     def describe(self) -> str:
         return (f"budget {self.budget_s / 60:g} min: ~{self.total_steps} steps of {self.step_s:.2f} s, "
@@ -84,7 +86,7 @@ class BudgetPlan:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BudgetPlan:
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
     def apply(self, opts: TrainOptions, room: bool) -> TrainOptions:
         """``opts`` with the plan's steps per epoch and epochs (what the loop trains); ``room``:
@@ -173,28 +175,39 @@ def deadline_guard(deadline: Deadline, run: Any, plan: BudgetPlan, replan: bool)
         def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
             self.planned = plan.epochs
             self.began = None
+            self.stop_at: int | None = plan.last_step or None  # the step a shortened last epoch ends at
 
         def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
             if self.began is None:
                 self.began, self.steps_done = time.monotonic(), 0
             else:
                 self.steps_done += 1
+            if self.stop_at is not None and int(self.model.optimizer.iterations.numpy()) >= self.stop_at:
+                self.model.stop_training = True  # Keras still validates and checkpoints this epoch
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             done, steps = epoch + 1, self.params.get("steps") or plan.steps_per_epoch
             # Seconds per epoch, validation included, from every step after the very first.
             per_epoch = (time.monotonic() - self.began) * steps / max(self.steps_done, 1)
             left = deadline.left() - deadline.reserve_s
-            if replan:
-                planned = max(done, min(done + int(left // per_epoch), self.params.get("epochs", done)))
+            if replan and self.stop_at is None:
+                # Whole epochs that still fit, then a shortened one for the rest of the time
+                # (its validation included) when it holds at least PARTIAL_EPOCH of an epoch: a
+                # pace slower than the probe's would otherwise drop a whole epoch's time.
+                cap = self.params.get("epochs", done)
+                whole = max(0, min(int(left // per_epoch), cap - done))
+                extra = int((left - whole * per_epoch - plan.eval_s) // (per_epoch / steps))
+                extra = extra if whole < cap - done and extra >= PARTIAL_EPOCH * steps else 0
+                planned, total = done + whole + (extra > 0), (done + whole) * steps + extra
                 schedule = getattr(self.model.optimizer, "_learning_rate", None)
-                if planned != self.planned and isinstance(schedule, WarmupPolyDecay):
-                    schedule.set_total_steps(planned * steps)
-                    log.info("time budget: %.0f s per epoch, %.0f s left: the run ends after epoch %d (was %d)",
-                             per_epoch, left, planned, self.planned)  # fmt: skip
+                if (planned, total) != (self.planned, self.planned * steps) and isinstance(schedule, WarmupPolyDecay):
+                    schedule.set_total_steps(total)
+                    log.info("time budget: %.0f s per epoch, %.0f s left: the run ends at step %d, epoch %d (was %d)",
+                             per_epoch, left, total, planned, self.planned)  # fmt: skip
                 self.planned = planned
-                run.extra_state["budget_plan"] = {**plan.to_json(), "epochs": planned}
-            elif left < per_epoch and done < self.planned:
+                self.stop_at = total if extra else None
+                run.extra_state["budget_plan"] = {**plan.to_json(), "epochs": planned, "last_step": total if extra else 0}
+            elif not replan and left < per_epoch and done < self.planned:
                 log.warning("time budget: %.0f s left, an epoch takes %.0f s: stopping after epoch %d",
                             deadline.left(), per_epoch, done)  # fmt: skip
                 self.planned = done
