@@ -26,6 +26,8 @@ def test_plan_fills_the_budget_without_passing_it():
     assert 2 <= plan.epochs and plan.epochs * plan.eval_s <= max(0.08 * (600 - 60 - plan.reserve_s), 2 * plan.eval_s)
     assert plan.warmup_steps == round(0.05 * plan.total_steps)
     assert BudgetPlan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
+    no_export = plan_budget(budget_s=600.0, elapsed_s=60.0, probe=PROBE, warmup=0.05, export=False)
+    assert no_export.export_s == 0 and no_export.reserve_s == plan.reserve_s - plan.export_s  # --no-export keeps none
 
 
 def test_a_budget_smaller_than_start_up_is_refused_with_the_numbers():
@@ -60,19 +62,19 @@ class _Interrupt(keras.callbacks.Callback):
 
 def test_budgeted_run_follows_records_and_resumes_its_plan(prepared, tmp_path):
     plans = []
-    opts = TrainOptions.from_flat(prepared=prepared, out=str(tmp_path / "run"), time_budget=0.6, export=False, **TINY)
+    opts = TrainOptions.from_flat(prepared=prepared, out=str(tmp_path / "run"), time_budget=0.8, export=False, **TINY)
     with pytest.raises(KeyboardInterrupt):
         train(opts, extra_callbacks=[_Interrupt()], started=time.monotonic(), on_plan=plans.append)
-    assert len(plans) == 1 and plans[0].startswith("budget 0.6 min: ~")
+    assert len(plans) == 1 and plans[0].startswith("budget 0.8 min: ~")
     state = json.loads((tmp_path / "run/checkpoints/state.json").read_text())
     plan = BudgetPlan.from_json(state["budget_plan"])
-    assert state["options"]["time_budget"] == 0.6 and state["options"]["epochs"] == 20  # as given
+    assert state["options"]["time_budget"] == 0.8 and state["options"]["epochs"] == 20  # as given
     assert plan.total_steps >= plan.epochs >= 1  # re-planned after epoch 1 at the pace it measured
     # --resume takes the recorded plan (no new probe: the line of the plan as last re-planned)
     # and trains it to the end.
-    resumed = train(TrainOptions.from_flat(prepared=prepared, out=str(tmp_path / "run"), time_budget=0.6,
+    resumed = train(TrainOptions.from_flat(prepared=prepared, out=str(tmp_path / "run"), time_budget=0.8,
                                            export=False, resume=True, **TINY), on_plan=plans.append)  # fmt: skip
-    assert plans[1] == plan.describe() and plans[1].startswith("budget 0.6 min: ~")
+    assert plans[1] == plan.describe() and plans[1].startswith("budget 0.8 min: ~")
     assert resumed.epochs_trained == plan.epochs
     model = keras.saving.load_model(str(tmp_path / f"run/checkpoints/epoch-{plan.epochs:04d}.keras"))
     assert int(model.optimizer.iterations.numpy()) == plan.total_steps

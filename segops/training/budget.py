@@ -96,12 +96,12 @@ class BudgetPlan:
         return dataclasses.replace(opts, optim=optim)
 
 
-def plan_budget(budget_s: float, elapsed_s: float, probe: Probe, warmup: float) -> BudgetPlan:
+def plan_budget(budget_s: float, elapsed_s: float, probe: Probe, warmup: float, export: bool = True) -> BudgetPlan:
     """Fit training into ``budget_s`` seconds of which ``elapsed_s`` are gone: reserve the
     real model's tracing and the export, give validation :data:`EVAL_SHARE` of the training
     time (at least two passes when they fit, else one, at the end), and train for the rest."""
     trace_s = max(probe.first_step_s - probe.step_s, 0.0) + max(probe.eval_first_s - probe.eval_batch_s, 0.0)
-    export_s = max(EXPORT_MIN_S, EXPORT_TRACES * probe.first_step_s)
+    export_s = max(EXPORT_MIN_S, EXPORT_TRACES * probe.first_step_s) if export else 0.0  # --no-export: none
     reserve = trace_s + export_s
     available = budget_s - elapsed_s - reserve
     eval_s = probe.eval_batch_s * probe.val_batches + CHECKPOINT_S

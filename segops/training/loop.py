@@ -257,7 +257,7 @@ def budget_plan(opts: TrainOptions, data: PreparedData, class_weights: list[floa
         probe = run_probe(opts, model, train_ds, val_ds, val_batches)
     del model
     keras.backend.clear_session()
-    return plan_budget(opts.optim.time_budget * 60.0, time.monotonic() - started, probe, opts.optim.warmup)
+    return plan_budget(opts.optim.time_budget * 60.0, time.monotonic() - started, probe, opts.optim.warmup, opts.export)
 
 
 def fit(model: Any, opts: TrainOptions, plan: Plan, extra_callbacks: list[Any]) -> None:
