@@ -29,15 +29,13 @@ import dataclasses
 import logging
 import math
 import os
-import shutil
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from segops.core import fs, labels, layout
-from segops.core.formatting import finite_or_none
+from segops.core import labels, layout
 from segops.training.budget import (
     PROBE_STEPS,
     BudgetPlan,
@@ -57,6 +55,7 @@ from segops.training.data import (
 )
 from segops.training.devices import dtype_policy, resolve_precision, select_strategy, worker_info
 from segops.training.options import POLY_POWER, SGD_MOMENTUM, TrainError, TrainOptions
+from segops.training.run_export import best_row, export_run
 from segops.training.state import RunState, check_resume, class_key, state_path
 
 log = logging.getLogger(__name__)
@@ -379,91 +378,16 @@ def _nan_if_none(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _best_row(run: RunState) -> dict[str, Any]:
-    return run.history[run.best_epoch - 1] if run.best_epoch else run.history[-1]
-
-
 def summarise(opts: TrainOptions, run: RunState) -> TrainResult:
-    best_row = _best_row(run)
+    best = best_row(run)
     return TrainResult(
         out=opts.out,
         epochs_trained=run.history[-1]["epoch"],
-        best_epoch=best_row["epoch"],
-        best_val_mean_iou=_nan_if_none(best_row.get("val_mean_iou")),
-        best_val_iou_per_class={name: best_row.get("val_" + class_key(name)) for name in labels.CLASS_NAMES},
+        best_epoch=best["epoch"],
+        best_val_mean_iou=_nan_if_none(best.get("val_mean_iou")),
+        best_val_iou_per_class={name: best.get("val_" + class_key(name)) for name in labels.CLASS_NAMES},
         final_val_mean_iou=_nan_if_none(run.history[-1].get("val_mean_iou")),
         corrupt_records=run.corrupt.count,
         history=run.history,
         stopped_early=run.stopped_early,
     )
-
-
-def float32_copy(model: Any, opts: TrainOptions) -> Any:
-    """The same weights in a float32, uncompiled model (what exports hold, whatever the training
-    precision; the .keras file then loads with plain Keras, no segops classes needed)."""
-    with dtype_policy("float32"):
-        copy = opts.model.build(pretrained=False)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
-def export_run(opts: TrainOptions, plan: Plan, model: Any, result: TrainResult) -> None:
-    """OUT/final (the last epoch), OUT/best (the best checkpoint) and OUT/model.json naming best
-    as the default export."""
-    import keras
-
-    from segops.training import export
-
-    run = plan.run
-    training = {
-        **run.recorded_options,
-        "precision_used": plan.precision,
-        "class_weight_scheme": plan.scheme,
-        "steps_per_epoch": plan.steps,
-        "crop_used": list(opts.augment.crop),
-        "hparams": opts.model.hparams(),
-        "epochs_trained": result.epochs_trained,
-        "stopped_early": run.stopped_early,
-        "corrupt_records": run.corrupt.count,
-        **({"budget_plan": run.extra_state["budget_plan"]} if "budget_plan" in run.extra_state else {}),
-    }
-
-    def info(row: dict[str, Any]) -> export.ModelInfo:
-        return export.ModelInfo(
-            architecture=opts.model.name,
-            num_classes=labels.NUM_CLASSES,
-            input_size=tuple(opts.augment.crop),
-            stride=opts.model.stride,
-            training=training,
-            metrics={
-                "epoch": row["epoch"],
-                "val_mean_iou": row.get("val_mean_iou"),
-                "val_mean_dice": row.get("val_mean_dice"),
-                "val_loss": row.get("val_loss"),
-                "val_iou_per_class": {n: row.get("val_" + class_key(n)) for n in labels.CLASS_NAMES},
-                "best_val_mean_iou": finite_or_none(result.best_val_mean_iou),
-            },
-        )
-
-    best_row = _best_row(run)
-    final_dir = os.path.join(opts.out, layout.FINAL_EXPORT)
-    final_info = export.export_model(float32_copy(model, opts), final_dir, info(run.history[-1]))
-    best_dir = os.path.join(opts.out, layout.BEST_EXPORT)
-    if best_row["epoch"] == run.history[-1]["epoch"]:  # the same weights and row: copy, do not export again
-        shutil.copytree(final_dir, best_dir, dirs_exist_ok=True)
-        best_info = final_info
-    else:
-        best_model = keras.saving.load_model(run.checkpoint_path(best_row["epoch"]), compile=False, safe_mode=True)
-        best_info = export.export_model(float32_copy(best_model, opts), best_dir, info(best_row))
-    summary = {
-        "default_export": layout.BEST_EXPORT,
-        "best": {"dir": layout.BEST_EXPORT, "model_id": best_info.model_id, **best_info.metrics},
-        "final": {"dir": layout.FINAL_EXPORT, "model_id": final_info.model_id, **final_info.metrics},
-        "architecture": opts.model.name,
-        "epochs_trained": result.epochs_trained,
-        "stopped_early": run.stopped_early,
-        "corrupt_records": run.corrupt.count,
-        "history": layout.HISTORY_JSON,
-        "training": training,
-    }
-    fs.write_json_atomic(os.path.join(opts.out, layout.MODEL_JSON), summary)
