@@ -69,7 +69,8 @@ def main() -> None:
     options = PredictOptions(tta=args.tta)
     confusion = {name: np.zeros((labels.NUM_CLASSES,) * 2, np.int64) for name, _ in [("model", None), *settings]}
     seconds = dict.fromkeys(confusion, 0.0)
-    for image_path, label_path in pairs(args.root, args.split):
+    labelled = pairs(args.root, args.split)
+    for image_path, label_path in labelled:
         rgb = imageio.decode_rgb_image(Path(image_path).read_bytes())
         gt = labels.to_train_ids(imageio.decode_label_png(Path(label_path).read_bytes()))
         start = time.process_time()
@@ -81,7 +82,7 @@ def main() -> None:
             refined = crf.refine(probs, rgb, params).labels
             seconds[name] += time.process_time() - start
             confusion[name] += metrics.confusion_matrix(gt, refined)
-    n = len(pairs(args.root, args.split))
+    n = len(labelled)
     print(f"{n} images of {args.root} {args.split}, model {args.model}, tta {args.tta}")
     print(f"{'setting':<12} {'mIoU':>7} {'CPU-s/img':>10}  per-class IoU (classes present)")
     for name, cm in confusion.items():
