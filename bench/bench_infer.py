@@ -71,7 +71,7 @@ def phase_inference(args) -> dict:
     from segops.inference.model import ServingModel
     from segops.inference.options import PredictOptions
     from segops.inference.tiling import predict_probabilities
-    from segops.training.export import load_info, resolve_export_dir
+    from segops.models.export_dir import load_info, resolve_export_dir
 
     info = load_info(args.model)
     t = time.perf_counter()
@@ -100,7 +100,7 @@ def phase_crf(args) -> dict:
     from segops.inference.model import ServingModel
     from segops.inference.options import PredictOptions
     from segops.inference.tiling import predict_probabilities
-    from segops.training.export import load_info, resolve_export_dir
+    from segops.models.export_dir import load_info, resolve_export_dir
 
     info = load_info(args.model)
     model = ServingModel(resolve_export_dir(args.model), threads=1)
@@ -208,11 +208,11 @@ def main() -> None:
             import keras
 
             from segops import models
-            from segops.training import export
+            from segops.models import export_dir
 
             keras.utils.set_random_seed(0)
             net = models.build_model("unet", depth=4, base_filters=16)
-            export.export_model(net, args.model, export.ModelInfo("unet", 19, (512, 1024), models.model_stride("unet", depth=4)))
+            export_dir.export_model(net, args.model, export_dir.ModelInfo("unet", 19, (512, 1024), models.model_stride("unet", depth=4)))
     load = os.getloadavg()
     print(f"# bench_infer  {platform.node()}  {os.cpu_count()} CPUs  model {args.model}  {args.images} frames "
           f"{HEIGHT}x{WIDTH}  load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)  # fmt: skip

@@ -117,10 +117,10 @@ def main() -> None:
     (work / "in").mkdir()
     cv2.imwrite(str(work / "in" / "big.png"), big)
     export = (
-        "import keras; from segops.models import build_model; from segops.training import export; "
+        "import keras; from segops.models import build_model; from segops.models import export_dir; "
         "from segops.core.labels import NUM_CLASSES; keras.utils.set_random_seed(0); "
-        f"export.export_model(build_model('unet', depth=4, base_filters={args.base_filters}), '{work / 'model'}', "
-        "export.ModelInfo('unet', NUM_CLASSES, (1024, 2048), 16))"
+        f"export_dir.export_model(build_model('unet', depth=4, base_filters={args.base_filters}), '{work / 'model'}', "
+        "export_dir.ModelInfo('unet', NUM_CLASSES, (1024, 2048), 16))"
     )
     subprocess.run([sys.executable, "-c", export], check=True, cwd=ROOT)
     result = {"machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs", "date": time.strftime("%Y-%m-%d"),

@@ -45,14 +45,13 @@ def frames(n: int, size: tuple[int, int]) -> np.ndarray:
 def build_export(out: str, depth: int, base_filters: int) -> None:
     import keras
 
-    from segops.models import build_model
-    from segops.training import export
+    from segops.models import build_model, export_dir
 
     keras.utils.set_random_seed(0)
     model = build_model("unet", depth=depth, base_filters=base_filters, dropout=0.0, dilated=False,
                         upsampling="transpose")  # fmt: skip
-    info = export.ModelInfo(architecture="unet", num_classes=19, input_size=(256, 512), stride=2**depth)
-    export.export_model(model, out, info)
+    info = export_dir.ModelInfo(architecture="unet", num_classes=19, input_size=(256, 512), stride=2**depth)
+    export_dir.export_model(model, out, info)
 
 
 def load_runtime(name: str, model_dir: str, size: tuple[int, int]):  # noqa: ANN201
@@ -60,10 +59,10 @@ def load_runtime(name: str, model_dir: str, size: tuple[int, int]):  # noqa: ANN
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from segops.training import export
+    from segops.models import export_dir
 
     if name in ("tf", "tf-eigen"):
-        fn = export.load_serving_fn(model_dir)
+        fn = export_dir.load_serving_fn(model_dir)
         return lambda x: fn(images=tf.constant(x))["probabilities"].numpy()
     import keras
 

@@ -79,8 +79,7 @@ def setup(work: Path, args: argparse.Namespace) -> tuple[Path, Path, set[str]]:
     from segops.core import labels
     from segops.core.options import parse_hw
     from segops.datasets.synth import generate_dataset
-    from segops.models import build_model
-    from segops.training import export
+    from segops.models import build_model, export_dir
 
     h, w = parse_hw(args.size)
     data, model = work / "data", work / "model"
@@ -90,8 +89,8 @@ def setup(work: Path, args: argparse.Namespace) -> tuple[Path, Path, set[str]]:
         victim.write_bytes(b"")  # a bad pair: prepare dead-letters it
     if not (model / "model.json").exists():
         keras.utils.set_random_seed(0)
-        export.export_model(build_model("unet", depth=2, base_filters=4), str(model),
-                            export.ModelInfo("unet", labels.NUM_CLASSES, (h, w), 4))  # fmt: skip
+        export_dir.export_model(build_model("unet", depth=2, base_filters=4), str(model),
+                            export_dir.ModelInfo("unet", labels.NUM_CLASSES, (h, w), 4))  # fmt: skip
     good = {str(p.relative_to(data / "leftImg8bit")) for p in (data / "leftImg8bit").rglob("*.png") if p.stat().st_size}
     return data, model, good
 

@@ -20,7 +20,7 @@ from segops.inference import crf
 from segops.inference.masks import mask_paths
 from segops.inference.options import InferOptions
 from segops.inference.table import open_table, read_metrics
-from segops.training import export
+from segops.models import export_dir
 from workflows.infer import run_infer
 
 H, W = 60, 100  # not a multiple of the model stride (8): padding is exercised
@@ -89,14 +89,14 @@ def make_cityscapes(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def model_dir(tmp_path_factory) -> str:
     keras.utils.set_random_seed(0)
     out = tmp_path_factory.mktemp("model")
-    export.export_model(prototype_model(), str(out / "best"), export.ModelInfo("proto", labels.NUM_CLASSES, (H, W), 8))
+    export_dir.export_model(prototype_model(), str(out / "best"), export_dir.ModelInfo("proto", labels.NUM_CLASSES, (H, W), 8))
     (out / "model.json").write_text(json.dumps({"default_export": "best"}))
     return str(out)
 
 
 @pytest.fixture(scope="module")
 def serving(model_dir):
-    return export.load_serving_fn(model_dir)
+    return export_dir.load_serving_fn(model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -344,7 +344,7 @@ def test_missing_or_incompatible_model_fails_before_the_pipeline(tmp_path, datas
 
     bad = tmp_path / "seven"
     inp = keras.Input((None, None, 3))
-    export.export_model(keras.Model(inp, keras.layers.Conv2D(7, 1)(inp)), str(bad), export.ModelInfo("x", 7, (8, 8), 1, class_names=[f"c{i}" for i in range(7)]))
+    export_dir.export_model(keras.Model(inp, keras.layers.Conv2D(7, 1)(inp)), str(bad), export_dir.ModelInfo("x", 7, (8, 8), 1, class_names=[f"c{i}" for i in range(7)]))
     result = CliRunner().invoke(cli, ["infer", str(bad), str(root), str(out), "--split", "val"])
     assert result.exit_code != 0 and "7 classes" in result.output
     assert not out.exists()

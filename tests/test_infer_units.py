@@ -23,7 +23,7 @@ from segops.inference.tiling import (
     reflect_pad,
     tile_windows,
 )
-from segops.training import export
+from segops.models import export_dir
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def serving_model(tmp_path_factory) -> ServingModel:
     x = keras.layers.Conv2D(8, 1, activation="relu")(x)
     out = keras.layers.Conv2D(labels.NUM_CLASSES, 1)(x)
     path = tmp_path_factory.mktemp("pixel_model")
-    export.export_model(keras.Model(inp, out), str(path), export.ModelInfo("pixel", labels.NUM_CLASSES, (32, 32), 16))
+    export_dir.export_model(keras.Model(inp, out), str(path), export_dir.ModelInfo("pixel", labels.NUM_CLASSES, (32, 32), 16))
     return ServingModel(str(path))
 
 

@@ -18,7 +18,7 @@ from trainutil import synth_val_and_tiny_unet
 
 from segops.cli import cli
 from segops.inference.table import read_metrics
-from segops.training import export
+from segops.models import export_dir
 
 pytestmark = pytest.mark.slow
 H, W = 32, 64
@@ -72,27 +72,27 @@ def test_a_keras_file_with_a_lambda_layer_is_refused_and_never_run(archive, tmp_
     import keras
 
     model, _ = archive
-    export_dir = tmp_path / "lambda"
-    shutil.copytree(model, export_dir)
+    model_copy = tmp_path / "lambda"
+    shutil.copytree(model, model_copy)
     ran = tmp_path / "lambda-ran"
     inputs = keras.Input((H, W, 3))
     # a lambda without a closure (Keras stores its bytecode) that leaves a mark when it runs
     mark = eval(f"lambda x: x * 0 + float(__import__('pathlib').Path({str(ran)!r}).touch() is None)")  # noqa: S307
     outputs = keras.layers.Lambda(mark)(inputs)
-    keras.Model(inputs, outputs).save(export_dir / "model.keras")
+    keras.Model(inputs, outputs).save(model_copy / "model.keras")
     ran.unlink()  # touched while the model was built, not by loading it
-    with pytest.raises(export.ModelError, match="Lambda layer"):
-        export.load_keras_model(str(export_dir))
+    with pytest.raises(export_dir.ModelError, match="Lambda layer"):
+        export_dir.load_keras_model(str(model_copy))
     assert not ran.exists()
-    assert len(export.load_keras_model(str(model)).weights) > 0  # our own export loads
+    assert len(export_dir.load_keras_model(str(model)).weights) > 0  # our own export loads
 
 
 def test_a_saved_model_that_writes_files_is_refused(archive, tmp_path):
     import tensorflow as tf
 
     model, data = archive
-    export_dir = tmp_path / "writer"
-    shutil.copytree(model, export_dir)
+    model_copy = tmp_path / "writer"
+    shutil.copytree(model, model_copy)
     module = tf.Module()
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
@@ -102,9 +102,9 @@ def test_a_saved_model_that_writes_files_is_refused(archive, tmp_path):
         return {"probabilities": probs}
 
     module.serve = serve
-    shutil.rmtree(export_dir / "saved_model")
-    tf.saved_model.save(module, str(export_dir / "saved_model"), signatures={"serving_default": serve})
-    result = infer(export_dir, data, tmp_path / "out")
+    shutil.rmtree(model_copy / "saved_model")
+    tf.saved_model.save(module, str(model_copy / "saved_model"), signatures={"serving_default": serve})
+    result = infer(model_copy, data, tmp_path / "out")
     assert result.exit_code == 1 and "WriteFile" in result.output
     assert not (tmp_path / "written").exists()
 

@@ -14,9 +14,8 @@ from segops.core.options import OptionsError
 from segops.inference.examples import ImageExample
 from segops.inference.model import SegmentationModelHandler
 from segops.inference.options import InferOptions, PredictOptions
-from segops.models import build_model
+from segops.models import build_model, export_dir
 from segops.models.layers import BilinearUpsampling, MaxPoolingWithArgmax, MaxUnpooling
-from segops.training import export
 from segops.training.loop import train
 from segops.training.options import ModelOptions, TrainOptions
 from workflows.infer import run_infer
@@ -196,7 +195,7 @@ def test_every_model_trains_exports_and_runs_through_infer(case, prepared, archi
         out = tmp_path / "infer"
         report = run_infer(InferOptions(str(run), str(root), str(out), crf=False))
         assert (report.processed, report.dead_lettered) == (2, 0)
-        serving = export.load_serving_fn(str(run))
+        serving = export_dir.load_serving_fn(str(run))
         for stem, rgb in images.items():
             mask = tf.io.decode_png((out / "masks" / f"{stem}_trainIds.png").read_bytes()).numpy()[..., 0]
             np.testing.assert_array_equal(mask, serving(images=rgb[None])["probabilities"].numpy()[0].argmax(-1))

@@ -21,7 +21,7 @@ from trainutil import synth_val_and_tiny_unet
 
 from segops.cli import cli
 from segops.inference.table import open_table
-from segops.training import export
+from segops.models import export_dir
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +86,7 @@ def union(out: Path):
 def test_a_growing_archive_is_relabelled_incrementally_and_failed_runs_are_just_restarted(source, tmp_path):
     model, pool = source
     archive = Archive(tmp_path, pool)
-    model_id = export.load_info(str(model)).model_id
+    model_id = export_dir.load_info(str(model)).model_id
 
     # run 1: N = 3 images
     day1 = archive.deliver("2026-11-01", 3)

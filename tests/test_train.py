@@ -13,7 +13,7 @@ from trainutil import write_prepared
 from segops.cli import cli
 from segops.core import labels
 from segops.core.options import OptionsError
-from segops.training import export
+from segops.models import export_dir
 from segops.training.loop import train
 from segops.training.options import JSON_KEYS, TrainOptions
 from segops.training.state import RunState
@@ -83,14 +83,14 @@ def test_outputs_history_and_exports(prepared, tmp_path):
     assert max(r["val_mean_iou"] for r in history) == pytest.approx(result.best_val_mean_iou)
     assert list(os.listdir(out / "logs"))  # TensorBoard event files
 
-    info = export.load_info(str(out))  # follows default_export -> best/
-    export.check_compatible(info)
+    info = export_dir.load_info(str(out))  # follows default_export -> best/
+    export_dir.check_compatible(info)
     assert info.architecture == "unet" and info.stride == 4 and info.input_size == (16, 32)
     assert info.training["loss"] == "ce+dice" and info.training["hparams"]["depth"] == 2
     assert info.metrics["val_mean_iou"] == pytest.approx(result.best_val_mean_iou)
     assert set(info.metrics["val_iou_per_class"]) == set(labels.CLASS_NAMES)
     images = np.random.default_rng(0).integers(0, 256, (1, 16, 32, 3), dtype=np.uint8)
-    probs = export.load_serving_fn(str(out))(images=images)["probabilities"].numpy()
+    probs = export_dir.load_serving_fn(str(out))(images=images)["probabilities"].numpy()
     assert probs.shape == (1, 16, 32, 19)
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
     best = keras.saving.load_model(str(out / "best/model.keras"))

@@ -112,12 +112,11 @@ def synth_val_and_tiny_unet(root, n_val: int, height: int, width: int, data_seed
 
     from segops.core.labels import NUM_CLASSES as CLASSES
     from segops.datasets.synth import generate_dataset
-    from segops.models import build_model
-    from segops.training import export
+    from segops.models import build_model, export_dir
 
     generate_dataset(str(root / "data"), {"train": 0, "val": n_val, "test": 0}, height=height, width=width,
                      seed=data_seed)  # fmt: skip
     keras.utils.set_random_seed(model_seed)
-    export.export_model(build_model("unet", depth=2, base_filters=4), str(root / "model"),
-                        export.ModelInfo("unet", CLASSES, (height, width), 4))  # fmt: skip
+    export_dir.export_model(build_model("unet", depth=2, base_filters=4), str(root / "model"),
+                        export_dir.ModelInfo("unet", CLASSES, (height, width), 4))  # fmt: skip
     return root / "model", root / "data"

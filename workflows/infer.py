@@ -55,7 +55,7 @@ from segops.inference.examples import ImageExample, Prediction, Segmented, load_
 from segops.inference.masks import confidence_stats, encode_masks, mask_paths
 from segops.inference.options import InferOptions
 from segops.inference.run_record import RunReport, output_paths, write_manifest
-from segops.training import export
+from segops.models import export_dir
 
 LOG = logging.getLogger(__name__)
 DEAD = deadletter.TAG
@@ -200,10 +200,10 @@ class InferOutputs:
     dead_letters: beam.PCollection
 
 
-def check_model(options: InferOptions) -> export.ModelInfo:
+def check_model(options: InferOptions) -> export_dir.ModelInfo:
     """The model's info, checked before any pipeline is built; raises ModelError."""
-    info = export.load_info(options.model_dir)
-    export.check_compatible(info)
+    info = export_dir.load_info(options.model_dir)
+    export_dir.check_compatible(info)
     return info
 
 
@@ -215,11 +215,11 @@ def _model_failures(pred: Prediction) -> Any:
         yield deadletter.tagged(pred.example.item.path, "inference", pred.error)
 
 
-def model_handler(options: InferOptions, info: export.ModelInfo) -> RetryingModelHandler:
-    return RetryingModelHandler(export.resolve_export_dir(options.model_dir), info.stride, options.predict)
+def model_handler(options: InferOptions, info: export_dir.ModelInfo) -> RetryingModelHandler:
+    return RetryingModelHandler(export_dir.resolve_export_dir(options.model_dir), info.stride, options.predict)
 
 
-def build_infer_pipeline(p: beam.Pipeline, options: InferOptions, info: export.ModelInfo,
+def build_infer_pipeline(p: beam.Pipeline, options: InferOptions, info: export_dir.ModelInfo,
                          table_version: int) -> InferOutputs:  # fmt: skip
     """Add the inference pipeline for ``options`` to ``p``. Its size does not depend on the
     input: listing and planning happen in the pipeline, against ``table_version``."""

@@ -89,7 +89,7 @@ def command(model_dir: str, input_path: str, out: str, beam_args: tuple[str, ...
     """
     args = check_beam_args(beam_args)
     from segops.inference.options import InferOptions, new_run_id
-    from segops.training.export import ModelError
+    from segops.models.export_dir import ModelError
     from workflows.infer import run_infer
 
     crf_params = build_options(CRFParams, **{k[len("crf_"):]: v for k, v in kw.items() if k.startswith("crf_")})

@@ -17,7 +17,7 @@ from apache_beam.ml.inference.base import ModelHandler
 from segops.inference.examples import ImageExample, Prediction
 from segops.inference.options import PredictOptions
 from segops.inference.tiling import predict_probabilities
-from segops.training import export
+from segops.models import export_dir
 
 LOG = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class ServingModel:
                 tf.config.threading.set_inter_op_parallelism_threads(1)
             except RuntimeError:  # TF already initialised in this process: keep its pools
                 LOG.info("TensorFlow already initialised; --tf-threads not applied in this process")
-        self._fn = export.load_serving_fn(model_dir)
+        self._fn = export_dir.load_serving_fn(model_dir)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         return self._fn(images=images)["probabilities"].numpy()
@@ -50,7 +50,7 @@ class SegmentationModelHandler(ModelHandler):
 
     Beam's built-in ``TFModelHandlerNumpy`` loads with ``tf.keras.models.load_model`` and calls
     the model on a float batch; our export's callable is a signature with a uint8 keyword input
-    returning a dict, so this handler loads it with :func:`segops.training.export.load_serving_fn`
+    returning a dict, so this handler loads it with :func:`segops.models.export_dir.load_serving_fn`
     instead. RunInference keeps one loaded model per worker process (Beam's ``shared.Shared``),
     or one per machine shared by all processes with ``share_model_across_processes``.
     """
@@ -98,8 +98,8 @@ class Predictor:
         self.stride = 1
         self.reason = ""
         for candidate in candidates:
-            with contextlib.suppress(export.ModelError, OSError, ValueError):
-                info = export.load_info(candidate)
+            with contextlib.suppress(export_dir.ModelError, OSError, ValueError):
+                info = export_dir.load_info(candidate)
                 if info.model_id == model_id:
                     self.stride = info.stride
                     self.model = ServingModel(candidate)  # resolves the export dir itself

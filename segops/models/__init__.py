@@ -3,7 +3,8 @@ registry: name -> builder, stride, the hyper-parameters training passes to it.
 
 Every model is a function of its hyper-parameters returning a ``keras.Model`` that maps float
 images in 0..255 (N, H, W, 3) to per-class logits (N, H, W, num_classes) at input resolution;
-normalisation happens inside the model. Training, export and the CLI look models up here only
+normalisation happens inside the model. The export directory format (the train -> infer contract) is
+:mod:`segops.models.export_dir`. Training, export and the CLI look models up here only
 (:data:`REGISTRY`, :func:`build_model`, :func:`model_stride`). Models: the real-time street
 networks Fast-SCNN and DDRNet-23-slim, U-Net, FCN-8s, SegNet and SegNet-Basic, DeepLabV3+; any of
 them without a backbone also runs on an average-pooled input (``input_downsample``); U-Net, FCN-8s and DeepLabV3+ take a pretrained ``keras.applications``

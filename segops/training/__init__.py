@@ -9,8 +9,7 @@
     state.py           history, checkpoints, state.json; resume checks
     callbacks.py       per-epoch callbacks (per-class IoU, checkpoint, TensorBoard)
     loop.py            train(): plan, build or load, fit, summarise, export
-    export.py          the export directory format (model.keras, saved_model/, model.json) and loading
 
-The package imports nothing heavy itself: ``segops.training.options`` and ``export`` load without
-TensorFlow.
+The package imports nothing heavy itself: ``segops.training.options`` loads without TensorFlow
+(the export directory format is :mod:`segops.models.export_dir`).
 """

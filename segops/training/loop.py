@@ -7,7 +7,7 @@ docs/architecture.md):
     OUT/checkpoints/state.json         epoch, seed, options, history, best epoch: the commit point
     OUT/history.json, OUT/history.csv  one row per epoch
     OUT/logs/                          TensorBoard
-    OUT/final/, OUT/best/              export directories (segops.training.export), OUT/model.json
+    OUT/final/, OUT/best/              export directories (segops.models.export_dir), OUT/model.json
 
 Resume is exact: the checkpoint holds weights and optimizer state (iterations, so also the poly
 learning-rate position), state.json the epoch counter and history (segops.training.state), and
@@ -32,7 +32,6 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from segops.core import labels, layout
@@ -56,45 +55,10 @@ from segops.training.data import (
 from segops.training.devices import dtype_policy, resolve_precision, select_strategy, worker_info
 from segops.training.options import POLY_POWER, SGD_MOMENTUM, TrainError, TrainOptions
 from segops.training.run_export import best_row, export_run
+from segops.training.run_plan import Plan, TrainResult
 from segops.training.state import RunState, check_resume, class_key, state_path
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainResult:
-    out: str
-    epochs_trained: int
-    best_epoch: int
-    best_val_mean_iou: float
-    best_val_iou_per_class: dict[str, float | None]
-    final_val_mean_iou: float
-    corrupt_records: int
-    history: list[dict[str, Any]] = field(default_factory=list)
-    stopped_early: bool = False
-
-
-@dataclass
-class Plan:
-    """What this process trains: its output directory, its shards, the steps per epoch, and the
-    epoch it starts from (after a resume)."""
-
-    out: str
-    data: PreparedData
-    train_records: int
-    coarse_records: int  # 0 when no coarse records are read
-    steps: int
-    precision: str
-    scheme: str
-    class_weights: list[float] | None
-    run: RunState
-    state: dict[str, Any] | None
-    first_callbacks: list[Any] = field(default_factory=list)  # before the checkpoint (the budget's re-plan)
-    lr_total_steps: int | None = None  # end of the lr decay, when not epochs * steps (a budget's plan)
-
-    @property
-    def initial_epoch(self) -> int:
-        return self.state["epoch"] if self.state else 0
 
 
 # --- compiling -----------------------------------------------------------------------------------

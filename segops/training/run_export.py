@@ -14,8 +14,8 @@ from segops.training.devices import dtype_policy
 from segops.training.state import RunState, class_key
 
 if TYPE_CHECKING:
-    from segops.training.loop import Plan, TrainResult
     from segops.training.options import TrainOptions
+    from segops.training.run_plan import Plan, TrainResult
 
 
 def best_row(run: RunState) -> dict[str, Any]:
@@ -37,7 +37,7 @@ def export_run(opts: TrainOptions, plan: Plan, model: Any, result: TrainResult) 
     as the default export."""
     import keras
 
-    from segops.training import export
+    from segops.models import export_dir
 
     run = plan.run
     training = {
@@ -53,8 +53,8 @@ def export_run(opts: TrainOptions, plan: Plan, model: Any, result: TrainResult) 
         **({"budget_plan": run.extra_state["budget_plan"]} if "budget_plan" in run.extra_state else {}),
     }
 
-    def info(row: dict[str, Any]) -> export.ModelInfo:
-        return export.ModelInfo(
+    def info(row: dict[str, Any]) -> export_dir.ModelInfo:
+        return export_dir.ModelInfo(
             architecture=opts.model.name,
             num_classes=labels.NUM_CLASSES,
             input_size=tuple(opts.augment.crop),
@@ -72,14 +72,14 @@ def export_run(opts: TrainOptions, plan: Plan, model: Any, result: TrainResult) 
 
     best = best_row(run)
     final_dir = os.path.join(opts.out, layout.FINAL_EXPORT)
-    final_info = export.export_model(float32_copy(model, opts), final_dir, info(run.history[-1]))
+    final_info = export_dir.export_model(float32_copy(model, opts), final_dir, info(run.history[-1]))
     best_dir = os.path.join(opts.out, layout.BEST_EXPORT)
     if best["epoch"] == run.history[-1]["epoch"]:  # the same weights and row: copy, do not export again
         shutil.copytree(final_dir, best_dir, dirs_exist_ok=True)
         best_info = final_info
     else:
         best_model = keras.saving.load_model(run.checkpoint_path(best["epoch"]), compile=False, safe_mode=True)
-        best_info = export.export_model(float32_copy(best_model, opts), best_dir, info(best))
+        best_info = export_dir.export_model(float32_copy(best_model, opts), best_dir, info(best))
     summary = {
         "default_export": layout.BEST_EXPORT,
         "best": {"dir": layout.BEST_EXPORT, "model_id": best_info.model_id, **best_info.metrics},

@@ -1,4 +1,6 @@
-"""Exported models: the contract between ``segops train`` and ``segops infer``.
+"""Exported models: the contract between ``segops train`` and every stage that runs a model
+(``infer``, ``report``, ``review``). It lives beside the networks, under the training and
+inference layers, so that inference never imports training.
 
 An *export directory* holds one model in two forms plus its description:
 
