@@ -250,10 +250,10 @@ def test_train_cli_coarse_then_fine(prepared: dict[str, Path], tmp_path: Path) -
     # coarse asked for where none was prepared: a clear error before any model is built
     result = CliRunner().invoke(cli, ["train", str(prepared["fine"]), str(tmp_path / "x"), "--coarse-ratio", "0.5",
                                       "--crop", "32x64", "--model", "unet", "--depth", "2"])  # fmt: skip
-    assert result.exit_code == 1 and "--annotations fine+coarse" in result.output
+    assert result.exit_code == 2 and "--annotations fine+coarse" in result.output
     result = CliRunner().invoke(cli, ["train", str(prepared["fine"]), str(tmp_path / "y"), "--epochs", "2",
                                       "--coarse-epochs", "2", "--crop", "32x64", "--model", "unet", "--depth", "2"])  # fmt: skip
-    assert result.exit_code == 1 and "must be less than --epochs" in result.output
+    assert result.exit_code == 2 and "must be less than --epochs" in result.output
 
 
 def test_resume_of_a_run_from_before_the_coarse_options(tmp_path: Path) -> None:

@@ -371,7 +371,7 @@ def test_one_training_step_with_ce_lovasz_and_ohem(tmp_path):
     common = [str(prepared), "--model", "unet", "--depth", "2", "--base-filters", "4", "--batch-size", "4",
               "--crop", "16x32", "--epochs", "1", "--steps-per-epoch", "1", "--no-export", "--no-progress"]  # fmt: skip
     bad = CliRunner().invoke(cli, ["train", *common[:1], str(tmp_path / "bad"), *common[1:], "--loss", "ce+iou"])
-    assert bad.exit_code == 1 and "'iou' is not a term" in bad.output
+    assert bad.exit_code == 2 and "'iou' is not a term" in bad.output
     out = tmp_path / "run"
     r = CliRunner().invoke(cli, ["train", *common[:1], str(out), *common[1:], "--loss", "CE + lovasz*0.5 + ohem",
                                  "--weight-maps", "--ohem-threshold", "0.7"])  # fmt: skip

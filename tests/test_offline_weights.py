@@ -38,6 +38,6 @@ def test_train_cli_exits_1_with_the_offline_line(tmp_path, monkeypatch):
     write_prepared(str(tmp_path / "prepared"), {"train": 2, "val": 1}, height=32, width=32)
     result = CliRunner().invoke(cli, ["train", str(tmp_path / "prepared"), str(tmp_path / "out"), "--model", "unet",
                                       "--backbone", "mobilenetv2", "--backbone-weights", "imagenet", "--crop", "32x32"])  # fmt: skip
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "cannot download the MobileNetV2 ImageNet weights" in result.output
     assert not (tmp_path / "out" / "model.json").exists()

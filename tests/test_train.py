@@ -119,32 +119,32 @@ def _cli_train(prepared, out, *args):
 def test_bad_prepared_dirs_fail_before_training(tmp_path, prepared):
     out = tmp_path / "out"
     r = _cli_train(str(tmp_path / "missing"), str(out))
-    assert r.exit_code == 1 and "does not exist" in r.output
+    assert r.exit_code == 2 and "does not exist" in r.output
 
     (tmp_path / "empty").mkdir()
     r = _cli_train(str(tmp_path / "empty"), str(out))
-    assert r.exit_code == 1 and "no manifest.json" in r.output
+    assert r.exit_code == 2 and "no manifest.json" in r.output
 
     old = tmp_path / "old"
     write_prepared(str(old), {"train": 1, "val": 1}, height=16, width=32, class_weights=False)
     manifest = json.loads((old / "manifest.json").read_text())
     (old / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 0}))
     r = _cli_train(str(old), str(out))
-    assert r.exit_code == 1 and "schema version 0" in r.output and "prepare" in r.output
+    assert r.exit_code == 2 and "schema version 0" in r.output and "prepare" in r.output
 
     (old / "manifest.json").write_text(json.dumps(manifest))
     r = _cli_train(str(old), str(out), "--class-weights", "enet")
-    assert r.exit_code == 1 and "class_weights.json" in r.output
+    assert r.exit_code == 2 and "class_weights.json" in r.output
     r = _cli_train(str(old), str(out), "--weight-maps")
-    assert r.exit_code == 1 and "without weight maps" in r.output
+    assert r.exit_code == 2 and "without weight maps" in r.output
 
     for shard in (old / "train").iterdir():
         shard.unlink()
     r = _cli_train(str(old), str(out))
-    assert r.exit_code == 1 and "no train-*-of-*.tfrecord shards" in r.output
+    assert r.exit_code == 2 and "no train-*-of-*.tfrecord shards" in r.output
 
     r = _cli_train(prepared, str(out), "--model", "fcn8s")
-    assert r.exit_code == 1 and "multiples of 32" in r.output
+    assert r.exit_code == 2 and "multiples of 32" in r.output
     r = _cli_train(prepared, str(out), "--crop", "16by32")
     assert r.exit_code == 2 and "HxW" in r.output
     assert not (out / "checkpoints").exists()
@@ -156,16 +156,16 @@ def test_existing_run_needs_resume_with_same_options(tmp_path, prepared):
     state = {"options": {**TrainOptions.from_flat(prepared=prepared, out=str(out)).to_json(), "lr": 0.5}}
     (out / "checkpoints/state.json").write_text(json.dumps(state))
     r = CliRunner().invoke(cli, ["train", prepared, str(out)])
-    assert r.exit_code == 1 and "--resume" in r.output
+    assert r.exit_code == 2 and "--resume" in r.output
     r = CliRunner().invoke(cli, ["train", prepared, str(out), "--resume"])
-    assert r.exit_code == 1 and "lr (was 0.5, now 0.002)" in r.output
+    assert r.exit_code == 2 and "lr (was 0.5, now 0.002)" in r.output
     assert not Path(out / "history.json").exists()
     # A run recorded before an option existed used its default: that key alone never differs,
     # a set value does.
     old = {k: v for k, v in state["options"].items() if k != "focal_gamma"}
     (out / "checkpoints/state.json").write_text(json.dumps({"options": old}))
     r = CliRunner().invoke(cli, ["train", prepared, str(out), "--resume", "--focal-gamma", "3"])
-    assert r.exit_code == 1 and "focal_gamma (was 2.0, now 3.0)" in r.output and "lr (was 0.5" in r.output
+    assert r.exit_code == 2 and "focal_gamma (was 2.0, now 3.0)" in r.output and "lr (was 0.5" in r.output
 
 
 def test_help_lists_every_option():

@@ -92,32 +92,8 @@ def command(model_dir: str, input_path: str, out: str, beam_args: tuple[str, ...
     from segops.models.export_dir import ModelError
     from workflows.infer import run_infer
 
-    crf_params = build_options(CRFParams, **{k[len("crf_"):]: v for k, v in kw.items() if k.startswith("crf_")})
-    predict = build_options(
-        PredictOptions,
-        batch_size=kw["batch_size"],
-        max_batch_pixels=kw["max_batch_pixels"],
-        tile=kw["tile"],
-        tile_overlap=kw["tile_overlap"],
-        tf_threads=kw["tf_threads"],
-        tta=kw["tta"],
-        share_model_across_processes=kw["share_model_across_processes"],
-    )
-    options = build_options(
-        InferOptions,
-        model_dir=model_dir,
-        input=input_path,
-        output=out,
-        labels=kw["labels"],
-        split=kw["split"],
-        crf=kw["crf"],
-        crf_params=crf_params,
-        predict=predict,
-        overwrite=kw["overwrite"],
-        overlay=kw["overlay"],
-        max_pixels=kw["max_pixels"],
-        run_id=kw["run_id"] or new_run_id(),
-    )
+    options = build_options(InferOptions.from_flat, model_dir=model_dir, input=input_path, output=out,
+                            **{**kw, "run_id": kw["run_id"] or new_run_id()})
     try:
         with output_errors(options.output):
             report = run_infer(options, args)

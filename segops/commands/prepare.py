@@ -76,7 +76,7 @@ def command(input_dir: str, output_dir: str, beam_args: tuple[str, ...], splits:
 
     _check_input(input_dir)
     options = build_options(
-        PrepareOptions,
+        PrepareOptions.from_flat,
         input=normalise(input_dir),
         output=normalise(output_dir),
         splits=_names(splits),

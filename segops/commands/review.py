@@ -49,7 +49,7 @@ def select_command(infer_out: str, out: str | None, **kw: Any) -> None:
     from segops.inference.table import TableError
     from segops.review.select import format_selection, select, selection_path, write_selection
 
-    options = build_options(SelectOptions, **kw)
+    options = build_options(SelectOptions.from_flat, **kw)
     try:
         selection = select(infer_out, options)
     except (ReviewError, TableError) as exc:
@@ -77,7 +77,7 @@ def export_command(infer_out: str, selection: str | None, formats: tuple[str, ..
     from segops.review.export import export_selection
     from segops.review.select import read_selection, selection_path
 
-    options = build_options(ExportOptions, formats=formats, image_root=image_root, image_url_prefix=image_url_prefix)
+    options = build_options(ExportOptions.from_flat, formats=formats, image_root=image_root, image_url_prefix=image_url_prefix)
     try:
         rows = read_selection(selection or selection_path(infer_out))
         written = export_selection(infer_out, rows, out or fs.join(infer_out, layout.REVIEW_DIR), options)

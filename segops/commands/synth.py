@@ -7,7 +7,7 @@ import time
 
 import click
 
-from segops.commands.common import CONTEXT_SETTINGS, hw_callback
+from segops.commands.common import CONTEXT_SETTINGS, build_options, hw_callback
 from segops.core.layout import TRAIN_EXTRA_SPLIT
 from segops.core.options import default_of
 from segops.datasets.synth import (
@@ -61,10 +61,12 @@ def command(out: str, n_train: int, n_val: int, n_test: int, coarse: bool, n_ext
     *_gtCoarse_polygons.json for train and val; --train-extra N adds N coarse-only images.
     The same options always write byte-identical files; files are written atomically.
     """
-    height, width = size
     counts = {"train": n_train, "val": n_val, "test": n_test}
     if n_extra:
         counts[TRAIN_EXTRA_SPLIT] = n_extra
+    options = build_options(SynthOptions.from_flat, counts=counts, height=size[0], width=size[1], seed=seed,
+                            workers=workers, coarse=coarse or n_extra > 0)  # fmt: skip
+    height, width = options.height, options.width
     last_shown: dict[str, int] = {}
 
     def progress(split: str, done: int, total: int) -> None:
@@ -78,8 +80,8 @@ def command(out: str, n_train: int, n_val: int, n_test: int, coarse: bool, n_ext
         click.echo(f"Generating {sum(counts.values())} images at {height}x{width} (seed {seed}) in {out}", err=True)
     start = time.perf_counter()
     try:
-        summary = generate_dataset(out, counts, height=height, width=width, seed=seed, workers=workers,
-                                   progress=progress, coarse=coarse or n_extra > 0)
+        summary = generate_dataset(out, options.counts, height=height, width=width, seed=options.seed,
+                                   workers=options.workers, progress=progress, coarse=options.coarse)
     except OSError as exc:
         raise click.ClickException(f"cannot write to {out}: {exc}") from exc
     elapsed = time.perf_counter() - start

@@ -7,7 +7,7 @@ import os
 
 import click
 
-from segops.commands.common import CONTEXT_SETTINGS, hw_callback, output_errors, range_callback
+from segops.commands.common import CONTEXT_SETTINGS, build_options, hw_callback, output_errors, range_callback
 from segops.core import layout
 from segops.core.formatting import fmt_score
 from segops.core.labels import CLASS_NAMES
@@ -178,14 +178,15 @@ def command(prepared: str, out: str, progress: bool, **kwargs: object) -> None:
     """
     from segops.training.loop import train
 
-    # Bad option combinations and bad input both exit with status 1 (ClickException), as they
-    # always have; only malformed values (click's own checks) are usage errors.
+    # What the user can fix (options, the prepared directory, an incompatible OUT) is a usage
+    # error (exit 2) whether found at once or by train()'s checks before it trains, as in every command.
+    options = build_options(TrainOptions.from_flat, prepared=prepared, out=out, verbose=1 if progress else 2,
+                            **kwargs)  # fmt: skip
     try:
-        options = TrainOptions.from_flat(prepared=prepared, out=out, verbose=1 if progress else 2, **kwargs)
         with output_errors(options.out, "model.json"):
             result = train(options, on_plan=click.echo)
     except OptionsError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.UsageError(str(exc)) from exc
 
     click.echo(
         f"\ntrained {result.epochs_trained} epoch(s){' (stopped early)' if result.stopped_early else ''}; "

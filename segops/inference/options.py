@@ -13,7 +13,7 @@ from typing import Any
 
 from segops.core import fs, layout
 from segops.core.imageio import INFER_MAX_PIXELS
-from segops.core.options import OptionsError, parse_hw
+from segops.core.options import FLAG_PREFIX, FlatOptions, OptionsError, parse_hw
 from segops.inference.crf import CRFParams
 
 DEFAULT_TILE = "1024x2048"
@@ -72,7 +72,7 @@ class PredictOptions:
 
 
 @dataclass(frozen=True)
-class InferOptions:
+class InferOptions(FlatOptions):
     """Options of ``segops infer``; paths are normalised (absolute, or URLs) at construction."""
 
     model_dir: str
@@ -81,7 +81,7 @@ class InferOptions:
     labels: str | None = None  # root of labelIds mirroring the input; default: the gtFine mirror
     split: str | None = None  # INPUT is a Cityscapes root; use INPUT/leftImg8bit/<split>
     crf: bool = True
-    crf_params: CRFParams = field(default_factory=CRFParams)
+    crf_params: CRFParams = field(default_factory=CRFParams, metadata={FLAG_PREFIX: "crf_"})  # --crf-iterations ...
     predict: PredictOptions = field(default_factory=PredictOptions)
     overwrite: bool = False
     overlay: bool = False

@@ -11,7 +11,7 @@ from typing import Any
 
 from segops.core.imageio import DEFAULT_MAX_PIXELS
 from segops.core.layout import COARSE, FINE
-from segops.core.options import OptionsError
+from segops.core.options import FlatOptions, OptionsError
 from segops.datasets.cityscapes import DEFAULT_UNLABELED_SPLITS, Listing
 from segops.prepare.class_weights import DEFAULT_SCHEME, SCHEMES
 
@@ -24,7 +24,7 @@ _SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
-class PrepareOptions:
+class PrepareOptions(FlatOptions):
     """Everything `segops prepare` does, validated once here (OptionsError with a readable message)."""
 
     input: str

@@ -23,6 +23,7 @@ import numpy as np
 
 from segops import __version__
 from segops.core import fs, imageio, labels, layout
+from segops.core.options import FlatOptions
 from segops.inference.discovery import WorkItem
 from segops.inference.masks import mask_paths
 from segops.review import ReviewError, brush
@@ -35,7 +36,7 @@ LOCAL_FILES_PREFIX = "/data/local-files/?d="  # Label Studio's local-files stora
 
 
 @dataclass(frozen=True)
-class ExportOptions:
+class ExportOptions(FlatOptions):
     """Which files to write, and how the tool finds the images: ``image_url_prefix`` + the path
     relative to ``image_root`` (None: the root the infer run listed)."""
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from segops.core import fs, labels, layout
-from segops.core.options import OptionsError
+from segops.core.options import FlatOptions, OptionsError
 from segops.inference import table
 from segops.review import ReviewError
 
@@ -32,7 +32,7 @@ class SelectError(ReviewError, OptionsError):
 
 
 @dataclass(frozen=True)
-class SelectOptions:
+class SelectOptions(FlatOptions):
     """How many images each rule proposes (0 = rule off), the classes of ``rare_classes``, the
     overall cap and the seed of the random sample."""
 

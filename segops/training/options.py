@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from segops.core import layout
-from segops.core.options import OptionsError
+from segops.core.options import FLAG, FlatOptions, OptionsError
 from segops.models import MODEL_NAMES, NO_BACKBONE, OUTPUT_STRIDES, UPSAMPLING_MODES, get_spec
 from segops.prepare.class_weights import SCHEMES
 
@@ -36,7 +36,6 @@ DEFAULT_CLASS_WEIGHTS = "default"  # class_weights.json's default_scheme
 CLASS_WEIGHT_CHOICES = (NO_CLASS_WEIGHTS, DEFAULT_CLASS_WEIGHTS, *SCHEMES)
 AUTOTUNE = -1  # tf.data.AUTOTUNE, without importing TensorFlow
 
-FLAG = "flag"  # dataclass field metadata key: the field's flat (flag) name, None for no flag
 
 # The flat options in the order state.json and model.json have always recorded them.
 JSON_KEYS = (
@@ -317,7 +316,7 @@ class AnnotationMix:
 
 
 @dataclass(frozen=True)
-class TrainOptions:
+class TrainOptions(FlatOptions):
     """Everything ``segops train`` needs: the paths, the five concerns, and how the run goes."""
 
     prepared: str
@@ -348,41 +347,8 @@ class TrainOptions:
                 f"--crop {h}x{w}: height and width must be positive multiples of {stride} for {self.model.name} ({rule})"
             )
 
-    @classmethod
-    def from_flat(cls, **flat: Any) -> TrainOptions:
-        """Options from flag names (the CLI's keywords, or a recorded ``to_json()``; lists are
-        read as tuples). An unknown name is a TypeError, as for any constructor."""
-        rest = {k: tuple(v) if isinstance(v, list) else v for k, v in flat.items()}
-        sections = {}
-        for name, section in _sections().items():
-            names = _flag_names(section)
-            sections[name] = section(**{names[k]: rest.pop(k) for k in list(rest) if k in names})
-        return cls(**sections, **rest)
-
     def to_json(self) -> dict[str, Any]:
         """The flat options (tuples as lists), keys in :data:`JSON_KEYS` order."""
-        flat: dict[str, Any] = {}
-        sections = _sections()
-        for owner in (self, *(getattr(self, name) for name in sections)):
-            for flag, name in _flag_names(type(owner)).items():
-                if owner is self and name in sections:
-                    continue
-                value = getattr(owner, name)
-                flat[flag] = list(value) if isinstance(value, tuple) else value
+        flat = self.to_flat()
         return {key: flat[key] for key in JSON_KEYS}
 
-
-def _flag_names(cls: type) -> dict[str, str]:
-    """flag name -> field name of the fields of ``cls`` that are flags."""
-    names = {f.metadata.get(FLAG, f.name): f.name for f in dataclasses.fields(cls)}
-    names.pop(None, None)
-    return names
-
-
-def _sections() -> dict[str, type]:
-    """TrainOptions' fields that hold an options dataclass -> that dataclass."""
-    return {
-        f.name: f.default_factory
-        for f in dataclasses.fields(TrainOptions)
-        if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory)
-    }

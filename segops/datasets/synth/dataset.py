@@ -16,7 +16,7 @@ from segops.core import layout
 from segops.core.fs import dump_json, join, match_sized, write_bytes_atomic
 from segops.core.imageio import encode_mask_png, encode_png
 from segops.core.labels import LABEL_ID_TO_COLOR
-from segops.core.options import OptionsError
+from segops.core.options import FlatOptions, OptionsError
 from segops.datasets.synth.coarse import coarsen
 from segops.datasets.synth.compose import build_scene
 from segops.datasets.synth.render import Rendered, render
@@ -66,7 +66,7 @@ def _check_counts(counts: dict[str, int]) -> dict[str, int]:
 
 
 @dataclass(frozen=True)
-class SynthOptions:
+class SynthOptions(FlatOptions):
     """What a synthetic dataset is made with; the manifest records all of it but ``workers``,
     which never changes a byte of the output."""
 
