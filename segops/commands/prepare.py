@@ -71,7 +71,7 @@ def command(input_dir: str, output_dir: str, beam_args: tuple[str, ...], splits:
     from segops.core import layout
     from segops.core.fs import join, read_json
     from segops.datasets.cityscapes import DiscoveryError
-    from segops.prepare.summary import summarize
+    from segops.prepare.summary import summary_text
     from workflows.prepare import run_prepare
 
     _check_input(input_dir)
@@ -101,4 +101,4 @@ def command(input_dir: str, output_dir: str, beam_args: tuple[str, ...], splits:
 
     stats = read_json(join(options.output, layout.STATS_FILE))
     class_weights = read_json(join(options.output, layout.CLASS_WEIGHTS_FILE))
-    click.echo(summarize(manifest, stats, class_weights))
+    click.echo(summary_text(manifest, stats, class_weights))

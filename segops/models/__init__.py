@@ -23,6 +23,9 @@ from typing import Any
 UPSAMPLING_MODES = ("transpose", "bilinear")  # U-Net decoder: learned 2x2 transposed conv, or resize + 1x1 conv
 FCN_STRIDE = 32  # five 2x2 poolings
 NO_BACKBONE = "none"
+# --backbone-weights: random, Keras' ImageNet download, or else the path of a weights file
+NO_WEIGHTS = "none"
+IMAGENET = "imagenet"
 # keras.applications encoders (segops.models.backbones.ENCODERS has one entry per name)
 BACKBONE_NAMES = ("vgg16", "resnet50", "mobilenetv2", "efficientnetb0")
 OUTPUT_STRIDES = (8, 16)  # DeepLabV3+

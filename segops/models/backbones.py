@@ -23,12 +23,10 @@ from typing import Any
 
 import keras
 
-from segops.models import BACKBONE_NAMES
+from segops.models import BACKBONE_NAMES, IMAGENET, NO_WEIGHTS
 from segops.models.layers import EncoderPreprocess
 
 TAP_STRIDES = (2, 4, 8, 16, 32)
-NO_WEIGHTS = "none"
-IMAGENET = "imagenet"
 _PROBE = 64  # input size at which the strides of an encoder's layers are measured
 
 

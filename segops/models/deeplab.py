@@ -24,11 +24,11 @@ import keras
 from keras import layers
 
 from segops.core.labels import NUM_CLASSES
-from segops.models.backbones import NO_WEIGHTS, encode
+from segops.models import NO_BACKBONE, NO_WEIGHTS, OUTPUT_STRIDES
+from segops.models.backbones import encode
 from segops.models.blocks import conv_bn_relu, logits_head, normalize_input
 from segops.models.layers import BilinearUpsampling, BroadcastLike
 
-OUTPUT_STRIDES = (8, 16)
 ASPP_RATES_OS16 = (6, 12, 18)
 LOW_LEVEL_STRIDE = 4
 LOW_LEVEL_FILTERS = 48  # the paper's reduction of the low-level features
@@ -70,7 +70,7 @@ def scratch_encoder(x: keras.KerasTensor, base_filters: int, output_stride: int)
 def build_deeplabv3plus(
     num_classes: int = NUM_CLASSES,
     output_stride: int = 16,
-    backbone: str = NO_WEIGHTS,
+    backbone: str = NO_BACKBONE,
     backbone_weights: str = NO_WEIGHTS,
     base_filters: int = 32,
     aspp_filters: int | None = None,
@@ -83,7 +83,7 @@ def build_deeplabv3plus(
         raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
     filters = aspp_filters or 8 * base_filters
     inputs = keras.Input((None, None, 3), name="images")
-    if backbone == NO_WEIGHTS:
+    if backbone == NO_BACKBONE:
         features = scratch_encoder(normalize_input(inputs), base_filters, output_stride)
     else:
         features = encode(inputs, backbone, backbone_weights, output_stride)

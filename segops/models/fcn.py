@@ -24,7 +24,8 @@ import keras
 from keras import layers
 
 from segops.core.labels import NUM_CLASSES
-from segops.models.backbones import NO_WEIGHTS, encode
+from segops.models import NO_BACKBONE, NO_WEIGHTS
+from segops.models.backbones import encode
 from segops.models.blocks import bilinear_kernel, conv_bn_relu, dilated_block, logits_head, normalize_input
 
 VGG_BLOCKS = ((2, 1), (2, 2), (3, 4), (3, 8), (3, 8))  # (convs, width multiplier of base_filters)
@@ -38,14 +39,14 @@ def build_fcn8s(
     batch_norm: bool = True,
     dropout: float = 0.0,
     dilated: bool = False,
-    backbone: str = NO_WEIGHTS,
+    backbone: str = NO_BACKBONE,
     backbone_weights: str = NO_WEIGHTS,
     name: str = "fcn8s",
 ) -> keras.Model:
     """FCN-8s. ``dilated`` replaces fc6 by an atrous block (rates 1, 2, 4, 8) of ``fc_filters``."""
     fc_filters = fc_filters or 16 * base_filters
     inputs = keras.Input((None, None, 3), name="images")
-    if backbone != NO_WEIGHTS:
+    if backbone != NO_BACKBONE:
         features = encode(inputs, backbone, backbone_weights)
         pool3, pool4, x = features[8], features[16], features[32]
     else:

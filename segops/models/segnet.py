@@ -18,7 +18,8 @@ import keras
 from keras import layers
 
 from segops.core.labels import NUM_CLASSES
-from segops.models.backbones import NO_WEIGHTS, build_backbone, preprocess
+from segops.models import NO_BACKBONE, NO_WEIGHTS
+from segops.models.backbones import build_backbone, preprocess
 from segops.models.blocks import BN_MOMENTUM, conv_bn_relu, logits_head, normalize_input
 from segops.models.layers import MaxPoolingWithArgmax, MaxUnpooling
 
@@ -37,14 +38,14 @@ def conv_bn(x: keras.KerasTensor, filters: int, kernel: int, *, relu: bool, use_
 def build_segnet(
     num_classes: int = NUM_CLASSES,
     base_filters: int = 64,
-    backbone: str = NO_WEIGHTS,
+    backbone: str = NO_BACKBONE,
     backbone_weights: str = NO_WEIGHTS,
     dropout: float = 0.0,
     name: str = "segnet",
 ) -> keras.Model:
     """SegNet with a VGG16 encoder (``backbone``: ``"none"`` for a from-scratch encoder of
     ``base_filters`` width, ``"vgg16"`` for Keras VGG16's convs and ``backbone_weights``)."""
-    if backbone not in (NO_WEIGHTS, "vgg16"):
+    if backbone not in (NO_BACKBONE, "vgg16"):
         raise ValueError(f"SegNet's encoder is VGG16: --backbone none or vgg16, got {backbone!r}")
     pretrained = backbone == "vgg16"
     base = VGG16_WIDTH if pretrained else base_filters

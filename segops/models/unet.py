@@ -15,8 +15,8 @@ import keras
 from keras import layers
 
 from segops.core.labels import NUM_CLASSES
-from segops.models import UPSAMPLING_MODES
-from segops.models.backbones import NO_WEIGHTS, encode
+from segops.models import NO_BACKBONE, NO_WEIGHTS, UPSAMPLING_MODES
+from segops.models.backbones import encode
 from segops.models.blocks import conv_bn_relu, dilated_block, logits_head, normalize_input
 
 
@@ -29,7 +29,7 @@ def build_unet(
     dropout: float = 0.0,
     dilated: bool = False,
     max_filters: int = 1024,
-    backbone: str = NO_WEIGHTS,
+    backbone: str = NO_BACKBONE,
     backbone_weights: str = NO_WEIGHTS,
     name: str = "unet",
 ) -> keras.Model:
@@ -52,7 +52,7 @@ def build_unet(
         return min(base_filters * 2**level, max_filters)
 
     inputs = keras.Input((None, None, 3), name="images")
-    if backbone != NO_WEIGHTS:
+    if backbone != NO_BACKBONE:
         features = encode(inputs, backbone, backbone_weights)
         skips: list[keras.KerasTensor | None] = [None, *(features[2**level] for level in range(1, 5))]
         x, depth = features[32], 5

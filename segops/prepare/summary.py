@@ -8,7 +8,7 @@ from typing import Any
 from segops.core import layout
 
 
-def summarize(manifest: dict[str, Any], stats: dict[str, Any], class_weights: dict[str, Any]) -> str:
+def summary_text(manifest: dict[str, Any], stats: dict[str, Any], class_weights: dict[str, Any]) -> str:
     """The summary of a run from its manifest.json, stats.json and class_weights.json."""
     lines = [f"read {manifest['pairs']} image(s) with their labels from {manifest['input']}, "
              f"wrote {manifest['output']}"]

@@ -1,7 +1,7 @@
 """``segops train``: from a prepared directory to exported models.
 
     options.py         TrainOptions and its parts (model, optimisation, augmentation, data), choices
-    data.py            checks of the prepared directory, class weights
+    prepared.py        checks and reads of the prepared directory: shards, class weights, image size
     input_pipeline.py  tf.data over the shards: reading, augmentation, batches
     losses/           CE, focal, OHEM (pixel.py); soft Dice, Jaccard, Lovász (region.py); their sum by name
     metrics.py         Keras streaming confusion matrix, mean IoU, mean Dice

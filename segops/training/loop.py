@@ -45,15 +45,15 @@ from segops.training.budget import (
     run_probe,
 )
 from segops.training.callbacks import make_callbacks
-from segops.training.data import (
+from segops.training.devices import dtype_policy, resolve_precision, select_strategy, worker_info
+from segops.training.options import POLY_POWER, SGD_MOMENTUM, TrainError, TrainOptions
+from segops.training.prepared import (
     PreparedData,
     check_prepared,
     first_image_size,
     read_json,
     resolve_class_weights,
 )
-from segops.training.devices import dtype_policy, resolve_precision, select_strategy, worker_info
-from segops.training.options import POLY_POWER, SGD_MOMENTUM, TrainError, TrainOptions
 from segops.training.run_export import best_row, export_run
 from segops.training.run_plan import Plan, TrainResult
 from segops.training.state import RunState, check_resume, class_key, state_path

@@ -20,7 +20,15 @@ from typing import Any
 
 from segops.core import layout
 from segops.core.options import FLAG, FlatOptions, OptionsError
-from segops.models import MODEL_NAMES, NO_BACKBONE, OUTPUT_STRIDES, UPSAMPLING_MODES, get_spec
+from segops.models import (
+    IMAGENET,
+    MODEL_NAMES,
+    NO_BACKBONE,
+    NO_WEIGHTS,
+    OUTPUT_STRIDES,
+    UPSAMPLING_MODES,
+    get_spec,
+)
 from segops.prepare.class_weights import SCHEMES
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -51,7 +59,6 @@ JSON_KEYS = (
 # (backbone weights are read only when the model is first built, never on a resume).
 RESUME_FREE_OPTIONS = ("resume", "out", "prepared", "verbose", "early_stopping", "xla", "export", "data_threads",
                        "backbone_weights")  # fmt: skip
-IMAGENET = "imagenet"
 INPUT_DOWNSAMPLES = (1, 2, 4)
 
 _COUNTS_MESSAGE = "--epochs and --batch-size must be >= 1 and --lr > 0"
@@ -76,7 +83,7 @@ class ModelOptions:
     dilated: bool = False
     dropout: float = 0.0
     backbone: str = NO_BACKBONE
-    backbone_weights: str = NO_BACKBONE
+    backbone_weights: str = NO_WEIGHTS
     output_stride: int = 16  # DeepLabV3+
     freeze_backbone_epochs: int = 0
     input_downsample: int = 1  # run the network on images average-pooled by this factor
@@ -103,9 +110,9 @@ class ModelOptions:
         if self.backbone != NO_BACKBONE and self.backbone not in backbones:
             takes = ", ".join(backbones) if backbones else "no backbone"
             raise TrainError(f"--backbone {self.backbone}: {self.name} takes {takes}")
-        if self.backbone == NO_BACKBONE and (self.backbone_weights != NO_BACKBONE or self.freeze_backbone_epochs):
+        if self.backbone == NO_BACKBONE and (self.backbone_weights != NO_WEIGHTS or self.freeze_backbone_epochs):
             raise TrainError("--backbone-weights and --freeze-backbone-epochs need a --backbone")
-        if self.backbone_weights not in (NO_BACKBONE, IMAGENET) and not os.path.isfile(self.backbone_weights):
+        if self.backbone_weights not in (NO_WEIGHTS, IMAGENET) and not os.path.isfile(self.backbone_weights):
             raise TrainError(f"--backbone-weights {self.backbone_weights}: not none, imagenet or an existing file")
         if self.freeze_backbone_epochs < 0:
             raise TrainError("--freeze-backbone-epochs must be >= 0")
@@ -115,7 +122,7 @@ class ModelOptions:
         weights, for a model whose weights are set right after)."""
         hparams = {name: getattr(self, name) for name in get_spec(self.name).hparams}
         if not pretrained and "backbone_weights" in hparams:
-            hparams["backbone_weights"] = NO_BACKBONE
+            hparams["backbone_weights"] = NO_WEIGHTS
         if self.input_downsample != 1:  # recorded only when used: older model.json files stay as they were
             hparams["input_downsample"] = self.input_downsample
         return hparams

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from segops.training.data import PreparedData
+from segops.training.prepared import PreparedData
 from segops.training.state import RunState
 
 

@@ -17,8 +17,8 @@ from typing import Any, Protocol
 
 from segops.core import fs, layout
 from segops.core.formatting import finite_or_none, is_missing
-from segops.training.data import read_json
 from segops.training.options import RESUME_FREE_OPTIONS, TrainError, TrainOptions
+from segops.training.prepared import read_json
 
 log = logging.getLogger(__name__)
 
