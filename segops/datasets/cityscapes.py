@@ -116,9 +116,6 @@ class Listing:
     def pairs_in(self, part: str) -> list[Pair]:
         return [p for p in self.pairs if p.part == part]
 
-    def bytes_in(self, part: str) -> int:
-        return sum(p.image_bytes for p in self.pairs if p.part == part)
-
 
 def _split_key(split: str) -> tuple[int, str]:
     return (SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER), split)
