@@ -4,19 +4,24 @@ graph and its DoFns. Reads top to bottom::
 
     (driver)           remove the temporaries a killed run left (remove_leftovers)
     CleanOutput        remove manifest.json and earlier shards (before any input is read)
-    pairs (listed with FileSystems.match at construction; problems -> dead letter)
+    ListPairs          the driver hands over the input root; workers list it by pattern, pair the
+                       files per frame id, count pairs and bytes per part and fingerprint the files
+                       used (workflows/prepare_listing.py; problems -> dead letter)
+    RunInfo            parts, shards per part, weights split, fingerprint (singleton side input)
+    pairs
       | Analyze        per image: validate the image PNG from its structure only (never decoded),
       |                decode the label, labelId -> trainId LUT, class pixel counts, encode the
       |                trainId PNG, U-Net border term (sparse; needs no class weights) -> Prepared;
       |                bad input -> dead letter
       | ClassStats     CombineFn over the labelled splits -> stats (singleton)
       | ClassWeights   stats of the weights split -> all three schemes (singleton)
-      | Route          per split; with weight maps, attach the class weights (side input, same run)
-      | WriteToTFRecord(coder=ExampleCoder)   OUT/<split>/<split>-SSSSS-of-NNNNN.tfrecord
+      | Route          key by part; with weight maps, attach the class weights (side input, same run)
+      | Write          Beam's TFRecord sink with coder=ExampleCoder, shard counts from RunInfo
+                       (workflows/prepare_shards.py): OUT/<split>/<split>-SSSSS-of-NNNNN.tfrecord
       | Finalize       stats.json, class_weights.json, dead_letter.jsonl, then manifest.json
                        (last: a manifest means a complete run)
 
-Why the Example is built by the sink's coder. WriteToTFRecord with a fixed shard count groups its
+Why the Example is built by the sink's coder. Writing a fixed shard count groups the
 input by shard (a shuffle). Shuffling finished records moves every image's bytes through the
 runner: on the DirectRunner in multi_processing mode the runner process spent as much CPU per
 1024x2048 record as the worker did, which capped 2 workers at ~1x of 1, and the in-memory
@@ -36,13 +41,15 @@ import numpy as np
 
 from segops.core import deadletter, layout
 from segops.core.fs import join, read_json
-from segops.datasets.cityscapes import Listing, Pair, discover
+from segops.datasets.cityscapes import Pair
 from segops.prepare.analyze import Prepared, Rejected, analyze_pair, encode_record, keep_large_buffers_on_heap
 from segops.prepare.class_weights import class_weight_lut, make_class_weights
-from segops.prepare.manifest import RunInfo
-from segops.prepare.options import PrepareOptions, resolve_weights_split, shard_counts
-from segops.prepare.output import clean_output, finalize, remove_leftovers, shard_prefix
-from segops.prepare.stats import ClassStatsFn
+from segops.prepare.manifest import RunInfo, run_info
+from segops.prepare.options import PrepareOptions
+from segops.prepare.output import clean_output, finalize, remove_leftovers
+from segops.prepare.stats import ClassStatsFn, to_stats
+from workflows.prepare_listing import list_pairs
+from workflows.prepare_shards import WriteShards
 
 # --- per-element steps -------------------------------------------------------------------------
 
@@ -63,17 +70,8 @@ class AnalyzeFn(beam.DoFn):
             yield deadletter.tagged(bad.path, bad.stage, bad.reason, split=pair.part)
 
 
-def split_tag(split: str) -> str:
-    return f"split:{split}"
-
-
-def label(part: str) -> str:
-    """A part in a transform label: ``/`` separates Beam's nested transform names."""
-    return part.replace("/", ":")
-
-
 class RouteFn(beam.DoFn):
-    """Prepared -> (Prepared, class weights of the chosen scheme or None), tagged with its split."""
+    """Prepared -> (part, (Prepared, class weights of the chosen scheme or None))."""
 
     def __init__(self, options: PrepareOptions) -> None:
         self.options = options
@@ -82,7 +80,7 @@ class RouteFn(beam.DoFn):
         weights = None
         if class_weights is not None and item.labelled:
             weights = tuple(class_weights["schemes"][self.options.weight_scheme])
-        yield beam.pvalue.TaggedOutput(split_tag(item.part), (item, weights))
+        yield item.part, (item, weights)
 
 
 class ExampleCoder(beam.coders.Coder):
@@ -126,79 +124,62 @@ def finalize_step(_, info: RunInfo, stats, class_weights, dead, written, records
 
 
 class PrepareOutputs(NamedTuple):
-    listing: Listing
-    records: dict[str, beam.PCollection]  # split -> (Prepared, class weights): what each shard writer encodes
+    info: beam.PCollection  # singleton RunInfo: the parts, shard counts, weights split, fingerprint
+    records: beam.PCollection  # (part, (Prepared, class weights)): what the shard writer encodes
     stats: beam.PCollection  # singleton dict
     class_weights: beam.PCollection  # singleton dict
     dead_letters: beam.PCollection  # dicts {"path","stage","reason","split"}
     manifest: beam.PCollection  # singleton dict, written last
 
 
-def build_prepare_pipeline(p: beam.Pipeline, options: PrepareOptions, listing: Listing | None = None) -> PrepareOutputs:
-    """Add the prepare transforms to ``p``. Lists the input now (DiscoveryError if unusable)."""
-    from apache_beam.io.tfrecordio import WriteToTFRecord
+def build_prepare_pipeline(p: beam.Pipeline, options: PrepareOptions) -> PrepareOutputs:
+    """Add the prepare transforms to ``p``. Lists nothing here: workers list the input (an
+    unusable one fails the run with DiscoveryError, before anything is written)."""
     from apache_beam.pvalue import AsDict, AsList, AsSingleton
-
-    if listing is None:
-        listing = discover(options.input, options.splits or None, options.unlabeled_splits, options.annotation_kinds)
-    weights_split = resolve_weights_split(options, listing)
-    splits, unlabeled = listing.splits, listing.unlabeled_splits
-    shards = shard_counts(options, listing)
 
     removed = (
         p
         | "Start" >> beam.Create([None])
         | "CleanOutput" >> beam.Map(lambda _, output: clean_output(output), options.output)
     )
-    pairs = (
-        p
-        | "ListedPairs" >> beam.Create(listing.pairs)
-        | "AfterCleanOutput" >> beam.Map(lambda pair, _: pair, AsSingleton(removed))
-    )
-    listed_problems = p | "ListingProblems" >> beam.Create([pr.to_dict() for pr in listing.problems])
-    analyzed = pairs | "Analyze" >> beam.ParDo(AnalyzeFn(options)).with_outputs(deadletter.TAG, main="prepared")
+    listed = list_pairs(removed, options)
+    plan = AsSingleton(listed.plan)
+    info = (
+        listed.plan
+        | "RunInfo" >> beam.Map(run_info, options, AsDict(listed.sizes), AsSingleton(listed.fingerprint),
+                                AsSingleton(listed.problems | "CountProblems" >> beam.combiners.Count.Globally()))
+    )  # fmt: skip
+    analyzed = listed.pairs | "Analyze" >> beam.ParDo(AnalyzeFn(options)).with_outputs(deadletter.TAG, main="prepared")
     prepared = analyzed.prepared
 
-    stats = prepared | "ClassStats" >> beam.CombineGlobally(ClassStatsFn(splits, unlabeled))
-    class_weights = stats | "ClassWeights" >> beam.Map(make_class_weights, weights_split, options.weight_scheme)
-
+    stats = (
+        prepared
+        | "ClassStats" >> beam.CombineGlobally(ClassStatsFn())
+        | "StatsOfParts" >> beam.Map(lambda acc, plan: to_stats(acc, plan.splits, list(plan.unlabeled_splits)), plan)
+    )
+    class_weights = stats | "ClassWeights" >> beam.Map(
+        lambda s, info: make_class_weights(s, info.weights_split, options.weight_scheme), AsSingleton(info))
     route = beam.ParDo(RouteFn(options), AsSingleton(class_weights)) if options.weight_maps \
         else beam.ParDo(RouteFn(options))  # fmt: skip
-    routed = prepared | "Route" >> route.with_outputs(*[split_tag(s) for s in splits])
+    records = prepared | "Route" >> route
 
-    records, written, counts = {}, [], []
-    for s in splits:
-        records[s] = routed[split_tag(s)]
-        written.append(
-            records[s]
-            | f"Write[{label(s)}]" >> WriteToTFRecord(shard_prefix(options.output, s), coder=ExampleCoder(),
-                                               file_name_suffix=layout.SHARD_SUFFIX, num_shards=shards[s],
-                                               shard_name_template=layout.SHARD_TEMPLATE)
-        )  # fmt: skip
-        counts.append(records[s] | f"Count[{label(s)}]" >> beam.combiners.Count.Globally()
-                      | f"Key[{label(s)}]" >> beam.Map(lambda n, s=s: (s, n)))  # fmt: skip
-
-    dead = (listed_problems, analyzed[deadletter.TAG]) | "DeadLetters" >> beam.Flatten()
-    written_paths = written | "Shards" >> beam.Flatten()
-    record_counts = counts | "RecordCounts" >> beam.Flatten()
-    info = RunInfo(options, listing.root, splits, unlabeled, shards, weights_split, listing.fingerprint,
-                   listing.files, len(listing.pairs), listing.skipped)  # fmt: skip
+    written = records | "Write" >> WriteShards(options.output, info, ExampleCoder())
+    record_counts = records | "PartOfRecord" >> beam.Map(lambda kv: kv[0]) | "RecordCounts" >> beam.combiners.Count.PerElement()
+    dead = (listed.problems, analyzed[deadletter.TAG]) | "DeadLetters" >> beam.Flatten()
     manifest = (
         p
         | "Once" >> beam.Create([None])
-        | "Finalize" >> beam.Map(finalize_step, info, AsSingleton(stats), AsSingleton(class_weights), AsList(dead),
-                                 AsList(written_paths), AsDict(record_counts), AsSingleton(removed))  # fmt: skip
+        | "Finalize" >> beam.Map(finalize_step, AsSingleton(info), AsSingleton(stats), AsSingleton(class_weights),
+                                 AsList(dead), AsList(written), AsDict(record_counts), AsSingleton(removed))  # fmt: skip
     )
-    return PrepareOutputs(listing, records, stats, class_weights, dead, manifest)
+    return PrepareOutputs(info, records, stats, class_weights, dead, manifest)
 
 
 def run_prepare(options: PrepareOptions, beam_args: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Build and run the pipeline; return the manifest as written (read back from OUT)."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    listing = discover(options.input, options.splits or None, options.unlabeled_splits, options.annotation_kinds)
-    resolve_weights_split(options, listing)  # fail before starting any worker
     remove_leftovers(options.output)  # a killed run's temporaries; its shards go in CleanOutput
     with beam.Pipeline(options=PipelineOptions(list(beam_args))) as p:
-        build_prepare_pipeline(p, options, listing)
+        build_prepare_pipeline(p, options)
     return read_json(join(options.output, layout.MANIFEST_FILE))

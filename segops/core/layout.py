@@ -26,8 +26,6 @@ COARSE_INSTANCE_SUFFIX = "_gtCoarse_instanceIds.png"
 COARSE_COLOR_SUFFIX = "_gtCoarse_color.png"
 COARSE_POLYGONS_SUFFIX = "_gtCoarse_polygons.json"
 LABEL_SUFFIXES = {FINE: LABEL_SUFFIX, COARSE: COARSE_LABEL_SUFFIX}
-INSTANCE_SUFFIXES = {FINE: INSTANCE_SUFFIX, COARSE: COARSE_INSTANCE_SUFFIX}
-LABEL_FILES_GLOBS = {FINE: LABEL_FILES_GLOB, COARSE: "*_gtCoarse_*Ids.png"}
 TRAIN_EXTRA_SPLIT = "train_extra"  # Cityscapes' 19,998 coarse-only training frames
 
 # --- files every stage writes ------------------------------------------------------------------

@@ -19,6 +19,13 @@ license files, camera/ or vehicle/ metadata, a ``leftImg8bit/train_extra`` or ``
 folder without labels of a kind asked for) is ignored. Listing uses ``FileSystems.match`` with one ``*`` per path segment, so
 ``gs://`` and ``s3://`` roots work as well as local ones.
 
+Where it runs. The rules are plain functions over listed files, so the prepare pipeline applies
+them on workers (``workflows/prepare_listing.py``): :func:`listing_patterns` (one pattern per top
+folder, what the driver hands over), :func:`classify` (one listed file), :func:`plan_parts` (the
+parts and skipped splits, from which splits have images and labels), :func:`resolve_frame` (the
+files of one frame id -> its pairs, problems and the files used). :func:`discover` is the same
+rules over one local listing, for tools and tests.
+
 Splits. By default every split found under leftImg8bit/ that also has a gtFine/ folder, plus the
 *unlabeled* splits (default: ``test``) found under leftImg8bit/. Cityscapes' test labels contain
 only void ids; their images are written as image-only records (all-ignore label, no weight map)
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from segops.core import deadletter
 from segops.core.fs import join, match_sized
@@ -108,80 +116,97 @@ class Listing:
     def pairs_in(self, part: str) -> list[Pair]:
         return [p for p in self.pairs if p.part == part]
 
-    def bytes_in(self, part: str) -> int:
-        return sum(p.image_bytes for p in self.pairs if p.part == part)
-
 
 def _split_key(split: str) -> tuple[int, str]:
     return (SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER), split)
 
 
-def _parse(path: str, prefix: str, top: str, suffix: str) -> tuple[str, str, str, str] | None:
-    """(relative path, split, city, frame id) if ``path`` is ``top/<split>/<city>/<frame><suffix>``."""
-    rel = path[len(prefix) :] if path.startswith(prefix) else path
-    parts = rel.split("/")
-    if len(parts) != 4 or parts[0] != top or not parts[3].endswith(suffix):
-        return None
-    frame_id = parts[3][: -len(suffix)]
-    if not frame_id:
-        return None
-    return rel, parts[1], parts[2], frame_id
+IMAGE = "image"  # the roles of a listed file
+LABEL = "label"
+INSTANCE = "instance"
 
 
-Index = dict[tuple[str, str, str], tuple[str, str, int]]
+class ListedFile(NamedTuple):
+    """One file of the layout that prepare may read: its role, annotation kind (images: fine),
+    (split, city, frame id), full path, path relative to the root and size."""
+
+    role: str
+    kind: str
+    split: str
+    city: str
+    frame_id: str
+    path: str
+    rel: str
+    size: int
 
 
-def _list(root: str, top: str, pattern: str, suffixes: tuple[str, ...]) -> list[Index]:
-    """One listing of ``root/top/*/*/<pattern>``; per suffix: (split, city, frame id) -> (path,
-    relative path, size). One match per top folder: on object stores each is a prefix listing."""
-    prefix = root + "/"
-    found: list[Index] = [{} for _ in suffixes]
-    for path, size in match_sized(join(root, top, "*", "*", pattern)):
-        for index, suffix in zip(found, suffixes, strict=True):
-            parsed = _parse(path, prefix, top, suffix)
-            if parsed is not None:  # dedupes repeated listings of one object, too
-                rel, split, city, frame_id = parsed
-                index[(split, city, frame_id)] = (path, rel, size)
-    return found
-
-
-def fingerprint(entries: list[tuple[str, int]]) -> str:
-    """sha256 of the sorted ``relative path<TAB>size`` lines: changes when any input file does."""
-    digest = hashlib.sha256()
-    for rel, size in sorted(entries):
-        digest.update(f"{rel}\t{size}\n".encode())
-    return digest.hexdigest()
-
-
-def discover(
-    root: str,
-    splits: list[str] | tuple[str, ...] | None = None,
-    unlabeled_splits: list[str] | tuple[str, ...] = DEFAULT_UNLABELED_SPLITS,
-    annotations: tuple[str, ...] = (FINE,),
-) -> Listing:
-    """List the pairs of ``splits`` (default: all usable ones) under ``root``, with the labels of
-    each annotation kind in ``annotations`` (``fine``: gtFine/, ``coarse``: gtCoarse/).
-
-    Raises :class:`DiscoveryError` if a requested split has no images, nothing is found, or
-    coarse annotations are asked for and there are none.
-    """
-    root = root.rstrip("/") or "/"
+def annotation_kinds(annotations: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The kinds asked for, in layout order; DiscoveryError when none is known."""
     kinds = tuple(k for k in ANNOTATION_KINDS if k in annotations)
     if not kinds:
-        raise DiscoveryError(f"no annotation kind among {annotations}: expected some of {ANNOTATION_KINDS}")
-    (images,) = _list(root, IMAGE_DIR, "*" + IMAGE_SUFFIX, (IMAGE_SUFFIX,))
-    labels: dict[str, Index] = {}
-    instances: dict[str, Index] = {}
-    for kind in kinds:
-        if kind == FINE:
-            labels[kind], instances[kind] = _list(root, LABEL_DIR, LABEL_FILES_GLOB, (LABEL_SUFFIX, INSTANCE_SUFFIX))
-        else:  # gtCoarse instanceIds hold no instances (no id >= 1000): border terms use components
-            (labels[kind],) = _list(root, LABEL_DIRS[kind], "*" + LABEL_SUFFIXES[kind], (LABEL_SUFFIXES[kind],))
-            instances[kind] = {}
+        raise DiscoveryError(f"no annotation kind among {tuple(annotations)}: expected some of {ANNOTATION_KINDS}")
+    return kinds
 
-    image_splits = {key[0] for key in images}
-    label_splits = {kind: {key[0] for key in labels[kind]} for kind in kinds}
-    any_labels = set().union(*label_splits.values())
+
+def listing_patterns(root: str, kinds: tuple[str, ...]) -> list[str]:
+    """``root/<top>/*/*/<files>``, one pattern per top folder (on object stores each is one prefix
+    listing): images, then each kind's labels (gtFine: labelIds and instanceIds in one)."""
+    tops = [(IMAGE_DIR, "*" + IMAGE_SUFFIX)]
+    tops += [(LABEL_DIR, LABEL_FILES_GLOB) if k == FINE else (LABEL_DIRS[k], "*" + LABEL_SUFFIXES[k]) for k in kinds]
+    return [join(root, top, "*", "*", files) for top, files in tops]
+
+
+def _roles(kinds: tuple[str, ...]) -> dict[str, list[tuple[str, str, str]]]:
+    """Top folder -> (role, kind, suffix) of the files read there. gtCoarse instanceIds hold no
+    instances (no id >= 1000), so they are not read: border terms use components."""
+    roles = {IMAGE_DIR: [(IMAGE, FINE, IMAGE_SUFFIX)]}
+    for kind in kinds:
+        roles[LABEL_DIRS[kind]] = [(LABEL, kind, LABEL_SUFFIXES[kind])]
+    if FINE in kinds:
+        roles[LABEL_DIR].append((INSTANCE, FINE, INSTANCE_SUFFIX))
+    return roles
+
+
+def classify(path: str, size: int, root: str, kinds: tuple[str, ...]) -> ListedFile | None:
+    """The :class:`ListedFile` of ``path`` if it is ``root/<top>/<split>/<city>/<frame><suffix>``
+    for a role read with ``kinds``; None for anything else."""
+    prefix = root + "/"
+    rel = path[len(prefix) :] if path.startswith(prefix) else path
+    parts = rel.split("/")
+    if len(parts) != 4:
+        return None
+    for role, kind, suffix in _roles(kinds).get(parts[0], []):
+        if parts[3].endswith(suffix) and len(parts[3]) > len(suffix):
+            return ListedFile(role, kind, parts[1], parts[2], parts[3][: -len(suffix)], path, rel, int(size))
+    return None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which parts a run writes, decided from which splits have images and labels."""
+
+    root: str
+    parts: tuple[tuple[str, str], ...]  # (split, kind) in write order
+    unlabeled_splits: tuple[str, ...]
+    skipped: dict[str, str]  # split -> why it was not processed
+
+    @property
+    def splits(self) -> list[str]:
+        """The parts' names: ``<split>`` (fine or image-only), ``coarse/<split>``."""
+        return [part_name(s, k) for s, k in self.parts]
+
+    @property
+    def chosen(self) -> set[str]:
+        return {s for s, _ in self.parts}
+
+
+def plan_parts(root: str, image_splits: set[str], label_splits: dict[str, set[str]], kinds: tuple[str, ...],
+               splits: list[str] | tuple[str, ...] | None = None,
+               unlabeled_splits: list[str] | tuple[str, ...] = DEFAULT_UNLABELED_SPLITS) -> Plan:  # fmt: skip
+    """The plan for ``splits`` (default: all usable ones), given the splits with images and, per
+    kind in ``kinds``, those with labels. Raises :class:`DiscoveryError` if a requested split has
+    no images, nothing is found, or coarse annotations are asked for and there are none."""
+    label_splits = {k: label_splits.get(k, set()) for k in kinds}
     if COARSE in kinds and not label_splits[COARSE]:
         raise DiscoveryError(
             f"coarse annotations asked for, but there are none under {root}: expected "
@@ -198,6 +223,7 @@ def discover(
             )
         chosen = sorted(set(splits), key=_split_key)
     else:
+        any_labels = set().union(*label_splits.values())
         chosen = sorted((s for s in image_splits if s in any_labels or s in unlabeled), key=_split_key)
         dirs = " or ".join(f"{LABEL_DIRS[k]}/{{s}}" for k in kinds)
         for s in image_splits - set(chosen):
@@ -210,73 +236,125 @@ def discover(
             f"no Cityscapes images under {root}: expected {IMAGE_DIR}/<split>/<city>/<frame>{IMAGE_SUFFIX} "
             f"with labels in {LABEL_DIR}/<split>/<city>/<frame>{LABEL_SUFFIX}"
         )
-
     # Parts: (split, kind) for every labelled split with labels of that kind; with one kind, every
     # labelled split (its missing labels are problems), and a split without labels of any kind
     # goes with the first kind, so its images are reported.
     parts: list[tuple[str, str]] = [(s, FINE) for s in chosen if s in unlabeled]
     for s in chosen:
-        if s in unlabeled:
-            continue
-        mine = [k for k in kinds if s in label_splits[k]] if len(kinds) > 1 else list(kinds)
-        parts.extend((s, k) for k in mine or kinds[:1])
+        if s not in unlabeled:
+            mine = [k for k in kinds if s in label_splits[k]] if len(kinds) > 1 else list(kinds)
+            parts.extend((s, k) for k in mine or kinds[:1])
     parts.sort(key=lambda p: (ANNOTATION_KINDS.index(p[1]), _split_key(p[0])))
-
-    listing = Listing(root=root, splits=[part_name(s, k) for s, k in parts],
-                      unlabeled_splits=[s for s in chosen if s in unlabeled])  # fmt: skip
-    listing.skipped = dict(sorted(skipped.items()))
-    used: list[tuple[str, int]] = []
-    order = sorted((k for k in images if k[0] in chosen), key=lambda k: (_split_key(k[0]), k[1], k[2]))
-    first_of: dict[str, str] = {}  # frame id -> relative path of its first image (split order)
-    for key in order:
-        first_of.setdefault(key[2], images[key][1])
-    duplicates = set()
-    for key in order:
-        rel, size = images[key][1], images[key][2]
-        used.append((rel, size))
-        if first_of[key[2]] != rel:
-            duplicates.add(key)
-            listing.problems.append(Problem(
-                rel, part_name(key[0], next(k for s, k in parts if s == key[0])),
-                f"duplicate frame id: {key[2]} is also at {first_of[key[2]]}, which is kept",
-            ))  # fmt: skip
-    for split, kind in parts:
-        _pair_up(listing, split, kind, [k for k in order if k[0] == split and k not in duplicates], images,
-                 labels.get(kind, {}), instances.get(kind, {}), split in unlabeled, used)  # fmt: skip
-
-    if not listing.pairs and not listing.problems:
-        raise DiscoveryError(f"no image/label pairs found under {root} for split(s) {', '.join(chosen)}")
-    listing.fingerprint = fingerprint(used)
-    listing.files = len(used)
-    return listing
+    return Plan(root, tuple(parts), tuple(s for s in chosen if s in unlabeled), dict(sorted(skipped.items())))
 
 
-def _pair_up(listing: Listing, split: str, kind: str, keys: list[tuple[str, str, str]], images: Index,
-             labels: Index, instances: Index, unlabeled: bool, used: list[tuple[str, int]]) -> None:  # fmt: skip
-    """Append the pairs of one part (``split`` with ``kind`` labels) and its problems to ``listing``;
-    the label files used go to ``used``."""
-    part = part_name(split, kind)
-    for key in keys:
-        _, city, frame_id = key
-        path, rel, size = images[key]
-        if unlabeled:
-            listing.pairs.append(Pair(split, city, frame_id, path, rel, size))
+class Resolved(NamedTuple):
+    """What one frame id contributes: pairs, problems, and the (relative path, size) of every
+    input file it used (for the fingerprint)."""
+
+    pairs: list[Pair]
+    problems: list[Problem]
+    used: list[tuple[str, int]]
+
+
+def resolve_frame(plan: Plan, files: list[ListedFile]) -> Resolved:
+    """The pairs and problems of one frame id, from every listed file with that id. Its first
+    image in (split, city) order is kept, any other is a duplicate."""
+    out = Resolved([], [], [])
+    chosen = plan.chosen
+    images = {(f.split, f.city): f for f in files if f.role == IMAGE and f.split in chosen}
+    found = {(f.role, f.kind, f.split, f.city): f for f in files if f.role != IMAGE}
+    order = sorted(images, key=lambda k: (_split_key(k[0]), k[1]))
+    for key in order[1:]:
+        dup, kept = images[key], images[order[0]]
+        part = part_name(dup.split, next(k for s, k in plan.parts if s == dup.split))
+        out.problems.append(Problem(dup.rel, part, f"duplicate frame id: {dup.frame_id} is also at {kept.rel}, which is kept"))
+    out.used.extend((images[key].rel, images[key].size) for key in order)
+    for split, kind in plan.parts:
+        image = images.get(order[0]) if order and order[0][0] == split else None
+        if split in plan.unlabeled_splits:
+            if image is not None:
+                out.pairs.append(Pair(split, image.city, image.frame_id, image.path, image.rel, image.size))
             continue
-        if key not in labels:
-            expected = f"{LABEL_DIRS[kind]}/{split}/{city}/{frame_id}{LABEL_SUFFIXES[kind]}"
-            listing.problems.append(Problem(rel, part, f"image without label: {expected} not found"))
-            continue
-        label_path, label_rel, label_size = labels[key]
-        used.append((label_rel, label_size))
-        instance = instances.get(key)
-        if instance is not None:
-            used.append((instance[1], instance[2]))
-        listing.pairs.append(Pair(split, city, frame_id, path, rel, size, label_path,
-                                  instance[0] if instance else None, kind))  # fmt: skip
-    if unlabeled:
+        part = part_name(split, kind)
+        if image is not None:
+            _pair_image(out, image, kind, part, found)
+        for (role, k, s, city), label in sorted(found.items()):
+            if role == LABEL and k == kind and s == split and (s, city) not in images:
+                expected = f"{IMAGE_DIR}/{split}/{city}/{label.frame_id}{IMAGE_SUFFIX}"
+                out.problems.append(Problem(label.rel, part, f"label without image: {expected} not found"))
+                out.used.append((label.rel, label.size))
+    return out
+
+
+def _pair_image(out: Resolved, image: ListedFile, kind: str, part: str,
+                found: dict[tuple[str, str, str, str], ListedFile]) -> None:  # fmt: skip
+    """The pair of ``image`` with its ``kind`` label (and instances), or the missing label's problem."""
+    label = found.get((LABEL, kind, image.split, image.city))
+    if label is None:
+        expected = f"{LABEL_DIRS[kind]}/{image.split}/{image.city}/{image.frame_id}{LABEL_SUFFIXES[kind]}"
+        out.problems.append(Problem(image.rel, part, f"image without label: {expected} not found"))
         return
-    for key in sorted((k for k in labels if k[0] == split), key=lambda k: labels[k][1]):
-        if key not in images:
-            expected = f"{IMAGE_DIR}/{split}/{key[1]}/{key[2]}{IMAGE_SUFFIX}"
-            listing.problems.append(Problem(labels[key][1], part, f"label without image: {expected} not found"))
-            used.append((labels[key][1], labels[key][2]))
+    instance = found.get((INSTANCE, kind, image.split, image.city))
+    out.used.append((label.rel, label.size))
+    if instance is not None:
+        out.used.append((instance.rel, instance.size))
+    out.pairs.append(Pair(image.split, image.city, image.frame_id, image.path, image.rel, image.size, label.path,
+                          instance.path if instance else None, kind))  # fmt: skip
+
+
+def fingerprint(entries: list[tuple[str, int]]) -> str:
+    """sha256 of the sorted ``relative path<TAB>size`` lines: changes when any input file does."""
+    digest = hashlib.sha256()
+    for rel, size in sorted(entries):
+        digest.update(f"{rel}\t{size}\n".encode())
+    return digest.hexdigest()
+
+
+def split_sets(files: list[ListedFile]) -> tuple[set[str], dict[str, set[str]]]:
+    """The splits with images, and per kind the splits with labels (what :func:`plan_parts` needs)."""
+    image_splits = {f.split for f in files if f.role == IMAGE}
+    label_splits: dict[str, set[str]] = {}
+    for f in files:
+        if f.role == LABEL:
+            label_splits.setdefault(f.kind, set()).add(f.split)
+    return image_splits, label_splits
+
+
+def no_pairs_error(root: str, plan: Plan) -> DiscoveryError:
+    chosen = sorted(plan.chosen, key=_split_key)
+    return DiscoveryError(f"no image/label pairs found under {root} for split(s) {', '.join(chosen)}")
+
+
+def discover(
+    root: str,
+    splits: list[str] | tuple[str, ...] | None = None,
+    unlabeled_splits: list[str] | tuple[str, ...] = DEFAULT_UNLABELED_SPLITS,
+    annotations: tuple[str, ...] = (FINE,),
+) -> Listing:
+    """The rules of this module over one local listing of ``root`` (tools and tests; the prepare
+    pipeline lists on workers): the pairs of ``splits`` (default: all usable ones), with the
+    labels of each kind in ``annotations`` (``fine``: gtFine/, ``coarse``: gtCoarse/). Raises
+    :class:`DiscoveryError` as :func:`plan_parts` does."""
+    root = root.rstrip("/") or "/"
+    kinds = annotation_kinds(annotations)
+    by_path = {path: size for pattern in listing_patterns(root, kinds) for path, size in match_sized(pattern)}
+    files = [f for f in (classify(path, size, root, kinds) for path, size in by_path.items()) if f is not None]
+    plan = plan_parts(root, *split_sets(files), kinds, splits, unlabeled_splits)
+    frames: dict[str, list[ListedFile]] = {}
+    for f in files:
+        frames.setdefault(f.frame_id, []).append(f)
+    listing = Listing(root, plan.splits, list(plan.unlabeled_splits), skipped=plan.skipped)
+    used: list[tuple[str, int]] = []
+    for group in frames.values():
+        resolved = resolve_frame(plan, group)
+        listing.pairs += resolved.pairs
+        listing.problems += resolved.problems
+        used += resolved.used
+    index = {part: i for i, part in enumerate(plan.splits)}
+    listing.pairs.sort(key=lambda p: (index[p.part], p.city, p.frame_id))
+    listing.problems.sort(key=lambda p: (index[p.split], p.path))
+    if not listing.pairs and not listing.problems:
+        raise no_pairs_error(root, plan)
+    listing.fingerprint, listing.files = fingerprint(used), len(used)
+    return listing

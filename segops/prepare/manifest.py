@@ -14,13 +14,14 @@ from segops.core.deadletter import reason_kind
 from segops.core.fs import relpath
 from segops.core.layout import part_annotation
 from segops.core.records import NO_ANNOTATION, SCHEMA_VERSION
-from segops.prepare.options import PrepareOptions
+from segops.datasets.cityscapes import Plan, no_pairs_error
+from segops.prepare.options import PrepareOptions, resolve_weights_split, shard_counts
 from segops.prepare.weight_maps import BORDER_TOLERANCE, effective_sigma
 
 
 @dataclass(frozen=True)
 class RunInfo:
-    """What the manifest needs from pipeline-construction time (picklable)."""
+    """What the manifest needs from the listing (picklable; the pipeline makes it on a worker)."""
 
     options: PrepareOptions
     root: str
@@ -32,6 +33,20 @@ class RunInfo:
     files: int
     pairs: int
     skipped: dict[str, str]
+
+
+def run_info(plan: Plan, options: PrepareOptions, sizes: dict[str, tuple[int, int]], digest: tuple[str, int],
+             listing_problems: int) -> RunInfo:  # fmt: skip
+    """The RunInfo of a listed input: ``sizes`` part -> (pairs, image bytes), ``digest`` the
+    (fingerprint, files used); DiscoveryError when nothing was found, OptionsError for a
+    ``--weights-split`` that is not a labelled part."""
+    if not sizes and not listing_problems:
+        raise no_pairs_error(plan.root, plan)
+    splits, unlabeled = plan.splits, list(plan.unlabeled_splits)
+    weights_split = resolve_weights_split(options, splits, unlabeled)
+    pairs = sum(n for n, _ in sizes.values())
+    return RunInfo(options, plan.root, splits, unlabeled, shard_counts(options, splits, sizes), weights_split,
+                   digest[0], digest[1], pairs, plan.skipped)  # fmt: skip
 
 
 def build_manifest(info: RunInfo, dead: list[dict[str, str]], shards: dict[str, list[str]],

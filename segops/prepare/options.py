@@ -1,6 +1,6 @@
 """What `segops prepare` is asked to do: :class:`PrepareOptions` (frozen, validated at
-construction) and the choices made from them against the listing (shards per split, the split
-the class weights come from)."""
+construction) and the choices made from them against the listed parts (shards per split, the
+split the class weights come from); the pipeline makes them on a worker, from counts it took."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 from segops.core.imageio import DEFAULT_MAX_PIXELS
 from segops.core.layout import COARSE, FINE
 from segops.core.options import FlatOptions, OptionsError
-from segops.datasets.cityscapes import DEFAULT_UNLABELED_SPLITS, Listing
+from segops.datasets.cityscapes import DEFAULT_UNLABELED_SPLITS
 from segops.prepare.class_weights import DEFAULT_SCHEME, SCHEMES
 
 #: Automatic sharding aims at about this many input image bytes per shard (TFRecord guidance:
@@ -82,17 +82,18 @@ def auto_shards(n_images: int, image_bytes: int) -> int:
     return max(1, min(n_images, math.ceil(image_bytes / SHARD_TARGET_BYTES)))
 
 
-def shard_counts(options: PrepareOptions, listing: Listing) -> dict[str, int]:
-    """Part (split, or coarse/<split>) -> number of shards: ``--shards``, else :func:`auto_shards`."""
-    return {s: options.shards or auto_shards(len(listing.pairs_in(s)), listing.bytes_in(s)) for s in listing.splits}
+def shard_counts(options: PrepareOptions, splits: list[str], sizes: dict[str, tuple[int, int]]) -> dict[str, int]:
+    """Part (split, or coarse/<split>) -> number of shards: ``--shards``, else :func:`auto_shards`
+    of the part's (pairs, image bytes) in ``sizes`` (a part without pairs: none)."""
+    return {s: options.shards or auto_shards(*sizes.get(s, (0, 0))) for s in splits}
 
 
-def resolve_weights_split(options: PrepareOptions, listing: Listing) -> str | None:
+def resolve_weights_split(options: PrepareOptions, splits: list[str], unlabeled: list[str] | tuple[str, ...]) -> str | None:
     """The split the class weights come from: ``--weights-split``, else train, else the first
     labelled split (None when nothing labelled is prepared); OptionsError when the one asked for
-    is not a labelled split of this listing. Parts count as splits: fine train is first; a
-    coarse-only run takes its weights from coarse/train."""
-    labelled = [s for s in listing.splits if s not in listing.unlabeled_splits]
+    is not a labelled split among ``splits`` (the parts written). Parts count as splits: fine
+    train is first; a coarse-only run takes its weights from coarse/train."""
+    labelled = [s for s in splits if s not in unlabeled]
     if options.weights_split is not None:
         if options.weights_split not in labelled:
             raise OptionsError(
