@@ -196,7 +196,8 @@ def test_two_processes_train_bit_identical_weights(tmp_path):
     import subprocess
     import sys
 
-    from segops.training import losses, metrics  # noqa: F401  (registers the classes the checkpoints name)
+    from segops.training import metrics  # noqa: F401  (registers the classes the checkpoints name)
+    from segops.training.losses import total  # noqa: F401
 
     prepared = tmp_path / "prepared"
     write_prepared(str(prepared), {"train": 4, "val": 2}, height=64, width=128)

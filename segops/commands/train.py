@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -16,6 +18,7 @@ from segops.models import BACKBONE_NAMES, MODEL_NAMES, NO_BACKBONE, OUTPUT_STRID
 from segops.training.options import (
     CLASS_WEIGHT_CHOICES,
     INPUT_DOWNSAMPLES,
+    LOSS_HPARAMS,
     LOSS_TERMS,
     LR_SCHEDULES,
     OPTIMIZERS,
@@ -35,6 +38,17 @@ def _crop_callback(ctx: click.Context, param: click.Parameter, value: str) -> tu
     return None if value.strip().lower() == "auto" else _PARSE_HW(ctx, param, value)
 
 _SCALE = default_of(AugmentConfig, "scale_range")
+
+
+def _loss_hparam_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """One flag per hyper-parameter of the registered loss terms (--focal-gamma, --ohem-fraction,
+    ...), in their order, with the range, default, metavar and help of its HParam."""
+    for hp in reversed(LOSS_HPARAMS):
+        shown = {"show_default": True} if hp.default is not None else {}
+        value_range = click.FloatRange(hp.low, hp.high, min_open=hp.low_open, max_open=hp.high_open)
+        command = click.option(hp.flag, type=value_range, default=hp.default, metavar=hp.metavar, help=hp.help,
+                               **shown)(command)  # fmt: skip
+    return command
 
 
 def _fmt(value: float | None) -> str:
@@ -75,15 +89,7 @@ def _fmt(value: float | None) -> str:
                    "ce+lovasz, focal*0.5+jaccard). ce: weighted cross-entropy; focal: focal loss; ohem: CE "
                    "over the hardest pixels; dice / jaccard: soft Dice / IoU; lovasz: Lovász-softmax "
                    "(optimises IoU). Class weights and weight maps apply to ce, focal and ohem only.")  # fmt: skip
-@click.option("--focal-gamma", type=click.FloatRange(0), default=default_of(OptimOptions, "focal_gamma"),
-              show_default=True, help="Focal loss exponent: (1 - p)^gamma down-weights easy pixels (0: CE).")  # fmt: skip
-@click.option("--ohem-fraction", type=click.FloatRange(0, 1, min_open=True),
-              default=default_of(OptimOptions, "ohem_fraction"), show_default=True,
-              help="OHEM: share of the batch's valid pixels kept, the hardest (highest CE).")  # fmt: skip
-@click.option("--ohem-threshold", type=click.FloatRange(0, 1, min_open=True),
-              default=default_of(OptimOptions, "ohem_threshold"), metavar="P",
-              help="OHEM: also keep every pixel whose true-class probability is below P "
-                   "(--ohem-fraction is then a minimum).")  # fmt: skip
+@_loss_hparam_options
 @click.option("--class-weights", type=click.Choice(CLASS_WEIGHT_CHOICES),
               default=default_of(OptimOptions, "class_weights"), show_default=True,
               help="Per-class CE weights from PREPARED/class_weights.json ('default': its default_scheme).")  # fmt: skip

@@ -3,7 +3,8 @@
     options.py         TrainOptions and its parts (model, optimisation, augmentation, data), choices
     prepared.py        checks and reads of the prepared directory: shards, class weights, image size
     input_pipeline.py  tf.data over the shards: reading, augmentation, batches
-    losses/           CE, focal, OHEM (pixel.py); soft Dice, Jaccard, Lovász (region.py); their sum by name
+    losses/            the loss-term registry (spec.py); CE, focal, OHEM, Dice, Jaccard, Lovász (terms/);
+                       their weighted sum by name (total.py)
     metrics.py         Keras streaming confusion matrix, mean IoU, mean Dice
     devices.py         precision, dtype policy, tf.distribute strategy, worker info
     state.py           history, checkpoints, state.json; resume checks

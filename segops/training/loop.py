@@ -91,8 +91,7 @@ def compile_model(model: Any, opts: TrainOptions, class_weights: list[float] | N
 
     optim = opts.optim
     loss = SegmentationLoss(optim.loss, class_weights=class_weights, use_pixel_weights=opts.data.weight_maps,
-                            focal_gamma=optim.focal_gamma, ohem_fraction=optim.ohem_fraction,
-                            ohem_threshold=optim.ohem_threshold)  # fmt: skip
+                            **optim.loss_hparams)  # fmt: skip
     model.compile(
         optimizer=make_optimizer(opts, steps, total_steps), loss=loss, metrics=[MeanIoU(), MeanDice()],
         jit_compile="auto" if opts.xla is None else opts.xla,
@@ -316,7 +315,8 @@ def train(opts: TrainOptions, extra_callbacks: list[Any] | None = None, started:
     import keras
 
     from segops.models import layers  # noqa: F401  (registers the model zoo's layers for load_model)
-    from segops.training import losses, metrics  # noqa: F401  (registers their classes for load_model)
+    from segops.training import metrics  # noqa: F401  (registers their classes for load_model)
+    from segops.training.losses import total  # noqa: F401
 
     keras.utils.set_random_seed(opts.seed)
     with dtype_policy(plan.precision), strategy.scope():

@@ -30,11 +30,20 @@ from segops.models import (
     get_spec,
 )
 from segops.prepare.class_weights import SCHEMES
+from segops.training.losses.spec import (
+    LossSpecError,
+    all_hparams,
+    format_loss,
+    loss_syntax,
+    parse_loss,
+    term_names,
+)
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-# Loss terms of --loss (segops.training.losses): "TERM[*WEIGHT]+..." (see parse_loss).
-LOSS_TERMS = ("ce", "dice", "jaccard", "lovasz", "focal", "ohem")
-LOSS_SYNTAX = "TERM[*WEIGHT][+TERM[*WEIGHT]...], TERM one of " + ", ".join(LOSS_TERMS)
+# Loss terms of --loss (registered in segops.training.losses.terms): "TERM[*WEIGHT]+..." (see parse_loss).
+LOSS_TERMS = term_names()
+LOSS_SYNTAX = loss_syntax()
+LOSS_HPARAMS = all_hparams()  # their hyper-parameters: options, flags and JSON keys
 OPTIMIZERS = ("adam", "sgd")
 SGD_MOMENTUM = 0.9
 LR_SCHEDULES = ("poly", "constant")
@@ -55,6 +64,8 @@ JSON_KEYS = (
     "backbone", "backbone_weights", "output_stride", "freeze_backbone_epochs", "input_downsample",
     "time_budget", "warmup",
 )  # fmt: skip
+# Hyper-parameters of loss terms registered since, after them (a run recorded without one used its default).
+JSON_KEYS += tuple(hp.name for hp in LOSS_HPARAMS if hp.name not in JSON_KEYS)
 # Options that may differ on --resume without changing the result of the remaining epochs
 # (backbone weights are read only when the model is first built, never on a resume).
 RESUME_FREE_OPTIONS = ("resume", "out", "prepared", "verbose", "early_stopping", "xla", "export", "data_threads",
@@ -142,9 +153,19 @@ class ModelOptions:
             raise TrainError(str(exc)) from exc
 
 
+# One field per hyper-parameter of the registered loss terms (focal_gamma, ohem_fraction, ...),
+# with the term's default; OptimOptions validates them with the ranges of their HParam.
+LossHyperParameters = dataclasses.make_dataclass(
+    "LossHyperParameters",
+    [(hp.name, float if hp.default is not None else float | None, field(default=hp.default)) for hp in LOSS_HPARAMS],
+    frozen=True,
+)
+
+
 @dataclass(frozen=True)
-class OptimOptions:
-    """What is minimised, how and for how long."""
+class OptimOptions(LossHyperParameters):
+    """What is minimised, how and for how long; the loss terms' hyper-parameters are the fields
+    of its base (see :attr:`loss_hparams`)."""
 
     epochs: int = 20
     steps_per_epoch: int | None = None  # None: train records // batch size
@@ -156,21 +177,18 @@ class OptimOptions:
     # frequency over-predicted the rare classes (docs/train.md, "Recipe on real images").
     class_weights: str = "enet"  # none | default (class_weights.json's default_scheme) | a scheme of it
     early_stopping: int | None = None  # patience in epochs on val mIoU
-    focal_gamma: float = 2.0  # focal loss focusing exponent (0: the weighted CE)
-    ohem_fraction: float = 0.25  # OHEM: share of the batch's valid pixels kept (the hardest)
-    ohem_threshold: float | None = None  # OHEM: also keep every pixel whose true-class probability is below it
     time_budget: float | None = None  # minutes for the whole command; None: --epochs of fixed work
     warmup: float = 0.05  # poly schedule: share of all steps spent warming the lr up linearly
 
     def __post_init__(self) -> None:
         # Canonical spec (" CE + Lovasz*1" -> "ce+lovasz"): --resume compares the recorded string.
-        object.__setattr__(self, "loss", format_loss(parse_loss(self.loss)))
-        if self.focal_gamma < 0:
-            raise TrainError("--focal-gamma must be >= 0")
-        if not 0 < self.ohem_fraction <= 1:
-            raise TrainError("--ohem-fraction must be in (0, 1]")
-        if self.ohem_threshold is not None and not 0 < self.ohem_threshold <= 1:
-            raise TrainError("--ohem-threshold must be in (0, 1]")
+        try:
+            object.__setattr__(self, "loss", format_loss(parse_loss(self.loss)))
+        except LossSpecError as exc:
+            raise TrainError(str(exc)) from None
+        for hp in LOSS_HPARAMS:
+            if problem := hp.problem(getattr(self, hp.name)):
+                raise TrainError(problem)
         if self.optimizer not in OPTIMIZERS or self.lr_schedule not in LR_SCHEDULES:
             raise TrainError(f"--optimizer must be {' or '.join(OPTIMIZERS)}, --lr-schedule {' or '.join(LR_SCHEDULES)}")
         if self.time_budget is not None and not 0 < self.time_budget < float("inf"):
@@ -182,36 +200,10 @@ class OptimOptions:
         if self.class_weights not in CLASS_WEIGHT_CHOICES:
             raise TrainError(f"unknown class-weight scheme {self.class_weights!r}")
 
-
-def parse_loss(spec: str) -> tuple[tuple[str, float], ...]:
-    """``"ce*0.5+lovasz"`` -> ``(("ce", 0.5), ("lovasz", 1.0))``: the one parser of --loss.
-
-    Terms are joined by ``+``; a term is a name of :data:`LOSS_TERMS` with an optional positive
-    weight after ``*`` (``0.5*ce`` is accepted too). Names are case-insensitive, spaces are
-    ignored, a term may appear once. Raises :class:`TrainError` saying what is wrong.
-    """
-    terms: dict[str, float] = {}
-    for part in str(spec).replace(" ", "").lower().split("+"):
-        factors = part.split("*")
-        names = [f for f in factors if f in LOSS_TERMS]
-        numbers = [f for f in factors if f not in LOSS_TERMS]
-        if len(factors) > 2 or len(names) != 1:
-            raise TrainError(f"--loss {spec!r}: {part!r} is not a term ({LOSS_SYNTAX})")
-        try:
-            weight = float(numbers[0]) if numbers else 1.0
-        except ValueError:
-            raise TrainError(f"--loss {spec!r}: {numbers[0]!r} is not a number ({LOSS_SYNTAX})") from None
-        if not 0 < weight < float("inf"):
-            raise TrainError(f"--loss {spec!r}: the weight of {names[0]} must be a positive number")
-        if names[0] in terms:
-            raise TrainError(f"--loss {spec!r}: {names[0]} appears twice")
-        terms[names[0]] = weight
-    return tuple(terms.items())
-
-
-def format_loss(terms: tuple[tuple[str, float], ...]) -> str:
-    """The canonical spec of parsed terms (weights 1 omitted): ``parse_loss``'s inverse."""
-    return "+".join(name if weight == 1 else f"{name}*{weight:.12g}" for name, weight in terms)
+    @property
+    def loss_hparams(self) -> dict[str, Any]:
+        """The hyper-parameters of every registered loss term, by option name."""
+        return {hp.name: getattr(self, hp.name) for hp in LOSS_HPARAMS}
 
 
 MAX_AUTO_CROP = (512, 1024)  # an "auto" crop of larger images (Cityscapes: half its 1024x2048 frames)

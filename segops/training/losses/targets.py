@@ -1,12 +1,25 @@
 """What every segmentation loss shares: reading ``y_true`` (plain trainIds or packed
-[trainId, pixel weight] targets) into safe labels, a valid mask and pixel weights, and a
-division that is 0, with a zero finite gradient, where its denominator is 0."""
+[trainId, pixel weight] targets) into safe labels, a valid mask and pixel weights, a division
+that is 0, with a zero finite gradient, where its denominator is 0, and :data:`ops`, the
+``keras.ops`` of the term modules, imported on first use (they import without Keras, so the
+CLI reads their registrations fast)."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from keras import ops
+
+class _KerasOps:
+    """``keras.ops``, imported at the first attribute read; each function read is then cached."""
+
+    def __getattr__(self, name: str) -> Any:
+        function = getattr(importlib.import_module("keras.ops"), name)
+        setattr(self, name, function)
+        return function
+
+
+ops: Any = _KerasOps()
 
 
 def split_targets(y_true: Any, num_classes: int) -> tuple[Any, Any, Any]:

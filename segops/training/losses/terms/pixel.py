@@ -1,4 +1,5 @@
-"""Per-pixel losses: weighted cross-entropy, focal loss and online hard-pixel mining (OHEM).
+"""Per-pixel loss terms ``ce``, ``focal`` and ``ohem``: weighted cross-entropy, focal loss and
+online hard-pixel mining (OHEM), with the focal and OHEM hyper-parameters.
 
 All three are a weighted mean over valid pixels of a per-pixel term, with the weight
 w = valid x pixel weight (the U-Net weight map, when used) x class weight[y] (the focal loss's
@@ -11,9 +12,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from keras import ops
-
-from segops.training.losses.targets import logits_and_targets, safe_divide
+from segops.training.losses.spec import WEIGHTS, HParam, loss_term
+from segops.training.losses.targets import logits_and_targets, ops, safe_divide
 
 
 def _ce_and_weights(
@@ -30,6 +30,7 @@ def _ce_and_weights(
     return ce, w, valid
 
 
+@loss_term("ce", settings=WEIGHTS, position=0)
 def weighted_cross_entropy(
     y_true: Any, logits: Any, class_weights: Sequence[float] | None = None, use_pixel_weights: bool = True
 ) -> Any:
@@ -38,6 +39,11 @@ def weighted_cross_entropy(
     return safe_divide(ops.sum(w * ce), ops.sum(w))
 
 
+FOCAL_GAMMA = HParam("focal_gamma", "gamma", 2.0, low=0,
+                     help="Focal loss exponent: (1 - p)^gamma down-weights easy pixels (0: CE).")  # fmt: skip
+
+
+@loss_term("focal", hparams=(FOCAL_GAMMA,), settings=WEIGHTS, position=4)
 def focal_loss(
     y_true: Any,
     logits: Any,
@@ -55,6 +61,14 @@ def focal_loss(
     return safe_divide(ops.sum(w * modulator * ce), ops.sum(w))
 
 
+OHEM_FRACTION = HParam("ohem_fraction", "fraction", 0.25, low=0, high=1, low_open=True,
+                       help="OHEM: share of the batch's valid pixels kept, the hardest (highest CE).")  # fmt: skip
+OHEM_THRESHOLD = HParam("ohem_threshold", "threshold", None, low=0, high=1, low_open=True, metavar="P",
+                        help="OHEM: also keep every pixel whose true-class probability is below P "
+                             "(--ohem-fraction is then a minimum).")  # fmt: skip
+
+
+@loss_term("ohem", hparams=(OHEM_FRACTION, OHEM_THRESHOLD), settings=WEIGHTS, position=5)
 def ohem_cross_entropy(
     y_true: Any,
     logits: Any,

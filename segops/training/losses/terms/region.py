@@ -1,4 +1,4 @@
-"""Region (set) losses over the valid pixels of the whole batch: soft Dice, soft Jaccard (IoU)
+"""Region (set) loss terms ``dice``, ``jaccard`` and ``lovasz`` over the valid pixels of the whole batch: soft Dice, soft Jaccard (IoU)
 and Lovász-softmax. Each is 1 - a per-class overlap score averaged over the classes present in
 the batch's ground truth; pixel and class weights do not apply (they have no place in a set
 overlap). p = softmax(logits) in float32.
@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from keras import ops
-
-from segops.training.losses.targets import logits_and_targets, safe_divide
+from segops.training.losses.spec import loss_term
+from segops.training.losses.targets import logits_and_targets, ops, safe_divide
 
 
 def _mean_over_present(per_class: Any, gt_sum: Any) -> Any:
@@ -29,6 +28,7 @@ def _soft_overlaps(y_true: Any, logits: Any) -> tuple[Any, Any, Any]:
     return ops.sum(probs * onehot, axis=axes), ops.sum(probs, axis=axes), ops.sum(onehot, axis=axes)
 
 
+@loss_term("dice", settings=("epsilon",), position=1)
 def soft_dice_loss(y_true: Any, logits: Any, epsilon: float = 1.0) -> Any:
     """1 - mean over present classes of (2 sum(p g) + eps) / (sum p + sum g + eps)."""
     intersection, prob_sum, gt_sum = _soft_overlaps(y_true, logits)
@@ -36,6 +36,7 @@ def soft_dice_loss(y_true: Any, logits: Any, epsilon: float = 1.0) -> Any:
     return _mean_over_present(1.0 - dice, gt_sum)
 
 
+@loss_term("jaccard", settings=("epsilon",), position=2)
 def soft_jaccard_loss(y_true: Any, logits: Any, epsilon: float = 1.0) -> Any:
     """1 - mean over present classes of (sum(p g) + eps) / (sum p + sum g - sum(p g) + eps)."""
     intersection, prob_sum, gt_sum = _soft_overlaps(y_true, logits)
@@ -43,6 +44,7 @@ def soft_jaccard_loss(y_true: Any, logits: Any, epsilon: float = 1.0) -> Any:
     return _mean_over_present(1.0 - jaccard, gt_sum)
 
 
+@loss_term("lovasz", position=3)
 def lovasz_softmax_loss(y_true: Any, logits: Any) -> Any:
     """Lovász-softmax (Berman, Triki, Blaschko, CVPR 2018), per batch, classes "present".
 
