@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,26 @@ def tiny_scene(seed: int, height: int = 32, width: int = 64) -> tuple[np.ndarray
     instance[2:8, width - 6 : width - 3] = 24000
     image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     return image, label, instance
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of a segops subprocess: this checkout first on the import path."""
+    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under ``root``: relative POSIX path -> bytes (to compare two outputs)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def read_png(path: Path) -> np.ndarray:
+    """A PNG as stored (8/16-bit, channels as written by OpenCV)."""
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert arr is not None, path
+    return arr
 
 
 def write_png(path: Path, arr: np.ndarray) -> None:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import read_png, tree_bytes
 
 from segops.core import labels, layout, records
 from segops.core.labels import LABEL_ID_TO_TRAIN_ID
@@ -24,16 +24,6 @@ COUNTS = {"train": 4, "val": 2, "test": 1, layout.TRAIN_EXTRA_SPLIT: 3}
 FINE_COUNTS = {s: n for s, n in COUNTS.items() if s in synth.SPLITS}
 COARSE_SUFFIXES = ("gtCoarse_labelIds.png", "gtCoarse_instanceIds.png", "gtCoarse_color.png",
                    "gtCoarse_polygons.json")  # fmt: skip
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def _read(path: Path) -> np.ndarray:
-    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    assert arr is not None, path
-    return arr
 
 
 def _records(out: Path, part: str) -> list[bytes]:
@@ -61,7 +51,7 @@ def prepared(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
 
 
 def test_synth_writes_gtcoarse_in_the_official_layout(data: Path) -> None:
-    files = set(_files(data))
+    files = set(tree_bytes(data))
     for split, n in COUNTS.items():
         stems = sorted((p.parent.name, p.name[: -len(layout.IMAGE_SUFFIX)])
                        for p in (data / layout.IMAGE_DIR / split).glob("*/*" + layout.IMAGE_SUFFIX))  # fmt: skip
@@ -81,12 +71,12 @@ def test_coarse_labels_are_fine_labels_with_more_void(data: Path) -> None:
 
     fine_void, coarse_void = [], []
     for path in sorted((data / "gtCoarse").glob("[tv]*/*/*_gtCoarse_labelIds.png")):
-        coarse = _read(path)
+        coarse = read_png(path)
         assert coarse.shape == (H, W) and coarse.dtype == np.uint8
-        np.testing.assert_array_equal(_read(Path(str(path).replace("labelIds", "instanceIds"))), coarse)
+        np.testing.assert_array_equal(read_png(Path(str(path).replace("labelIds", "instanceIds"))), coarse)
         if "train_extra" in path.parts:
             continue
-        fine = _read(Path(str(path).replace("gtCoarse", "gtFine")))
+        fine = read_png(Path(str(path).replace("gtCoarse", "gtFine")))
         labelled = coarse > 0
         assert labelled.mean() > 0.2  # still a usable label
         # every pixel the coarse labels give a class has that class in the fine labels
@@ -101,14 +91,14 @@ def test_coarse_labels_are_fine_labels_with_more_void(data: Path) -> None:
     path = sorted((data / "gtCoarse" / "train").glob("*/*_gtCoarse_polygons.json"))[0]
     out = path.parent / "check_labelIds.png"
     json2labelImg(str(path), str(out), "ids")
-    agree = (_read(out) == _read(Path(str(path).replace("polygons.json", "labelIds.png")))).mean()
+    agree = (read_png(out) == read_png(Path(str(path).replace("polygons.json", "labelIds.png")))).mean()
     out.unlink()
     assert agree > 0.995
 
 
 def test_synth_fine_files_do_not_change_with_coarse(data: Path, tmp_path: Path) -> None:
     synth.generate_dataset(str(tmp_path), FINE_COUNTS, height=H, width=W)
-    fine_only, with_coarse = _files(tmp_path), _files(data)
+    fine_only, with_coarse = tree_bytes(tmp_path), tree_bytes(data)
     del fine_only[layout.SYNTH_MANIFEST_FILE]
     for name, content in fine_only.items():
         assert with_coarse[name] == content, name
@@ -154,7 +144,7 @@ def test_prepare_fine_plus_coarse_writes_both_kinds(data: Path, prepared: dict[s
         pixel_counts = np.zeros(labels.NUM_CLASSES, np.int64)
         for r in recs:  # the record's label is the gtCoarse file's, in trainIds
             src = data / r["source"].replace(layout.IMAGE_DIR, "gtCoarse", 1)
-            coarse_t = LABEL_ID_TO_TRAIN_ID[_read(Path(str(src).replace("_leftImg8bit.png", "_gtCoarse_labelIds.png")))]
+            coarse_t = LABEL_ID_TO_TRAIN_ID[read_png(Path(str(src).replace("_leftImg8bit.png", "_gtCoarse_labelIds.png")))]
             np.testing.assert_array_equal(r["label"], coarse_t)
             pixel_counts += np.bincount(coarse_t.ravel(), minlength=256)[: labels.NUM_CLASSES]
         assert stats["splits"][part]["pixel_counts"] == pixel_counts.tolist()

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import write_png
 
 from segops.cli import cli
 from segops.core import labels, metrics
@@ -56,12 +57,6 @@ def scene(seed: int) -> tuple[np.ndarray, np.ndarray]:
     label_ids[H - 5 :] = 1  # ego vehicle: ignored in evaluation
     rgb = labels.LABEL_ID_TO_COLOR[label_ids].astype(np.float32) + rng.normal(0, 30, (H, W, 3))
     return np.clip(rgb, 0, 255).astype(np.uint8), label_ids
-
-
-def write_png(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    bgr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR) if arr.ndim == 3 else arr
-    assert cv2.imwrite(str(path), bgr)
 
 
 def read_png(path: str | Path) -> np.ndarray:

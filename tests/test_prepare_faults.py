@@ -16,14 +16,13 @@ from pathlib import Path
 import pytest
 from apache_beam.io.localfilesystem import LocalFileSystem
 from click.testing import CliRunner
-from conftest import make_dataset
+from conftest import make_dataset, subprocess_env
 from test_prepare import read_records
 
 from segops.cli import cli as main
 from segops.core.records import decode_example
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "val")
 
 
@@ -41,13 +40,9 @@ def prepare_cmd(raw: Path, out: Path, shards: int) -> list[str]:
     return [sys.executable, "-m", "segops.cli", "prepare", str(raw), str(out), "--shards", str(shards)]
 
 
-def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
 def kill_when(cmd: list[str], ready, timeout: float = 120.0) -> int:
     """Start ``cmd`` and SIGKILL it as soon as ``ready()`` holds; returns its exit status."""
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     while proc.poll() is None and time.time() < deadline and not ready():
         time.sleep(0.005)

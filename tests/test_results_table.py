@@ -3,7 +3,6 @@ run killed with SIGKILL and started again, readers (pandas, DuckDB) and time tra
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import subprocess_env
 from trainutil import synth_val_and_tiny_unet
 
 from segops.inference.options import InferOptions
@@ -21,7 +21,6 @@ from workflows.infer import run_infer
 pytestmark = pytest.mark.slow
 
 H, W = 96, 192
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +32,6 @@ def archive(tmp_path_factory):
 def infer_cmd(model: Path, data: Path, out: Path, run_id: str) -> list[str]:
     return [sys.executable, "-m", "segops.cli", "infer", str(model), str(data), str(out), "--split", "val",
             "--run-id", run_id]  # fmt: skip
-
-
-def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 def table_keys(out: Path) -> list[tuple[str, str]]:
@@ -61,7 +56,7 @@ def reference(archive, tmp_path_factory):
 def test_two_runs_into_one_out_at_once_end_with_one_row_per_image(archive, reference, tmp_path):
     model, data = archive
     out = tmp_path / "out"
-    procs = [subprocess.Popen(infer_cmd(model, data, out, f"cron-{k}"), env=env(), stdout=subprocess.PIPE,
+    procs = [subprocess.Popen(infer_cmd(model, data, out, f"cron-{k}"), env=subprocess_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for k in (1, 2)]  # fmt: skip
     logs = [p.communicate(timeout=600)[0] for p in procs]
     # both runs commit (the later MERGE is retried on the earlier one's version), or one refuses
@@ -77,7 +72,7 @@ def test_two_runs_into_one_out_at_once_end_with_one_row_per_image(archive, refer
 def test_a_run_killed_with_sigkill_then_rerun_processes_every_image_exactly_once(archive, reference, tmp_path):
     model, data = archive
     out = tmp_path / "out"
-    proc = subprocess.Popen(infer_cmd(model, data, out, "killed"), env=env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(infer_cmd(model, data, out, "killed"), env=subprocess_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 300
     while time.time() < deadline and not list((out / "masks").rglob("*_color.png")) and proc.poll() is None:

@@ -13,6 +13,7 @@ import pytest
 from cityscapesscripts.helpers.labels import name2label
 from cityscapesscripts.preparation.json2labelImg import json2labelImg
 from click.testing import CliRunner
+from conftest import read_png, tree_bytes
 
 from segops.commands.synth import command as synth_command
 from segops.core import labels, layout
@@ -23,16 +24,6 @@ COUNTS = {"train": 8, "val": 3, "test": 2}
 SIZE = (64, 128)
 SUFFIXES = ("gtFine_labelIds.png", "gtFine_instanceIds.png", "gtFine_color.png", "gtFine_polygons.json")
 STEM = re.compile(r"^([a-z]+)_(\d{6})_(\d{6})$")
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def _read(path: Path) -> np.ndarray:
-    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    assert arr is not None, path
-    return arr
 
 
 def _stems(root: Path, split: str) -> list[tuple[str, str]]:
@@ -49,7 +40,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 def test_layout_and_naming_are_exactly_cityscapes(dataset: tuple[Path, dict]) -> None:
     root, summary = dataset
-    files = set(_files(root))
+    files = set(tree_bytes(root))
     expected = {layout.SYNTH_MANIFEST_FILE}
     for split, n in COUNTS.items():
         stems = _stems(root, split)
@@ -94,17 +85,17 @@ def test_png_formats(dataset: tuple[Path, dict]) -> None:
 
 def test_same_seed_same_bytes_other_seed_other_images(dataset: tuple[Path, dict], tmp_path: Path) -> None:
     root, _ = dataset
-    reference = _files(root)
+    reference = tree_bytes(root)
     # a rerun over the same directory rewrites identical bytes and leaves no temporary file
     synth.generate_dataset(str(root), COUNTS, height=SIZE[0], width=SIZE[1], seed=0)
-    assert _files(root) == reference
+    assert tree_bytes(root) == reference
     # two workers produce the same bytes as one
     again = tmp_path / "again"
     synth.generate_dataset(str(again), COUNTS, height=SIZE[0], width=SIZE[1], seed=0, workers=2)
-    assert _files(again) == reference
+    assert tree_bytes(again) == reference
     other = tmp_path / "other"
     synth.generate_dataset(str(other), COUNTS, height=SIZE[0], width=SIZE[1], seed=1)
-    other_files = _files(other)
+    other_files = tree_bytes(other)
     assert set(other_files) == set(reference)
     images = [k for k in reference if k.endswith("_leftImg8bit.png")]
     assert all(other_files[k] != reference[k] for k in images)
@@ -113,8 +104,8 @@ def test_same_seed_same_bytes_other_seed_other_images(dataset: tuple[Path, dict]
 def test_an_image_does_not_depend_on_the_counts(dataset: tuple[Path, dict], tmp_path: Path) -> None:
     root, _ = dataset
     synth.generate_dataset(str(tmp_path), {"val": 1, "train": 2}, height=SIZE[0], width=SIZE[1], seed=0)
-    small = _files(tmp_path)
-    full = _files(root)
+    small = tree_bytes(tmp_path)
+    full = tree_bytes(root)
     assert len(small) == 1 + 5 * 3
     # a rerun with larger counts, then smaller ones again: the extra images are reported, not deleted
     synth.generate_dataset(str(tmp_path), {"val": 2, "train": 2}, height=SIZE[0], width=SIZE[1], seed=0)
@@ -135,8 +126,8 @@ def test_label_ids_are_the_official_rasterisation_of_the_polygons(dataset: tuple
     for poly in _labelled_gt(root) + sorted((root / "gtFine" / "test").glob("*/*_gtFine_polygons.json")):
         oracle = tmp_path / "oracle.png"
         json2labelImg(str(poly), str(oracle), "ids")  # cityscapesScripts (Pillow)
-        ours = _read(Path(str(poly).replace("_polygons.json", "_labelIds.png")))
-        agreement = float((ours == _read(oracle)).mean())
+        ours = read_png(Path(str(poly).replace("_polygons.json", "_labelIds.png")))
+        agreement = float((ours == read_png(oracle)).mean())
         assert agreement >= 0.995, (poly.name, agreement)
 
 
@@ -144,8 +135,8 @@ def test_instance_ids_follow_the_cityscapes_encoding(dataset: tuple[Path, dict])
     root, _ = dataset
     n_instances = 0
     for poly in _labelled_gt(root):
-        lab = _read(Path(str(poly).replace("_polygons.json", "_labelIds.png"))).astype(np.int64)
-        inst = _read(Path(str(poly).replace("_polygons.json", "_instanceIds.png"))).astype(np.int64)
+        lab = read_png(Path(str(poly).replace("_polygons.json", "_labelIds.png"))).astype(np.int64)
+        inst = read_png(Path(str(poly).replace("_polygons.json", "_instanceIds.png"))).astype(np.int64)
         is_instance = inst >= 1000
         np.testing.assert_array_equal(inst[is_instance] // 1000, lab[is_instance])
         np.testing.assert_array_equal(inst[~is_instance], lab[~is_instance])
@@ -168,8 +159,8 @@ def test_instance_ids_follow_the_cityscapes_encoding(dataset: tuple[Path, dict])
 def test_color_png_is_the_label_colour_lut(dataset: tuple[Path, dict]) -> None:
     root, _ = dataset
     for poly in _labelled_gt(root) + sorted((root / "gtFine" / "test").glob("*/*_polygons.json")):
-        lab = _read(Path(str(poly).replace("_polygons.json", "_labelIds.png")))
-        color = cv2.cvtColor(_read(Path(str(poly).replace("_polygons.json", "_color.png"))), cv2.COLOR_BGR2RGB)
+        lab = read_png(Path(str(poly).replace("_polygons.json", "_labelIds.png")))
+        color = cv2.cvtColor(read_png(Path(str(poly).replace("_polygons.json", "_color.png"))), cv2.COLOR_BGR2RGB)
         expected = np.array([name2label_by_id(i).color for i in range(34)], np.uint8)[lab]
         np.testing.assert_array_equal(color, expected)
 
@@ -182,7 +173,7 @@ def test_only_valid_ids_all_classes_and_street_like_imbalance(dataset: tuple[Pat
     root, _ = dataset
     counts = np.zeros(256, np.int64)
     for poly in sorted((root / "gtFine" / "train").glob("*/*_polygons.json")):
-        lab = _read(Path(str(poly).replace("_polygons.json", "_labelIds.png")))
+        lab = read_png(Path(str(poly).replace("_polygons.json", "_labelIds.png")))
         assert labels.unknown_label_ids(lab) == []
         counts += np.bincount(lab.ravel(), minlength=256)
     train_counts = np.bincount(labels.LABEL_ID_TO_TRAIN_ID, weights=counts, minlength=256)[:19]
@@ -205,13 +196,13 @@ def test_test_split_has_no_usable_labels(dataset: tuple[Path, dict]) -> None:
     polys = sorted((root / "gtFine" / "test").glob("*/*_polygons.json"))
     assert len(polys) == COUNTS["test"]
     for poly in polys:
-        lab = _read(Path(str(poly).replace("_polygons.json", "_labelIds.png")))
-        inst = _read(Path(str(poly).replace("_polygons.json", "_instanceIds.png")))
+        lab = read_png(Path(str(poly).replace("_polygons.json", "_labelIds.png")))
+        inst = read_png(Path(str(poly).replace("_polygons.json", "_instanceIds.png")))
         assert set(np.unique(lab)) <= {0, 1, 2, 3}
         np.testing.assert_array_equal(inst, lab)
         assert (labels.to_train_ids(lab) == labels.IGNORE_ID).all()
         assert {o["label"] for o in json.loads(poly.read_text())["objects"]} <= synth.TEST_VOID_LABELS
-        image = _read(Path(str(poly).replace("gtFine", "leftImg8bit", 1).replace("_gtFine_polygons.json",
+        image = read_png(Path(str(poly).replace("gtFine", "leftImg8bit", 1).replace("_gtFine_polygons.json",
                                                                                "_leftImg8bit.png")))
         assert image.std() > 20  # the image itself is a full street scene
 
@@ -221,11 +212,11 @@ def test_one_large_image(tmp_path: Path) -> None:
     synth.generate_dataset(str(out), {"train": 1}, height=512, width=1024, seed=3)
     city, stem = synth.frame_stem("train", 0)
     gt = out / "gtFine" / "train" / city
-    image = _read(out / "leftImg8bit" / "train" / city / f"{stem}_leftImg8bit.png")
-    lab = _read(gt / f"{stem}_gtFine_labelIds.png")
+    image = read_png(out / "leftImg8bit" / "train" / city / f"{stem}_leftImg8bit.png")
+    lab = read_png(gt / f"{stem}_gtFine_labelIds.png")
     assert image.shape == (512, 1024, 3) and lab.shape == (512, 1024)
     json2labelImg(str(gt / f"{stem}_gtFine_polygons.json"), str(tmp_path / "o.png"), "ids")
-    assert float((lab == _read(tmp_path / "o.png")).mean()) >= 0.995
+    assert float((lab == read_png(tmp_path / "o.png")).mean()) >= 0.995
     present = set(np.unique(labels.to_train_ids(lab)).tolist()) - {labels.IGNORE_ID}
     assert len(present) >= 8
 
