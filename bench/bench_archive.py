@@ -10,7 +10,7 @@ tiny U-Net and ``--no-crf`` so the numbers are bookkeeping, not the network), in
   directly with one row per image, as earlier runs would have left it);
 * ``rerun0``: a rerun with nothing new: wall time and peak RSS of the process (the DirectRunner
   executes the pipeline inside it, so this includes the listing and planning work that a cluster
-  runs on workers), and the peak RSS of the driver-side steps alone (table check, commit,
+  runs on workers), and the peak RSS of the driver-side steps alone (begin_run, commit,
   summary) in a separate process;
 * ``rerun1``: a rerun after adding 1% new images, against the full first run scaled to N;
 * ``summary``: the streaming summary over the N-row table.
@@ -82,7 +82,7 @@ def child_graph(model: str, archive: str, out: str) -> dict:
 
     opts = options(Path(model), Path(archive), Path(out), "graph")
     p = beam.Pipeline()
-    build_infer_pipeline(p, opts, check_model(opts), table.ensure_table(opts.output))
+    build_infer_pipeline(p, opts, check_model(opts), table.begin_run(opts.output, opts.run_id))
     return {"graph_bytes": len(p.to_runner_api().SerializeToString())}
 
 
@@ -96,12 +96,11 @@ def child_run(model: str, archive: str, out: str, run_id: str) -> dict:
 
 
 def child_driver_steps(out: str, model_id: str) -> dict:
-    """What the driver itself does around the pipeline: table check, (empty) commit, summary."""
+    """What the driver itself does around the pipeline: begin the run, (empty) commit, summary."""
     from segops.inference import summary, table
 
     start = time.perf_counter()
-    table.check_layout(out)
-    table.ensure_table(out)
+    table.begin_run(out, "bench-empty")
     table.commit_run(out, "bench-empty", model_id)
     summary_start = time.perf_counter()
     s = summary.summarize(out, model_id)
@@ -115,10 +114,11 @@ def child_seed(model: str, archive: str, out: str) -> dict:
     from deltalake import write_deltalake
 
     from segops.inference import table
+    from segops.inference.rows import metrics_schema
     from segops.models import export_dir
 
     model_id = export_dir.load_info(model).model_id
-    schema = table.metrics_schema()
+    schema = metrics_schema()
     table.ensure_table(out)
     start = time.perf_counter()
     rows: list[dict] = []

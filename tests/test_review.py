@@ -20,6 +20,7 @@ from segops.inference import table
 from segops.inference.discovery import WorkItem
 from segops.inference.masks import mask_paths
 from segops.inference.options import InferOptions
+from segops.inference.rows import metrics_schema
 from segops.prepare.options import PrepareOptions
 from segops.review import ReviewError, brush
 from segops.review.export import ExportOptions, export_selection
@@ -37,7 +38,7 @@ CAR = labels.NAME_TO_LABEL["car"]
 
 
 def _row(i: int, conf: float, change: float | None, miou: float | None, car_pixels: int, model: str = "m1") -> dict:
-    row = dict.fromkeys(table.metrics_schema().names)
+    row = dict.fromkeys(metrics_schema().names)
     counts = [0] * labels.NUM_CLASSES
     counts[CAR.train_id] = car_pixels
     row.update(path=f"/data/img{i:02d}.png", rel_path=f"img{i:02d}.png", height=H, width=W, model_id=model,
@@ -59,7 +60,7 @@ def hand_table(tmp_path_factory) -> str:
 
     out = str(tmp_path_factory.mktemp("hand") / "infer")
     rows = [_row(i, *v) for i, v in enumerate(zip(CONF, CHANGE, MIOU, CARS, strict=True))]
-    write_deltalake(table.table_uri(out), pa.Table.from_pylist(rows, schema=table.metrics_schema()))
+    write_deltalake(table.table_uri(out), pa.Table.from_pylist(rows, schema=metrics_schema()))
     return out
 
 
@@ -107,7 +108,7 @@ def test_bad_options_and_ambiguous_model(hand_table, tmp_path):
 
     out = str(tmp_path / "infer")
     rows = [_row(0, 0.5, None, None, 0, "m1"), _row(1, 0.5, None, None, 0, "m2")]
-    write_deltalake(table.table_uri(out), pa.Table.from_pylist(rows, schema=table.metrics_schema()))
+    write_deltalake(table.table_uri(out), pa.Table.from_pylist(rows, schema=metrics_schema()))
     with pytest.raises(SelectError, match="m1, m2"):
         select(out, SelectOptions(random=1))
     assert [r["model_id"] for r in select(out, SelectOptions(random=5, model_id="m2")).to_pylist()] == ["m2"]
@@ -118,7 +119,7 @@ def test_a_table_from_before_class_pixels_gains_the_column(tmp_path):
     import pyarrow.parquet as pq
     from deltalake import write_deltalake
 
-    out, schema = str(tmp_path / "infer"), table.metrics_schema()
+    out, schema = str(tmp_path / "infer"), metrics_schema()
     old = pa.schema([f for f in schema if f.name != "class_pixels"])
     first = {k: v for k, v in _row(0, 0.5, None, None, 0).items() if k != "class_pixels"}
     write_deltalake(table.table_uri(out), pa.Table.from_pylist([first], schema=old))

@@ -54,6 +54,7 @@ from segops.inference.discovery import (
 from segops.inference.examples import ImageExample, Prediction, Segmented, load_example
 from segops.inference.masks import confidence_stats, encode_masks, mask_paths
 from segops.inference.options import InferOptions
+from segops.inference.rows import metrics_row, metrics_schema
 from segops.inference.run_record import RunReport, output_paths, write_manifest
 from segops.models import export_dir
 
@@ -261,10 +262,10 @@ def build_infer_pipeline(p: beam.Pipeline, options: InferOptions, info: export_d
         segmented = predictions | "Argmax" >> beam.Map(_argmax)
         crf_dead = p | "NoCRFDeadLetters" >> beam.Create([])
     written = segmented | "WriteMasks" >> beam.ParDo(WriteMasksFn(options.output, options.overlay)).with_outputs(DEAD, main="ok")
-    rows = written.ok | "Metrics" >> beam.Map(table.metrics_row, model_id=model_id, run_id=options.run_id)
+    rows = written.ok | "Metrics" >> beam.Map(metrics_row, model_id=model_id, run_id=options.run_id)
     _ = rows | "StageRows" >> beam.io.WriteToParquet(
         fs.join(table.staging_dir(options.output, options.run_id), f"part-{uuid.uuid4().hex[:12]}"),
-        schema=table.metrics_schema(),
+        schema=metrics_schema(),
         file_name_suffix=".parquet",
     )
     stages = (listed[DEAD], decoded[DEAD], failed_inference, checked[DEAD], crf_dead, written[DEAD])
@@ -291,10 +292,7 @@ def run_infer(options: InferOptions, beam_args: list[str] | None = None) -> RunR
 
     start = time.perf_counter()
     info = check_model(options)  # before any pipeline: a bad model fails here
-    table.check_layout(options.output)
-    version = table.ensure_table(options.output)
-    table.remove_staging(options.output, options.run_id)  # a killed earlier attempt of this run id
-    table.remove_stale_staging(options.output)
+    version = table.begin_run(options.output, options.run_id)
     p = beam.Pipeline(options=PipelineOptions(beam_args or []))
     build_infer_pipeline(p, options, info, version)
     result = p.run()
@@ -303,7 +301,6 @@ def run_infer(options: InferOptions, beam_args: list[str] | None = None) -> RunR
     if found == 0:
         raise ValueError(f"no PNG/JPEG images found under {options.source}")
     committed = table.commit_run(options.output, options.run_id, info.model_id)
-    table.remove_staging(options.output, options.run_id)
     summary = summaries.summarize(options.output, info.model_id)
     summary["run_id"] = options.run_id
     summary["table_version"] = committed.version if committed.version is not None else version

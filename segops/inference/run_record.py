@@ -70,7 +70,3 @@ def write_manifest(options: InferOptions, report: RunReport) -> None:
         },
     )
 
-
-def read_manifest(output: str) -> dict[str, Any] | None:
-    """An infer OUT's manifest, or None when it has none."""
-    return fs.read_json_or_none(fs.join(output, layout.MANIFEST_FILE))

@@ -1,39 +1,41 @@
 """The results table of `segops infer`: a Delta Lake table at OUT/results with one row per
-(image, model): per-class IoU/Dice before and after the CRF, confusion matrices, and the input's
-fingerprint (size, modification time) that tells a changed image from a done one.
+(image, model), and its lifecycle around a run. The row format is segops.inference.rows.
 
-* :func:`metrics_schema` / :func:`metrics_row`: the row format (docs/infer.md).
-* :func:`ensure_table` creates the table before a run; :func:`index_files` and
-  :func:`read_index` let workers read the (path, fingerprint) index of one model at a pinned
-  version without the driver touching rows.
-* :func:`commit_run`: the driver's one transaction per run. Workers wrote the run's rows as
-  Parquet files under OUT/.staging/<run>; the commit MERGEs them on (path, model_id), so a row an
-  image already had is replaced, never duplicated. Delta's optimistic concurrency makes a second,
-  overlapping run's commit fail when the first added rows; it is then retried on the new version
-  (MERGE is idempotent on the key), so two runs into one OUT end with one row per (image, model).
-* :func:`open_table` (optionally as of a version, a run id or a time) and :func:`read_metrics`
-  for readers; every run is a table version.
+A run follows a two-call protocol, each call safe to be killed at any moment:
+
+* :func:`begin_run` before the pipeline: refuse an old layout, create the (empty) table if there
+  is none, remove what an earlier, killed attempt of this run id staged and what runs killed
+  more than a day ago left; returns the table version the run plans against. Workers then read
+  the (path, fingerprint) index of one model at that version (:func:`index_files`,
+  :func:`read_index`) without the driver touching rows, and stage the run's rows as Parquet
+  under :func:`staging_dir`.
+* :func:`commit_run` after it: the run's one transaction. It MERGEs the staged rows on
+  (path, model_id), so a row an image already had is replaced, never duplicated, then removes
+  the staging. Delta's optimistic concurrency makes an overlapping run's commit fail when
+  another added rows first; it is retried on the new version (MERGE is idempotent on the key), so
+  two runs into one OUT end with one row per (image, model). A commit that fails leaves the
+  staging for the next :func:`begin_run` of the run id (or the stale clean-up) to remove.
+
+Readers: :func:`open_table` (optionally as of a version, a run id or a time) and
+:func:`read_metrics`; every committing run is a table version.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from segops.core import fs, labels, layout, metrics
-from segops.core.formatting import finite_or_none
-from segops.inference.examples import Segmented
+from segops.core import fs, layout
+from segops.inference.rows import metrics_schema
 
 LOG = logging.getLogger(__name__)
 
-KEY_COLUMNS = ("path", "model_id")
+KEY_COLUMNS = ("path", "model_id")  # one row per (image, model): the MERGE's key
+MERGE_PREDICATE = " AND ".join(f"t.{c} = s.{c}" for c in KEY_COLUMNS)
 FINGERPRINT_COLUMNS = ("input_size", "input_mtime")
 RUN_ID_PROPERTY = "segops.run_id"  # commit metadata: which run wrote a table version
 COMMIT_ATTEMPTS = 20  # concurrent runs into one OUT retry their MERGE on the new version
@@ -43,108 +45,6 @@ STALE_STAGING_SECONDS = 86400.0  # a run's staged rows older than this belong to
 
 class TableError(RuntimeError):
     """The results table cannot be used as it is (old layout, failed commit); says what to do."""
-
-
-def _column_name(name: str) -> str:
-    return name.replace(" ", "_")
-
-
-CLASS_COLUMNS = tuple(_column_name(n) for n in labels.CLASS_NAMES)
-STAGES = ("before", "after")
-
-
-def metrics_schema() -> Any:
-    """Explicit schema of the results table (documented in docs/infer.md)."""
-    import pyarrow as pa
-
-    cols: list[tuple[str, Any]] = [
-        ("path", pa.string()),
-        ("rel_path", pa.string()),
-        ("label_path", pa.string()),
-        ("input_size", pa.int64()),
-        ("input_mtime", pa.float64()),
-        ("height", pa.int32()),
-        ("width", pa.int32()),
-        ("model_id", pa.string()),
-        ("run_id", pa.string()),
-        ("crf", pa.bool_()),
-        ("has_labels", pa.bool_()),
-        ("inference_ms", pa.float64()),
-        ("crf_ms", pa.float64()),
-        ("mean_confidence", pa.float64()),
-        ("low_confidence_fraction", pa.float64()),
-        ("crf_changed_fraction", pa.float64()),
-        ("class_pixels", pa.list_(pa.int64())),  # pixels per trainId in the written mask (19)
-    ]
-    for stage in STAGES:
-        cols += [
-            (f"pixel_accuracy_{stage}", pa.float64()),
-            (f"mean_iou_{stage}", pa.float64()),
-            (f"mean_dice_{stage}", pa.float64()),
-        ]
-    for stage in STAGES:
-        cols += [(f"iou_{stage}_{c}", pa.float64()) for c in CLASS_COLUMNS]
-        cols += [(f"dice_{stage}_{c}", pa.float64()) for c in CLASS_COLUMNS]
-    for stage in STAGES:
-        cols.append((f"confusion_{stage}", pa.list_(pa.int64())))
-    meta = {
-        "segops.classes": json.dumps(list(labels.CLASS_NAMES)),
-        "segops.confusion": "row-major 19x19, rows = ground truth trainId, columns = prediction",
-    }
-    return pa.schema(cols, metadata=meta)
-
-
-def _stage_metrics(gt: np.ndarray | None, pred: np.ndarray | None, stage: str) -> dict[str, Any]:
-    row: dict[str, Any] = {}
-    if gt is None or pred is None:
-        row.update({f"pixel_accuracy_{stage}": None, f"mean_iou_{stage}": None, f"mean_dice_{stage}": None})
-        row.update({f"iou_{stage}_{c}": None for c in CLASS_COLUMNS})
-        row.update({f"dice_{stage}_{c}": None for c in CLASS_COLUMNS})
-        row[f"confusion_{stage}"] = None
-        return row
-    cm = metrics.confusion_matrix(gt, pred)
-    iou, dice = metrics.iou_per_class(cm), metrics.dice_per_class(cm)
-    row[f"pixel_accuracy_{stage}"] = finite_or_none(metrics.pixel_accuracy(cm))
-    row[f"mean_iou_{stage}"] = finite_or_none(metrics.nanmean_or_nan(iou))
-    row[f"mean_dice_{stage}"] = finite_or_none(metrics.nanmean_or_nan(dice))
-    row.update({f"iou_{stage}_{c}": finite_or_none(v) for c, v in zip(CLASS_COLUMNS, iou, strict=True)})
-    row.update({f"dice_{stage}_{c}": finite_or_none(v) for c, v in zip(CLASS_COLUMNS, dice, strict=True)})
-    row[f"confusion_{stage}"] = [int(v) for v in cm.ravel()]
-    return row
-
-
-def class_pixels(mask: np.ndarray) -> list[int]:
-    """Pixels per trainId (0..18) of a mask: which classes an unlabelled image shows."""
-    return [int(v) for v in np.bincount(mask.ravel(), minlength=labels.NUM_CLASSES)[: labels.NUM_CLASSES]]
-
-
-def metrics_row(seg: Segmented, *, model_id: str, run_id: str) -> dict[str, Any]:
-    """One row (see :func:`metrics_schema`); per-class scores null where undefined."""
-    example, pred_before, pred_after, crf_ms = seg.example, seg.pred_before, seg.pred_after, seg.crf_ms
-    h, w = pred_before.shape
-    item = example.item
-    row: dict[str, Any] = {
-        "path": item.path,
-        "rel_path": item.rel,
-        "label_path": item.label_path,
-        "input_size": item.size,
-        "input_mtime": item.mtime,
-        "height": int(h),
-        "width": int(w),
-        "model_id": model_id,
-        "run_id": run_id,
-        "crf": pred_after is not None,
-        "has_labels": example.gt is not None,
-        "inference_ms": float(seg.inference_ms),
-        "crf_ms": None if crf_ms is None else float(crf_ms),
-        "mean_confidence": float(seg.mean_confidence),
-        "low_confidence_fraction": float(seg.low_confidence_fraction),
-        "crf_changed_fraction": None if pred_after is None else float(np.mean(pred_after != pred_before)),
-        "class_pixels": class_pixels(pred_before if pred_after is None else pred_after),
-    }
-    row.update(_stage_metrics(example.gt, pred_before, "before"))
-    row.update(_stage_metrics(example.gt, pred_after, "after"))
-    return row
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,7 +76,7 @@ def staging_dir(output: str, run_id: str) -> str:
     return fs.join(output, layout.STAGING_DIR, run_id)
 
 
-def check_layout(output: str) -> None:
+def _check_layout(output: str) -> None:
     """Refuse an OUT written by segops < 0.2 (Parquet partitions, no transaction log)."""
     old = fs.join(output, layout.LEGACY_METRICS_DIR)
     if fs.match(fs.join(old, "**")):
@@ -271,7 +171,16 @@ def read_index(data_file: str, model_id: str) -> list[tuple[str, tuple[int | Non
 
 
 # --------------------------------------------------------------------------------------------
-# the run's one transaction
+# a run: begin_run before the pipeline, commit_run after it
+
+
+def begin_run(output: str, run_id: str) -> int:
+    """Make OUT ready for run ``run_id``; returns the table version the run plans against."""
+    _check_layout(output)
+    version = ensure_table(output)
+    _remove_staging(output, run_id)  # a killed earlier attempt of this run id: its rows are redone
+    remove_stale_staging(output)
+    return version
 
 
 @dataclass
@@ -280,6 +189,16 @@ class CommitResult:
     rows: int  # rows this run wrote (new images and redone ones)
     replaced: int  # earlier rows of the same (image, model) it replaced
     attempts: int
+
+
+def commit_run(output: str, run_id: str, model_id: str) -> CommitResult:
+    """MERGE this run's staged rows into the table in one transaction (retried on conflicts),
+    then remove its staging. Killed before the MERGE lands, the run committed nothing and its
+    rerun redoes the images; killed after, the staging left is removed by the next begin_run of
+    the run id or, a day later, by any run's (staged rows are never committed twice)."""
+    committed = _merge_staged(output, run_id, model_id)
+    _remove_staging(output, run_id)
+    return committed
 
 
 def _staged_rows(output: str, run_id: str) -> Any:
@@ -291,8 +210,7 @@ def _staged_rows(output: str, run_id: str) -> Any:
     return ds.dataset(files, format="parquet", schema=metrics_schema()).to_table()
 
 
-def commit_run(output: str, run_id: str, model_id: str) -> CommitResult:
-    """MERGE this run's staged rows into the table in one transaction, retried on conflicts."""
+def _merge_staged(output: str, run_id: str, model_id: str) -> CommitResult:
     from deltalake import CommitProperties, DeltaTable
     from deltalake.exceptions import CommitFailedError
 
@@ -301,16 +219,15 @@ def commit_run(output: str, run_id: str, model_id: str) -> CommitResult:
         return CommitResult(None, 0, 0, 0)
     # MERGE refuses two source rows for one key; two attempts of one run id running at once
     # (a scheduler that reuses ids) could stage an image twice
-    if len(set(rows.column("path").to_pylist())) != rows.num_rows:
-        rows = _last_row_per_path(rows)
+    rows = _last_row_per_key(rows)
     uri = _storage_uri(output)
     props = CommitProperties(custom_metadata={RUN_ID_PROPERTY: run_id, "segops.model_id": model_id})
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         dt = DeltaTable(uri)
         try:
             stats = (
-                dt.merge(rows, predicate="t.path = s.path AND t.model_id = s.model_id", source_alias="s",
-                         target_alias="t", commit_properties=props,
+                dt.merge(rows, predicate=MERGE_PREDICATE, source_alias="s", target_alias="t",
+                         commit_properties=props,
                          merge_schema=True)  # fmt: skip  a table from before a new column gains it
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
@@ -326,13 +243,13 @@ def commit_run(output: str, run_id: str, model_id: str) -> CommitResult:
                      f"committing into {output}); its masks are written: rerun to commit its rows")  # fmt: skip
 
 
-def _last_row_per_path(rows: Any) -> Any:
-    """One row per path (the last staged), should a retried bundle have staged an image twice."""
+def _last_row_per_key(rows: Any) -> Any:
+    """One row per key (the last staged), should a retried bundle have staged an image twice."""
     import pyarrow as pa
 
-    paths = rows.column("path").to_pylist()
-    last = {p: i for i, p in enumerate(paths)}
-    return rows.take(pa.array(sorted(last.values())))
+    keys = list(zip(*(rows.column(c).to_pylist() for c in KEY_COLUMNS), strict=True))
+    last = {k: i for i, k in enumerate(keys)}
+    return rows if len(last) == rows.num_rows else rows.take(pa.array(sorted(last.values())))
 
 
 def remove_stale_staging(output: str, max_age_s: float = STALE_STAGING_SECONDS) -> list[str]:
@@ -367,6 +284,6 @@ def remove_stale_staging(output: str, max_age_s: float = STALE_STAGING_SECONDS) 
     return stale
 
 
-def remove_staging(output: str, run_id: str) -> None:
+def _remove_staging(output: str, run_id: str) -> None:
     with contextlib.suppress(OSError):  # FileSystems.delete removes a directory recursively
         fs.delete([staging_dir(output, run_id)])
