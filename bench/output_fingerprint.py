@@ -26,7 +26,8 @@ from pathlib import Path
 VARIES = ("manifest.json", "/logs/", "fingerprint.pb", "/checkpoints/", "state.json", "segops_synth.json",
           "/saved_model/", "model.keras", "model.json", "history.", "report.html")
 
-TIMING_COLUMNS = ("inference_ms", "crf_ms")
+# wall-clock numbers, and the input files' mtimes (two work directories never share them)
+TIMING_COLUMNS = ("inference_ms", "crf_ms", "input_mtime")
 
 
 def parquet_digest(path: Path, work: Path) -> str:
@@ -35,8 +36,9 @@ def parquet_digest(path: Path, work: Path) -> str:
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
-    table = table.drop_columns([c for c in TIMING_COLUMNS if c in table.column_names]).sort_by("path")
-    return hashlib.sha256(repr(table.to_pydict()).replace(str(work), "WORKDIR").encode()).hexdigest()
+    rows = table.drop_columns([c for c in TIMING_COLUMNS if c in table.column_names]).to_pylist()
+    rows.sort(key=lambda row: row["path"])  # in Python: pyarrow cannot sort the binary_view columns Delta writes
+    return hashlib.sha256(repr(rows).replace(str(work), "WORKDIR").encode()).hexdigest()
 
 
 def segops(*args: str) -> None:
