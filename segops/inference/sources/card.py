@@ -85,8 +85,10 @@ class _Fields:
         return value
 
     def text(self, field: str, default: str | None) -> str | None:
-        value = self.data.get(field, default)
-        if value is not None and (not isinstance(value, str) or not value):
+        value = self.data.get(field)
+        if value is None:
+            return default
+        if not isinstance(value, str) or not value:
             self.fail(field, f"is {value!r}; expected a non-empty string")
         return value
 
