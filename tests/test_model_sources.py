@@ -270,3 +270,39 @@ def test_a_preset_naming_a_foreign_module_is_refused_and_never_loaded(tmp_path):
     (preset / "config.json").write_text(json.dumps({"module": "keras.layers", "class_name": "Lambda", "config": {}}))
     with pytest.raises(ModelError, match="contains a Lambda layer"):
         open_source(str(preset))
+
+
+def test_a_saved_model_that_writes_files_is_refused_before_loading(archive, tmp_path):
+    import tensorflow as tf
+
+    _, data, _, _, _ = archive
+    mark = tmp_path / "written"
+
+    class Writer(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+        def serve(self, images):
+            tf.io.write_file(str(mark), "x")
+            return {"logits": tf.zeros_like(images[..., :1]) + tf.zeros([NUM_CLASSES])}
+
+    writer = Writer()
+    directory = tmp_path / "writer"
+    tf.saved_model.save(writer, str(directory), signatures={"serving_default": writer.serve})
+    write_card(directory / "card.json", CITYSCAPES_CARD)
+    result = infer(directory, data, tmp_path / "out")
+    assert result.exit_code == 1 and "holds ops that read/write files or run Python (WriteFile)" in result.output
+    assert not mark.exists() and not (tmp_path / "out").exists()
+
+
+def test_the_report_predictor_recomputes_an_onnx_models_masks(archive, onnx_file):
+    from segops.inference.model import Predictor
+    from segops.inference.options import PredictOptions
+
+    _, _, _, model, images = archive
+    write_card(Path(str(onnx_file) + ".card.json"), CITYSCAPES_CARD)
+    model_id = open_source(str(onnx_file)).info.model_id
+    predictor = Predictor(model_id, ["/nonexistent", str(onnx_file)], PredictOptions())
+    assert predictor.reason == "" and predictor.stride == 4
+    rgb = next(iter(images.values()))
+    expected = softmax(model.predict(rgb[None].astype(np.float32), verbose=0)).argmax(-1)[0]
+    np.testing.assert_array_equal(predictor(rgb), expected)
+    assert Predictor("onnx-0000", [str(onnx_file)], PredictOptions()).reason.startswith("model onnx-0000 not found")
