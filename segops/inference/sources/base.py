@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -111,7 +112,7 @@ class PreparedModel:
 
 
 @dataclass(frozen=True)
-class ModelSource:
+class ModelSource(ABC):
     """One model `segops infer` can run. ``path``: the file or directory; ``info``: its id,
     classes and stride (what the pipeline and the results table need). Subclasses set ``kind``
     and implement :meth:`load`."""
@@ -120,9 +121,9 @@ class ModelSource:
     path: str
     info: ModelInfo
 
+    @abstractmethod
     def load(self, threads: int = 0) -> Any:
         """The model: an object with ``predict(uint8 [N,H,W,3]) -> float32 [N,H,W,C]``."""
-        raise NotImplementedError
 
 
 def set_tf_threads(threads: int) -> None:
