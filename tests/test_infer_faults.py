@@ -22,8 +22,8 @@ from segops.inference.batch_retry import RetryingModelHandler
 from segops.inference.discovery import WorkItem
 from segops.inference.examples import ImageExample
 from segops.inference.options import InferOptions, PredictOptions
+from segops.inference.sources import open_source
 from segops.inference.table import read_metrics
-from segops.models import export_dir
 from workflows.infer import run_infer
 
 H, W = 32, 64
@@ -215,8 +215,7 @@ def test_bad_ground_truth_keeps_the_mask_and_dead_letters_the_label(bad_archive_
 def test_failed_batch_is_retried_image_by_image(tiny, monkeypatch):
     model, data = tiny
     frames = _frames(data)
-    info = export_dir.load_info(str(model))
-    handler = RetryingModelHandler(export_dir.resolve_export_dir(str(model)), info.stride, PredictOptions(batch_size=3))
+    handler = RetryingModelHandler(open_source(str(model)), PredictOptions(batch_size=3))
     loaded = handler.load_model()
     batch = [ImageExample(WorkItem(f"/a/{i}.png", f"{i}.png"), rgb, None) for i, (rgb, _) in enumerate(frames)]
     monkeypatch.setenv(isolation.CRASH_ENV, "inference:1.png")

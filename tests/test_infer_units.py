@@ -16,6 +16,7 @@ from segops.inference.examples import ImageExample
 from segops.inference.model import SegmentationModelHandler, ServingModel
 from segops.inference.options import InferOptions, PredictOptions
 from segops.inference.probabilities import TOP_K, TopK
+from segops.inference.sources.tf_models import SegopsExport
 from segops.inference.tiling import (
     axis_starts,
     owned_spans,
@@ -97,7 +98,8 @@ def test_each_pixel_is_owned_by_one_tile_with_half_the_overlap_as_context():
 
 
 def test_model_handler_runs_a_mixed_size_batch_in_order(tmp_path, serving_model):
-    handler = SegmentationModelHandler(str(tmp_path), 16, PredictOptions(batch_size=3))  # model passed in directly
+    source = SegopsExport(str(tmp_path), export_dir.ModelInfo("unet", 19, (40, 60), 16))  # model passed in directly
+    handler = SegmentationModelHandler(source, PredictOptions(batch_size=3))
     assert handler.batch_elements_kwargs() == {"min_batch_size": 1, "max_batch_size": 3}
     assert handler.share_model_across_processes() is False
     rng = np.random.default_rng(1)
@@ -110,7 +112,7 @@ def test_model_handler_runs_a_mixed_size_batch_in_order(tmp_path, serving_model)
         assert pred.inference_ms > 0
     assert handler.run_inference([], serving_model) == []
     assert handler.get_num_bytes(batch) == sum(ex.rgb.nbytes for ex in batch)
-    assert SegmentationModelHandler("m", 8, PredictOptions(share_model_across_processes=True)).share_model_across_processes()
+    assert SegmentationModelHandler(source, PredictOptions(share_model_across_processes=True)).share_model_across_processes()
 
 
 def _touch(path, data: bytes = b"x") -> None:

@@ -14,6 +14,7 @@ from segops.core.options import OptionsError
 from segops.inference.examples import ImageExample
 from segops.inference.model import SegmentationModelHandler
 from segops.inference.options import InferOptions, PredictOptions
+from segops.inference.sources import open_source
 from segops.models import build_model, export_dir
 from segops.models.layers import BilinearUpsampling, MaxPoolingWithArgmax, MaxUnpooling
 from segops.training.loop import train
@@ -186,7 +187,9 @@ def test_every_model_trains_exports_and_runs_through_infer(case, prepared, archi
 
     root, images = archive
     exported = keras.saving.load_model(str(run / "best" / "model.keras"))
-    handler = SegmentationModelHandler(str(run), opts.model.stride, PredictOptions(tile=None))
+    source = open_source(str(run))
+    assert source.info.stride == opts.model.stride
+    handler = SegmentationModelHandler(source, PredictOptions(tile=None))
     batch = [ImageExample(item=None, rgb=rgb, gt=None) for rgb in images.values()]
     for prediction, rgb in zip(handler.run_inference(batch, handler.load_model()), images.values(), strict=True):
         expected = keras.ops.convert_to_numpy(keras.ops.softmax(exported(rgb[None].astype(np.float32))))[0]

@@ -56,6 +56,7 @@ from segops.inference.masks import confidence_stats, encode_masks, mask_paths
 from segops.inference.options import InferOptions
 from segops.inference.rows import metrics_row, metrics_schema
 from segops.inference.run_record import RunReport, output_paths, write_manifest
+from segops.inference.sources import open_source
 from segops.models import export_dir
 
 LOG = logging.getLogger(__name__)
@@ -202,8 +203,9 @@ class InferOutputs:
 
 
 def check_model(options: InferOptions) -> export_dir.ModelInfo:
-    """The model's info, checked before any pipeline is built; raises ModelError."""
-    info = export_dir.load_info(options.model_dir)
+    """The model's info (any model source: segops export, ONNX, Keras, SavedModel, keras-hub
+    preset), checked before any pipeline is built; raises ModelError."""
+    info = open_source(options.model_dir).info
     export_dir.check_compatible(info)
     return info
 
@@ -217,7 +219,11 @@ def _model_failures(pred: Prediction) -> Any:
 
 
 def model_handler(options: InferOptions, info: export_dir.ModelInfo) -> RetryingModelHandler:
-    return RetryingModelHandler(export_dir.resolve_export_dir(options.model_dir), info.stride, options.predict)
+    source = open_source(options.model_dir)
+    if source.info.model_id != info.model_id:  # the files changed since check_model
+        raise export_dir.ModelError(f"{options.model_dir} changed while the run started (model "
+                                    f"{info.model_id}, now {source.info.model_id}): run again")  # fmt: skip
+    return RetryingModelHandler(source, options.predict)
 
 
 def build_infer_pipeline(p: beam.Pipeline, options: InferOptions, info: export_dir.ModelInfo,

@@ -151,12 +151,12 @@ def _read_json(path: str) -> dict[str, Any]:
         raise ModelError(f"{path} is not valid JSON ({exc})") from exc
 
 
-def _is_plain_name(name: Any) -> bool:
+def is_plain_name(name: Any) -> bool:
     """A directory name inside the model directory: no separators, no '..', no scheme."""
     return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\:")
 
 
-def _check_inside(root: str, path: str) -> None:
+def check_inside(root: str, path: str) -> None:
     """Refuse ``path`` when it resolves (symlinks followed) outside ``root`` (local paths; an
     object store has no symlinks)."""
     if fs.has_scheme(path):
@@ -179,11 +179,11 @@ def resolve_export_dir(model_dir: str) -> str:
     if "default_export" not in data:
         return model_dir
     name = data["default_export"]
-    if not _is_plain_name(name):
+    if not is_plain_name(name):
         raise ModelError(f"{path}: default_export {name!r} is not a directory name inside {model_dir} "
                          f"(e.g. 'best'); refusing a path that leads out of the model directory")  # fmt: skip
     export_dir = fs.join(model_dir, name)
-    _check_inside(model_dir, export_dir)
+    check_inside(model_dir, export_dir)
     if not fs.exists(fs.join(export_dir, MODEL_JSON)):
         raise ModelError(f"{path} names the export {name!r}, but {export_dir} holds no {MODEL_JSON}: "
                          f"the export is missing or incomplete")  # fmt: skip
@@ -207,8 +207,8 @@ def load_info(model_dir: str) -> ModelInfo:
     saved_model = fs.join(export_dir, SAVED_MODEL_DIR, SAVED_MODEL_PB)
     if not fs.exists(saved_model):
         raise ModelError(f"{export_dir} has no {SAVED_MODEL_DIR}/{SAVED_MODEL_PB}: the export is incomplete")
-    _check_inside(export_dir, fs.join(export_dir, SAVED_MODEL_DIR))
-    _check_inside(export_dir, saved_model)
+    check_inside(export_dir, fs.join(export_dir, SAVED_MODEL_DIR))
+    check_inside(export_dir, saved_model)
     check_saved_model(saved_model)
     return info
 
@@ -228,12 +228,9 @@ FORBIDDEN_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc", "ReadFile
                            "ImmutableConst", "LoadAndRemapMatrix", "DebugIdentityV3", "PrintV2"})  # fmt: skip
 
 
-def check_saved_model(path: str) -> None:
-    """Refuse (ModelError) a ``saved_model.pb`` whose ``serving_default`` signature is not ours
-    (``images`` uint8 [N,H,W,3] -> ``probabilities`` float32 [N,H,W,C]) or whose graph holds an
-    op that reads or writes files or runs Python (:data:`FORBIDDEN_OPS`). Read as a protocol
-    buffer before TensorFlow loads anything."""
-    from tensorflow.core.framework import types_pb2
+def read_saved_model(path: str, expected: str = "a segops export") -> Any:
+    """The one meta graph of ``saved_model.pb`` at ``path``, parsed as a protocol buffer (nothing
+    loaded or run); ModelError when it is not a SavedModel or holds several graphs."""
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved = saved_model_pb2.SavedModel()
@@ -242,8 +239,28 @@ def check_saved_model(path: str) -> None:
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
         raise ModelError(f"{path} is not a SavedModel ({type(exc).__name__}: {exc})") from exc
     if len(saved.meta_graphs) != 1:
-        raise ModelError(f"{path} holds {len(saved.meta_graphs)} meta graphs; a segops export has one")
-    graph = saved.meta_graphs[0]
+        raise ModelError(f"{path} holds {len(saved.meta_graphs)} meta graphs; {expected} has one")
+    return saved.meta_graphs[0]
+
+
+def check_graph_ops(graph: Any, path: str) -> None:
+    """Refuse a SavedModel graph holding an op of :data:`FORBIDDEN_OPS` (functions included)."""
+    ops = {node.op for node in graph.graph_def.node}
+    for function in graph.graph_def.library.function:
+        ops.update(node.op for node in function.node_def)
+    bad = sorted(ops & FORBIDDEN_OPS)
+    if bad:
+        raise ModelError(f"{path} holds ops that read/write files or run Python ({', '.join(bad)}): refusing to load it")
+
+
+def check_saved_model(path: str) -> None:
+    """Refuse (ModelError) a ``saved_model.pb`` whose ``serving_default`` signature is not ours
+    (``images`` uint8 [N,H,W,3] -> ``probabilities`` float32 [N,H,W,C]) or whose graph holds an
+    op that reads or writes files or runs Python (:data:`FORBIDDEN_OPS`). Read as a protocol
+    buffer before TensorFlow loads anything."""
+    from tensorflow.core.framework import types_pb2
+
+    graph = read_saved_model(path)
     sig = graph.signature_def.get("serving_default")
     ok = sig is not None and set(sig.inputs) == {"images"} and set(sig.outputs) == {"probabilities"}
     if ok:
@@ -253,12 +270,7 @@ def check_saved_model(path: str) -> None:
     if not ok:
         raise ModelError(f"{path}: no serving_default signature taking images uint8 [N,H,W,3] and returning "
                          f"probabilities float32: not a segops export")  # fmt: skip
-    ops = {node.op for node in graph.graph_def.node}
-    for function in graph.graph_def.library.function:
-        ops.update(node.op for node in function.node_def)
-    bad = sorted(ops & FORBIDDEN_OPS)
-    if bad:
-        raise ModelError(f"{path} holds ops that read/write files or run Python ({', '.join(bad)}): refusing to load it")
+    check_graph_ops(graph, path)
 
 
 def _class_names(config: Any) -> set[str]:
@@ -272,25 +284,35 @@ def _class_names(config: Any) -> set[str]:
 
 
 def load_keras_model(model_dir: str) -> Any:
-    """The export's ``model.keras`` (for fine-tuning or Keras users), loaded in Keras' safe mode:
-    a Lambda layer (Python code inside the file) or any other unsafe object is refused with a
-    ModelError and never run."""
+    """The export's ``model.keras`` (for fine-tuning or Keras users), loaded in Keras' safe mode
+    (:func:`load_keras_file`)."""
+    export_dir = resolve_export_dir(model_dir)
+    path = fs.join(export_dir, KERAS_FILE)
+    check_inside(export_dir, path)
+    if not fs.exists(path):
+        raise ModelError(f"{export_dir} has no {KERAS_FILE}")
+    return load_keras_file(path)
+
+
+def check_keras_config(config: Any, path: str) -> None:
+    """Refuse a Keras config holding a Lambda layer (Python code inside the model file)."""
+    if "Lambda" in _class_names(config):
+        raise ModelError(f"{path} contains a Lambda layer (Python code in the model file): refusing to load it")
+
+
+def load_keras_file(path: str) -> Any:
+    """A ``.keras`` file loaded in Keras' safe mode: a Lambda layer or any other unsafe object is
+    refused with a ModelError and never run."""
     import zipfile
 
     import keras
 
-    export_dir = resolve_export_dir(model_dir)
-    path = fs.join(export_dir, KERAS_FILE)
-    _check_inside(export_dir, path)
-    if not fs.exists(path):
-        raise ModelError(f"{export_dir} has no {KERAS_FILE}")
     try:
         with zipfile.ZipFile(path) as archive:
             config = json.loads(archive.read("config.json"))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise ModelError(f"{path} is not a Keras model file ({exc})") from exc
-    if "Lambda" in _class_names(config):
-        raise ModelError(f"{path} contains a Lambda layer (Python code in the model file): refusing to load it")
+    check_keras_config(config, path)
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except (ValueError, TypeError) as exc:
