@@ -51,17 +51,20 @@ def should_crash(stage: str, path: str) -> bool:
 
 
 def _send(conn: Connection, obj: Any) -> None:
-    """One message: the pickle (with its sizes of out-of-band buffers) then each buffer raw."""
+    """One message: the sizes of its out-of-band buffers, its pickle, then each buffer raw
+    (pickled first, so an object that cannot pickle raises before anything is written)."""
     buffers: list[pickle.PickleBuffer] = []
     body = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
     raws = [b.raw() for b in buffers]
-    conn.send_bytes(pickle.dumps(([r.nbytes for r in raws], body), protocol=5))
+    conn.send_bytes(pickle.dumps([r.nbytes for r in raws]))
+    conn.send_bytes(body)
     for raw in raws:
         conn.send_bytes(raw)
 
 
 def _recv(conn: Connection) -> Any:
-    sizes, body = pickle.loads(conn.recv_bytes())
+    sizes = pickle.loads(conn.recv_bytes())
+    body = conn.recv_bytes()
     buffers = []
     for size in sizes:
         buffer = bytearray(size)  # writable: arrays rebuilt on it are ordinary writable arrays
@@ -129,10 +132,12 @@ def _round_trip(fn: Callable[..., Any], jobs: list[tuple[tuple[Any, ...], bool]]
             _helper = _Helper()
         try:
             return _helper.round_trip(fn, jobs)
-        except _DEAD:
+        except BaseException as exc:  # dead, or interrupted mid-message: either way not reusable
             _helper.stop()
             _helper = None
-            return None
+            if isinstance(exc, _DEAD):
+                return None
+            raise
 
 
 def _crashed(stage: str) -> NativeCrash:
