@@ -36,6 +36,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.ml.inference.base import RunInference
+from apache_beam.utils.windowed_value import WindowedValue
 
 from segops.core import deadletter, fs, imageio, isolation, layout
 from segops.inference import summary as summaries
@@ -51,7 +52,7 @@ from segops.inference.discovery import (
     listing_patterns,
     work_item,
 )
-from segops.inference.examples import ImageExample, Prediction, Segmented, load_example
+from segops.inference.examples import DecodeBatcher, ImageExample, Prediction, Segmented, read_inputs
 from segops.inference.masks import confidence_stats, encode_masks, mask_paths
 from segops.inference.options import InferOptions
 from segops.inference.rows import metrics_row, metrics_schema
@@ -105,27 +106,54 @@ class PlanFn(beam.DoFn):
 
 class DecodeFn(beam.DoFn):
     """WorkItem -> ImageExample; unreadable/corrupt/oversized images dead-lettered, and unusable
-    ground truth (the image goes on without metrics)."""
+    ground truth (the image goes on without metrics). Images are read one by one and decoded a
+    batch at a time within a bundle (DecodeBatcher: one round trip to the isolated helper per
+    batch), so results leave with the element that filled the batch or at the bundle's end,
+    each in its own image's window."""
 
     def __init__(self, max_pixels: int) -> None:
         self._max_pixels = max_pixels
 
-    def process(self, item: WorkItem):
+    def start_bundle(self) -> None:
+        self._batcher = DecodeBatcher(self._max_pixels)
+
+    def process(self, item: WorkItem, timestamp: Any = beam.DoFn.TimestampParam, window: Any = beam.DoFn.WindowParam):
         try:
-            example = load_example(item, self._max_pixels)
-        except imageio.BadInput as exc:
-            yield deadletter.tagged(item.path, "decode", exc.reason)
-        except isolation.NativeCrash as exc:
-            yield deadletter.tagged(item.path, "decode", str(exc))
-        except OSError as exc:  # missing/unreadable file (FileSystems raises IOError subclasses)
-            yield deadletter.tagged(item.path, "read", f"cannot read file ({exc})")
-        except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not fail the batch
-            yield deadletter.tagged(item.path, "decode", f"{type(exc).__name__}: {exc}")
-        else:
-            yield example
-            if example.label_error:
-                reason = f"{example.label_error}; the image was segmented without metrics"
-                yield deadletter.tagged(item.label_path or item.path, "label", reason, image=item.path)
+            inputs = read_inputs(item, self._max_pixels)
+        except Exception as exc:  # noqa: BLE001 - one file's problem, dead-lettered with a reason
+            yield _decode_dead_letter(item, exc)
+            return
+        yield from self._emit(self._batcher.add(inputs, (item, timestamp, window)))
+
+    def finish_bundle(self):
+        yield from self._emit(self._batcher.flush())
+
+    def _emit(self, decoded: list[tuple[Any, ImageExample | Exception]]):
+        for (item, timestamp, window), outcome in decoded:
+            for out in _decode_outputs(item, outcome):
+                if isinstance(out, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(out.tag, WindowedValue(out.value, timestamp, [window]))
+                else:
+                    yield WindowedValue(out, timestamp, [window])
+
+
+def _decode_dead_letter(item: WorkItem, exc: Exception) -> Any:
+    if isinstance(exc, imageio.BadInput):
+        return deadletter.tagged(item.path, "decode", exc.reason)
+    if isinstance(exc, isolation.NativeCrash):
+        return deadletter.tagged(item.path, "decode", str(exc))
+    if isinstance(exc, OSError):  # missing/unreadable file (FileSystems raises IOError subclasses)
+        return deadletter.tagged(item.path, "read", f"cannot read file ({exc})")
+    return deadletter.tagged(item.path, "decode", f"{type(exc).__name__}: {exc}")  # a decoder bug: one file
+
+
+def _decode_outputs(item: WorkItem, outcome: ImageExample | Exception) -> list[Any]:
+    if isinstance(outcome, Exception):
+        return [_decode_dead_letter(item, outcome)]
+    if not outcome.label_error:
+        return [outcome]
+    reason = f"{outcome.label_error}; the image was segmented without metrics"
+    return [outcome, deadletter.tagged(item.label_path or item.path, "label", reason, image=item.path)]
 
 
 def _argmax(pred: Prediction) -> Segmented:
