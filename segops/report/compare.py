@@ -57,14 +57,19 @@ class Comparison:
     confusion_new: np.ndarray = field(default_factory=_zeros)
 
 
-def _batches(infer_out: str, columns: tuple[str, ...], model_id: str, extra: Any = None) -> Iterator[Any]:
-    dataset = table.rows_dataset(list(table.open_table(infer_out).file_uris()))
+def _data_files(infer_out: str) -> list[str]:
+    """The table's data files at its current version: every scan of one comparison reads these."""
+    return list(table.open_table(infer_out).file_uris())
+
+
+def _batches(files: list[str], columns: tuple[str, ...], model_id: str, extra: Any = None) -> Iterator[Any]:
+    dataset = table.rows_dataset(files)
     wanted = table.model_filter(model_id) if extra is None else table.model_filter(model_id) & extra
     yield from dataset.to_batches(columns=list(columns), filter=wanted, batch_size=SCAN_BATCH_ROWS)
 
 
-def _models(infer_out: str) -> list[str]:
-    dataset = table.rows_dataset(list(table.open_table(infer_out).file_uris()))
+def _models(files: list[str]) -> list[str]:
+    dataset = table.rows_dataset(files)
     found: set[str] = set()
     for batch in dataset.to_batches(columns=["model_id"], batch_size=SCAN_BATCH_ROWS * 16):
         found.update(batch.column("model_id").to_pylist())
@@ -77,17 +82,17 @@ def _compared_filter() -> Any:
     return ds.field("agreement_with_previous").is_valid()
 
 
-def previous_models(infer_out: str, new_model: str) -> Counter[str | None]:
+def previous_models(files: list[str], new_model: str) -> Counter[str | None]:
     """How many of ``new_model``'s rows compare with a mask of each model (None: model unknown)."""
     counts: Counter[str | None] = Counter()
-    for batch in _batches(infer_out, ("previous_model_id",), new_model, _compared_filter()):
+    for batch in _batches(files, ("previous_model_id",), new_model, _compared_filter()):
         counts.update(batch.column("previous_model_id").to_pylist())
     return counts
 
 
-def default_against(infer_out: str, new_model: str) -> str:
+def default_against(infer_out: str, new_model: str, files: list[str] | None = None) -> str:
     """The one model ``new_model``'s masks replaced; CompareError when none or several."""
-    counts = previous_models(infer_out, new_model)
+    counts = previous_models(_data_files(infer_out) if files is None else files, new_model)
     known = sorted(m for m in counts if m is not None)
     if len(known) == 1:
         return known[0]
@@ -108,20 +113,20 @@ def _written(batch: Any, prefix: str) -> list[Any]:
     return [a if c else b for c, a, b in zip(crf, after, before, strict=True)]
 
 
-def _mious(infer_out: str, model_id: str, paths: set[str] | None = None) -> dict[str, float | None]:
-    """path -> the written mask's mIoU (None without ground truth) of ``model_id``'s rows."""
+def _mious(files: list[str], model_id: str, paths: set[str]) -> dict[str, float | None]:
+    """path -> the written mask's mIoU (None without ground truth) of ``model_id``'s rows in ``paths``."""
     out: dict[str, float | None] = {}
-    for batch in _batches(infer_out, ("path", *_MIOU_COLUMNS), model_id):
+    for batch in _batches(files, ("path", *_MIOU_COLUMNS), model_id):
         for path, labelled, miou in zip(batch.column("path").to_pylist(), batch.column("has_labels").to_pylist(),
                                         _written(batch, "mean_iou"), strict=True):  # fmt: skip
-            if paths is None or path in paths:
+            if path in paths:
                 out[path] = finite_or_none(miou) if labelled else None
     return out
 
 
-def _confusion_sum(infer_out: str, model_id: str, paths: set[str]) -> np.ndarray:
+def _confusion_sum(files: list[str], model_id: str, paths: set[str]) -> np.ndarray:
     total = _zeros()
-    for batch in _batches(infer_out, _CONFUSION_COLUMNS, model_id):
+    for batch in _batches(files, _CONFUSION_COLUMNS, model_id):
         for path, labelled, cm in zip(batch.column("path").to_pylist(), batch.column("has_labels").to_pylist(),
                                       _written(batch, "confusion"), strict=True):  # fmt: skip
             if labelled and cm is not None and path in paths:
@@ -132,37 +137,36 @@ def _confusion_sum(infer_out: str, model_id: str, paths: set[str]) -> np.ndarray
 def compare(infer_out: str, new_model: str, against: str | None = None) -> Comparison:
     """``new_model``'s rows against ``against`` (default: :func:`default_against`). With an explicit
     ``against``, masks that recorded no model (older runs) are taken as ``against``'s."""
-    models = _models(infer_out)
+    files = _data_files(infer_out)
+    models = _models(files)
     for model in (new_model, against):
         if model is not None and model not in models:
             raise CompareError(f"model {model!r} has no rows in {infer_out}; the table holds: {', '.join(models) or 'none'}")
-    old = against or default_against(infer_out, new_model)
+    old = against or default_against(infer_out, new_model, files)
     result = Comparison(new_model, old, None)
     paths: list[str] = []
     rels: list[str] = []
     recorded: list[str | None] = []
     agreements: list[float] = []
-    for batch in _batches(infer_out, _COMPARE_COLUMNS, new_model):
-        prev = batch.column("previous_model_id").to_pylist()
-        agree = batch.column("agreement_with_previous").to_pylist()
-        counts = batch.column("transitions_from_previous").to_pylist()
-        for i, (model, agreement) in enumerate(zip(prev, agree, strict=True)):
+    for batch in _batches(files, _COMPARE_COLUMNS, new_model):
+        for path, rel, model, agreement, counts in zip(*(batch.column(c).to_pylist() for c in _COMPARE_COLUMNS),
+                                                       strict=True):  # fmt: skip
             if agreement is None or model not in (old, None):
                 result.not_compared += 1
                 continue
             result.unknown_previous += model is None
-            result.transitions += np.asarray(counts[i], np.int64).reshape(_CLASSES, _CLASSES)
-            paths.append(batch.column("path")[i].as_py())
-            rels.append(batch.column("rel_path")[i].as_py())
+            result.transitions += np.asarray(counts, np.int64).reshape(_CLASSES, _CLASSES)
+            paths.append(path)
+            rels.append(rel)
             recorded.append(model)
             agreements.append(float(agreement))
     compared = set(paths)
-    miou_new, miou_old = _mious(infer_out, new_model, compared), _mious(infer_out, old, compared)
+    miou_new, miou_old = _mious(files, new_model, compared), _mious(files, old, compared)
     both = {p for p in compared if miou_new.get(p) is not None and miou_old.get(p) is not None}
     result.labelled = len(both)
     if both:
-        result.confusion_new = _confusion_sum(infer_out, new_model, both)
-        result.confusion_old = _confusion_sum(infer_out, old, both)
+        result.confusion_new = _confusion_sum(files, new_model, both)
+        result.confusion_old = _confusion_sum(files, old, both)
     result.images = images_table(new_model, old, paths, rels, recorded, agreements,
                                  [miou_old.get(p) for p in paths], [miou_new.get(p) for p in paths])  # fmt: skip
     return result
