@@ -219,6 +219,21 @@ def test_a_rerun_with_nothing_new_changes_nothing(runs):
     assert train_id_masks(out) == runs["masks_b"]
 
 
+def test_redoing_the_new_models_images_keeps_what_its_masks_replaced(runs):
+    """A rerun of B over its own masks (--overwrite here; a run killed before its commit alike)
+    replaced nothing itself: the comparison its masks recorded carries over, pixels unchanged."""
+    out, a, b = runs["out"], runs["a"], runs["b"]
+    before = rows_of(out, b)
+    report = run_infer(InferOptions(str(runs["model_b"]), str(runs["data"]), str(out), split="val", run_id="b-redo",
+                                    overwrite=True))  # fmt: skip
+    after = rows_of(out, b)
+    assert report.processed == N and {r["run_id"] for r in after.values()} == {"b-redo"}
+    for rel, row in after.items():
+        assert row["previous_model_id"] == a
+        assert [row[c] for c in NEW_COLUMNS[1:]] == [before[rel][c] for c in NEW_COLUMNS[1:]]
+    assert train_id_masks(out) == runs["masks_b"]
+
+
 def test_masks_and_a_table_of_an_older_segops_compare_with_an_unknown_model(runs, tmp_path):
     """An OUT written before masks named their model and before the comparison columns existed:
     B's run evolves the table and compares; only an explicit --against names the old model."""
