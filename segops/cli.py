@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("segops.commands.prepare", "Raw Cityscapes layout -> sharded TFRecords, statistics, class weights (Beam)."),
     "train": ("segops.commands.train", "Train a segmentation network on prepared TFRecords; export for inference."),
     "infer": ("segops.commands.infer", "Batch inference with dense-CRF refinement: masks, a results table (Beam)."),
+    "compare": ("segops.commands.compare", "What changed between two models' masks of one infer OUT: agreement, transitions."),
     "review": ("segops.commands.review", "Relabeling loop: select images to check, export to Label Studio/COCO, import corrections."),
     "report": ("segops.commands.report", "Self-contained HTML quality report with plots for a run directory."),
     "demo": ("segops.commands.demo", "Run synth -> prepare -> train -> infer -> report end to end."),

@@ -36,7 +36,7 @@ def test_the_schema_and_the_row_come_from_one_column_list():
     schema = metrics_schema()
     row = metrics_row(segmented(), model_id="unet-1", run_id="r1")
     assert schema.names == [c.name for c in COLUMNS] == list(row)
-    assert len(set(schema.names)) == len(schema.names) == 17 + 2 * (3 + 2 * labels.NUM_CLASSES + 1)
+    assert len(set(schema.names)) == len(schema.names) == 17 + 2 * (3 + 2 * labels.NUM_CLASSES + 1) + 3
     for column, field in zip(COLUMNS, schema, strict=True):
         value = row[field.name]
         assert pa.array([value], type=field.type).to_pylist() == [value], field.name

@@ -55,6 +55,7 @@ from segops.inference.discovery import (
 from segops.inference.examples import DecodeBatcher, ImageExample, Prediction, Segmented, read_inputs
 from segops.inference.masks import confidence_stats, encode_masks, mask_paths
 from segops.inference.options import InferOptions
+from segops.inference.previous import compare_with_existing, provenance_texts
 from segops.inference.rows import metrics_row, metrics_schema
 from segops.inference.run_record import RunReport, output_paths, write_manifest
 from segops.inference.sources import open_source
@@ -197,11 +198,14 @@ class DenseCRFFn(beam.DoFn):
 
 
 class WriteMasksFn(beam.DoFn):
-    """Write the masks (the CRF result when there is one) atomically; pass the record on."""
+    """Write the masks (the CRF result when there is one) atomically, the trainIds PNG with the
+    model that wrote it; compare with the trainIds mask it replaces first (the old model's pixels
+    are gone after this: segops.inference.previous) and pass the record on with that."""
 
-    def __init__(self, output: str, overlay: bool) -> None:
+    def __init__(self, output: str, overlay: bool, model_id: str) -> None:
         self._output = output
         self._overlay = overlay
+        self._model_id = model_id
 
     def process(self, seg: Segmented):
         yield _or_dead(seg.example.item.path, "write", lambda: self._write(seg))
@@ -209,9 +213,16 @@ class WriteMasksFn(beam.DoFn):
     def _write(self, seg: Segmented) -> Segmented:
         mask = seg.pred_after if seg.pred_after is not None else seg.pred_before
         paths = mask_paths(self._output, seg.example.item, self._overlay)
-        for kind, data in encode_masks(seg.example.rgb, mask, self._overlay).items():
+        seg.previous = compare_with_existing(_read_if_exists(paths["trainIds"]), mask, self._model_id)
+        texts = provenance_texts(self._model_id, seg.previous)
+        for kind, data in encode_masks(seg.example.rgb, mask, self._overlay, texts).items():
             fs.write_bytes_atomic(paths[kind], data)
         return seg
+
+
+def _read_if_exists(path: str) -> bytes | None:
+    """The file's bytes; None when there is none (the image's first run)."""
+    return fs.read_bytes(path) if fs.exists(path) else None
 
 
 def _failed_batch_to_dead(bad: tuple[Any, Any]) -> list[dict[str, str]]:
@@ -295,7 +306,7 @@ def build_infer_pipeline(p: beam.Pipeline, options: InferOptions, info: export_d
     else:
         segmented = predictions | "Argmax" >> beam.Map(_argmax)
         crf_dead = p | "NoCRFDeadLetters" >> beam.Create([])
-    written = segmented | "WriteMasks" >> beam.ParDo(WriteMasksFn(options.output, options.overlay)).with_outputs(DEAD, main="ok")
+    written = segmented | "WriteMasks" >> beam.ParDo(WriteMasksFn(options.output, options.overlay, model_id)).with_outputs(DEAD, main="ok")
     rows = written.ok | "Metrics" >> beam.Map(metrics_row, model_id=model_id, run_id=options.run_id)
     _ = rows | "StageRows" >> beam.io.WriteToParquet(
         fs.join(table.staging_dir(options.output, options.run_id), f"part-{uuid.uuid4().hex[:12]}"),

@@ -31,6 +31,10 @@ def command() -> None:
 
 @command.command(name="select", context_settings=CONTEXT_SETTINGS)
 @click.argument("infer_out", metavar="INFER_OUT")
+@_count("ranked", "The images with the highest score in the --ranking FILE (e.g. the most changed).")
+@click.option("--ranking", default=None, metavar="FILE",
+              help="A Parquet with path and score columns, e.g. `segops compare`'s compare_OLD_NEW.parquet "
+                   "(its model is the default --model-id).")  # fmt: skip
 @_count("lowest_confidence", "Images with the lowest mean confidence (top softmax probability).")
 @_count("largest_crf_change", "Images where the CRF relabelled the largest fraction of pixels.")
 @_count("rare_classes", "Images showing the most pixels of a --class (in the written mask).")

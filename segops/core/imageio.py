@@ -175,6 +175,43 @@ def check_png_chunks(data: bytes, what: str = "PNG") -> None:
         raise BadInput(f"corrupt {what}: no image data (IDAT) chunk")
 
 
+def png_text(data: bytes) -> dict[str, str]:
+    """The text chunks of a PNG before its image data, keyword -> text: ``tEXt`` (Latin-1) and
+    uncompressed ``iTXt`` (UTF-8); {} for data that is not a PNG. CRCs are not checked here
+    (:func:`check_png_chunks` does that)."""
+    if not data.startswith(PNG_SIGNATURE):
+        return {}
+    head, pos, size, found = _CHUNK_HEAD.unpack_from, 8, len(data), {}
+    while pos + 12 <= size:
+        length, kind = head(data, pos)
+        if kind in (b"IDAT", b"IEND") or pos + 12 + length > size:
+            break  # the metadata segops writes comes right after IHDR: the pixels need no walking
+        body = data[pos + 8 : pos + 8 + length]
+        keyword, _, rest = body.partition(b"\0")
+        if kind == b"tEXt":
+            found[keyword.decode("latin-1")] = rest.decode("latin-1")
+        elif kind == b"iTXt" and rest[:1] == b"\0":  # compression flag 0; then language, translated keyword
+            _, _, after_language = rest[2:].partition(b"\0")
+            _, _, text = after_language.partition(b"\0")
+            found[keyword.decode("latin-1")] = text.decode("utf-8", errors="replace")
+        pos += 12 + length
+    return found
+
+
+def with_png_text(data: bytes, texts: dict[str, str]) -> bytes:
+    """``data`` (a PNG) with one uncompressed ``iTXt`` chunk (UTF-8 text) per item inserted right
+    after IHDR; keywords are 1-79 Latin-1 characters (PNG 1.2, 11.3.4.5). Pixels untouched."""
+    png_header(data)
+    chunks = []
+    for keyword, text in texts.items():
+        if not 1 <= len(keyword) <= 79 or "\0" in keyword:
+            raise ValueError(f"bad PNG text keyword {keyword!r}")
+        body = b"iTXt" + keyword.encode("latin-1") + b"\0\0\0\0\0" + text.encode("utf-8")
+        chunks.append(_CHUNK_CRC.pack(len(body) - 4) + body + _CHUNK_CRC.pack(crc32(body)))
+    ihdr_end = 8 + 12 + _CHUNK_HEAD.unpack_from(data, 8)[0]
+    return data[:ihdr_end] + b"".join(chunks) + data[ihdr_end:]
+
+
 def decode_rgb_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode an 8-bit colour image (PNG or JPEG) to RGB uint8 (H, W, 3).
 

@@ -123,6 +123,16 @@ REVIEW_SELECTION_FILE = "selection.parquet"  # `review select`: the images picke
 LABEL_STUDIO_TASKS_FILE = "label_studio_tasks.json"  # `review export`: tasks with predictions
 LABEL_STUDIO_CONFIG_FILE = "label_studio_config.xml"  # the labeling interface those tasks expect
 COCO_FILE = "coco_rle.json"  # `review export`: COCO instances with RLE masks (CVAT "COCO 1.0")
+COMPARE_PREFIX = "compare_"  # `segops compare`: compare_<old>_<new>.parquet (per image) and .json
+
+
+def compare_name(old_model: str, new_model: str, extension: str) -> str:
+    """``compare_<old>_<new>.<extension>``, model ids reduced to characters safe in a file name."""
+
+    def safe(model_id: str) -> str:
+        return "".join(c if c.isascii() and (c.isalnum() or c in "-.") else "-" for c in model_id)
+
+    return f"{COMPARE_PREFIX}{safe(old_model)}_{safe(new_model)}.{extension}"
 
 
 # --- segops report / demo ----------------------------------------------------------------------

@@ -19,6 +19,7 @@ import numpy as np
 
 from segops.core import fs, imageio, isolation, labels
 from segops.inference.discovery import WorkItem
+from segops.inference.previous import PreviousMask
 
 
 class ImageExample(NamedTuple):
@@ -48,6 +49,8 @@ class Segmented:
     low_confidence_fraction: float
     inference_ms: float
     crf_ms: float | None
+    # the mask the written one replaced (set by the mask writer; segops.inference.previous)
+    previous: PreviousMask | None = None
 
 
 def decode_pair(image: bytes, label: bytes | None, max_pixels: int) -> tuple[np.ndarray, np.ndarray | str | None]:

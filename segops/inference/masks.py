@@ -25,9 +25,13 @@ def overlay_image(rgb: np.ndarray, train_ids: np.ndarray, alpha: float = 0.5) ->
     return (rgb.astype(np.float32) * (1 - alpha) + color * alpha + 0.5).astype(np.uint8)
 
 
-def encode_masks(rgb: np.ndarray, train_ids: np.ndarray, overlay: bool) -> dict[str, bytes]:
+def encode_masks(rgb: np.ndarray, train_ids: np.ndarray, overlay: bool,
+                 train_ids_text: dict[str, str] | None = None) -> dict[str, bytes]:  # fmt: skip
+    """Each mask file's bytes; ``train_ids_text``: text chunks of the trainIds PNG (its provenance,
+    segops.inference.previous)."""
+    train_ids_png = imageio.encode_mask_png(train_ids)
     out = {
-        "trainIds": imageio.encode_mask_png(train_ids),
+        "trainIds": imageio.with_png_text(train_ids_png, train_ids_text) if train_ids_text else train_ids_png,
         "labelIds": imageio.encode_mask_png(labels.to_label_ids(train_ids)),
         "color": imageio.encode_png(_BGR_COLORS[train_ids], bgr=True),  # no RGB->BGR copy of a large image
     }

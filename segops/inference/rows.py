@@ -17,12 +17,14 @@ from segops.core import labels, metrics
 from segops.core.formatting import finite_or_none
 from segops.inference.discovery import WorkItem
 from segops.inference.examples import Segmented
+from segops.inference.previous import PreviousMask
 
 STAGES = ("before", "after")  # the model's argmax, the CRF result
 CLASS_COLUMNS = tuple(n.replace(" ", "_") for n in labels.CLASS_NAMES)  # class names as column suffixes
 SCHEMA_METADATA = {
     "segops.classes": json.dumps(list(labels.CLASS_NAMES)),
     "segops.confusion": "row-major 19x19, rows = ground truth trainId, columns = prediction",
+    "segops.transitions": "row-major 19x19, rows = the replaced mask's trainId, columns = this mask's",
 }
 
 
@@ -149,7 +151,24 @@ def _columns() -> tuple[Column, ...]:
     for _, per_class, _ in stages:
         cols += per_class
     cols += [confusion for _, _, confusion in stages]
+    cols += _previous_columns()  # last: a table written before them gains them at its end (MERGE evolves its schema)
     return tuple(cols)
+
+
+def _previous(value: Callable[[PreviousMask], Any]) -> Callable[[RowSource], Any]:
+    return lambda src: None if src.seg.previous is None else value(src.seg.previous)
+
+
+def _previous_columns() -> list[Column]:
+    """The comparison with the mask the written one replaced (segops.inference.previous)."""
+    return [
+        Column("previous_model_id", "string", _previous(lambda p: p.model_id), True,
+               "the model whose trainIds mask this row's mask replaced; null: none, or its model unknown"),
+        Column("agreement_with_previous", "double", _previous(lambda p: p.agreement), True,
+               "fraction of pixels whose class the replaced mask had too; null: no mask replaced"),
+        Column("transitions_from_previous", "list<int64>", _previous(lambda p: [int(v) for v in p.transitions.ravel()]),
+               True, "19x19 = 361 counts, row-major, rows = the replaced mask's trainId, columns = this mask's"),
+    ]  # fmt: skip
 
 
 COLUMNS: tuple[Column, ...] = _columns()

@@ -2,8 +2,11 @@
 `segops infer` by rules a user combines (:class:`SelectOptions`), reproducibly and with a cap.
 
 Each rule ranks the model's rows and proposes its top N; the selection is the union in rule
-order (lowest confidence, largest CRF change, rare classes, lowest mIoU, then the random audit
-sample drawn with ``seed`` from the rows no other rule picked), cut at ``cap``. Every selected
+order (a ranking file's highest scores, lowest confidence, largest CRF change, rare classes,
+lowest mIoU, then the random audit sample drawn with ``seed`` from the rows no other rule
+picked), cut at ``cap``. A ranking file is any Parquet with ``path`` and ``score`` columns, such
+as `segops compare`'s per-image table (score = changed pixel fraction): the reviewers see the
+images the new model changed most first. Every selected
 row says which rules picked it. Ties break on ``path`` so the same table gives the same
 selection. The selection is a small Parquet table (:func:`write_selection`) that `review export`
 reads.
@@ -21,7 +24,7 @@ from segops.core.options import FlatOptions, OptionsError
 from segops.inference import table
 from segops.review import ReviewError
 
-RULES = ("lowest_confidence", "largest_crf_change", "rare_classes", "lowest_miou", "random")
+RULES = ("ranked", "lowest_confidence", "largest_crf_change", "rare_classes", "lowest_miou", "random")
 DEFAULT_CAP = 100
 SCORE_COLUMNS = ("mean_confidence", "crf_changed_fraction", "mean_iou_before", "mean_iou_after")
 READ_COLUMNS = ("path", "rel_path", "label_path", "height", "width", "model_id", "has_labels", *SCORE_COLUMNS)
@@ -36,6 +39,8 @@ class SelectOptions(FlatOptions):
     """How many images each rule proposes (0 = rule off), the classes of ``rare_classes``, the
     overall cap and the seed of the random sample."""
 
+    ranked: int = 0  # highest ``score`` of the ``ranking`` file
+    ranking: str | None = None  # a Parquet with ``path`` and ``score`` (e.g. `segops compare`'s)
     lowest_confidence: int = 0  # lowest mean top-softmax probability
     largest_crf_change: int = 0  # largest fraction of pixels the CRF relabelled
     rare_classes: int = 0  # most pixels of any class in ``classes`` in the written mask
@@ -57,6 +62,8 @@ class SelectOptions(FlatOptions):
         unknown = [c for c in self.classes if c not in labels.CLASS_NAMES]
         if unknown:
             raise SelectError(f"unknown class name(s) {', '.join(map(repr, unknown))}; classes: {', '.join(labels.CLASS_NAMES)}")
+        if bool(self.ranked) != bool(self.ranking):
+            raise SelectError("--ranked N and --ranking FILE go together: the top N of the ranking FILE")
         if self.rare_classes and not self.classes:
             raise SelectError("--rare-classes N needs the classes to look for (--class NAME, repeatable)")
 
@@ -77,6 +84,24 @@ def _only_model(infer_out: str, model_id: str | None) -> str:
     if model_id not in models:
         raise SelectError(f"model {model_id!r} has no rows; the table holds: {', '.join(models)}")
     return model_id
+
+
+def read_ranking(path: str) -> tuple[dict[str, float], list[str]]:
+    """A ranking file's ``path`` -> ``score`` (rows without a score left out) and the models
+    of its ``model_id`` column (none when it has no such column)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not fs.exists(path):
+        raise SelectError(f"no ranking file at {path}")
+    ranking = pq.read_table(pa.BufferReader(fs.read_bytes(path)))
+    missing = {"path", "score"} - set(ranking.column_names)
+    if missing:
+        raise SelectError(f"the ranking {path} has no {' or '.join(sorted(missing))} column (it needs path and score)")
+    scores = {p: float(s) for p, s in zip(ranking.column("path").to_pylist(), ranking.column("score").to_pylist(), strict=True)
+              if p is not None and s is not None and not np.isnan(s)}  # fmt: skip
+    models = sorted(set(ranking.column("model_id").to_pylist()) - {None}) if "model_id" in ranking.column_names else []
+    return scores, models
 
 
 def _top(order_key: np.ndarray, valid: np.ndarray, paths: np.ndarray, n: int) -> list[int]:
@@ -101,11 +126,18 @@ def select(infer_out: str, options: SelectOptions) -> Any:
     ``rank`` (0-based order of the selection) and ``reasons`` (the rules that picked the row)."""
     import pyarrow as pa
 
-    model_id = _only_model(infer_out, options.model_id)
+    ranking, ranking_models = read_ranking(options.ranking) if options.ranking else ({}, [])
+    model_id = options.model_id
+    if model_id is None and len(ranking_models) == 1:
+        model_id = ranking_models[0]  # the model the ranking is about (`segops compare`'s new model)
+    model_id = _only_model(infer_out, model_id)
     columns = list(READ_COLUMNS) + (["class_pixels"] if options.rare_classes else [])
     rows = table.read_metrics(infer_out, columns=columns, model_id=model_id)
     paths = np.array(rows.column("path").to_pylist(), dtype=object)
     candidates: dict[str, list[int]] = {}
+    if options.ranked:
+        score = np.array([ranking.get(p, np.nan) for p in paths], dtype=np.float64)
+        candidates["ranked"] = _top(-score, ~np.isnan(score), paths, options.ranked)
     if options.lowest_confidence:
         conf = _floats(rows, "mean_confidence")
         candidates["lowest_confidence"] = _top(conf, ~np.isnan(conf), paths, options.lowest_confidence)
