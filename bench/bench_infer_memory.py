@@ -68,7 +68,7 @@ def isolation_overhead(frame_png: Path, n: int) -> dict:
 
     from segops.core import isolation
     from segops.inference import crf
-    from segops.inference.examples import decode_pair
+    from segops.inference.decoding import decode_pair
 
     data = frame_png.read_bytes()
     isolation.call("decode", "warm-up", decode_pair, data, None, 1 << 25)  # the helper's start (once per worker)

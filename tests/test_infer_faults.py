@@ -20,9 +20,9 @@ from trainutil import synth_val_and_tiny_unet
 from segops.core import isolation, labels
 from segops.inference.batch_retry import RetryingModelHandler
 from segops.inference.discovery import WorkItem
-from segops.inference.examples import ImageExample
 from segops.inference.options import InferOptions, PredictOptions
 from segops.inference.sources import open_source
+from segops.inference.stage_values import ImageExample
 from segops.inference.table import read_metrics
 from workflows.infer import run_infer
 

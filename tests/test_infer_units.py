@@ -12,11 +12,11 @@ from segops.core import labels
 from segops.core.options import OptionsError
 from segops.inference import crf, probabilities
 from segops.inference.discovery import WorkItem, discover_inputs
-from segops.inference.examples import ImageExample
 from segops.inference.model import SegmentationModelHandler, ServingModel
 from segops.inference.options import InferOptions, PredictOptions
 from segops.inference.probabilities import TOP_K, TopK
 from segops.inference.sources.tf_models import SegopsExport
+from segops.inference.stage_values import ImageExample
 from segops.inference.tiling import (
     axis_starts,
     owned_spans,

@@ -1,5 +1,5 @@
 """The isolated helper process (segops.core.isolation) and the decode stage's batches over it
-(segops.inference.examples.DecodeBatcher): a native crash on one input of a batch costs that
+(segops.inference.decoding.DecodeBatcher): a native crash on one input of a batch costs that
 input only, the helper is reused across calls and replaced after a crash."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from segops.core import imageio, isolation
-from segops.inference import examples
+from segops.inference import decoding
+from segops.inference.decoding import DecodeBatcher, EncodedInputs, decode_pair
 from segops.inference.discovery import WorkItem
-from segops.inference.examples import DecodeBatcher, EncodedInputs, decode_pair
 
 MAX_PIXELS = 1 << 24
 
@@ -59,8 +59,8 @@ def test_exceptions_come_back_as_raised():
 
 
 def test_batcher_fills_by_count_and_by_pixels_and_keeps_order(monkeypatch):
-    monkeypatch.setattr(examples, "DECODE_BATCH_IMAGES", 3)
-    monkeypatch.setattr(examples, "DECODE_BATCH_PIXELS", 8 * 16 * 4)
+    monkeypatch.setattr(decoding, "DECODE_BATCH_IMAGES", 3)
+    monkeypatch.setattr(decoding, "DECODE_BATCH_PIXELS", 8 * 16 * 4)
     monkeypatch.setenv(isolation.CRASH_ENV, "decode:b.png")
     batcher = DecodeBatcher(MAX_PIXELS)
     assert batcher.add(_inputs("a.png", _png(0)), "a") == []

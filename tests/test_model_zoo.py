@@ -11,10 +11,10 @@ from trainutil import make_scene, write_prepared
 
 from segops.core.imageio import encode_png
 from segops.core.options import OptionsError
-from segops.inference.examples import ImageExample
 from segops.inference.model import SegmentationModelHandler
 from segops.inference.options import InferOptions, PredictOptions
 from segops.inference.sources import open_source
+from segops.inference.stage_values import ImageExample
 from segops.models import build_model, export_dir
 from segops.models.layers import BilinearUpsampling, MaxPoolingWithArgmax, MaxUnpooling
 from segops.training.loop import train

@@ -14,8 +14,8 @@ import pytest
 from segops.core import labels
 from segops.inference import table
 from segops.inference.discovery import WorkItem
-from segops.inference.examples import ImageExample, Segmented
 from segops.inference.rows import COLUMNS, metrics_row, metrics_schema
+from segops.inference.stage_values import ImageExample, Segmented
 
 ROAD, CAR, IGNORE = 0, 13, 255
 PYTHON_TYPES = {"string": str, "int64": int, "int32": int, "double": float, "bool": bool}

@@ -43,6 +43,7 @@ from segops.inference import summary as summaries
 from segops.inference import table
 from segops.inference.batch_retry import RetryingModelHandler
 from segops.inference.crf import CRFParams, refine
+from segops.inference.decoding import DecodeBatcher, read_inputs
 from segops.inference.discovery import (
     Unlisted,
     WorkItem,
@@ -52,13 +53,13 @@ from segops.inference.discovery import (
     listing_patterns,
     work_item,
 )
-from segops.inference.examples import DecodeBatcher, ImageExample, Prediction, Segmented, read_inputs
 from segops.inference.masks import confidence_stats, encode_masks, mask_paths
 from segops.inference.options import InferOptions
 from segops.inference.previous import compare_with_existing, provenance_texts
 from segops.inference.rows import metrics_row, metrics_schema
 from segops.inference.run_record import RunReport, output_paths, write_manifest
 from segops.inference.sources import open_source
+from segops.inference.stage_values import ImageExample, Prediction, Segmented
 from segops.models import export_dir
 
 LOG = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class ImagesFn(beam.DoFn):
     def process(self, meta: Any):
         if isinstance(meta, Unlisted):
             if is_input_image(meta.path, self._output):
-                yield deadletter.tagged(meta.path, "list", meta.reason)
+                yield deadletter.tagged(meta.path, deadletter.LIST, meta.reason)
             return
         item = work_item(meta.path, meta.size_in_bytes, meta.last_updated_in_seconds, self._root, self._output,
                          self._labels)  # fmt: skip
@@ -140,12 +141,12 @@ class DecodeFn(beam.DoFn):
 
 def _decode_dead_letter(item: WorkItem, exc: Exception) -> Any:
     if isinstance(exc, imageio.BadInput):
-        return deadletter.tagged(item.path, "decode", exc.reason)
+        return deadletter.tagged(item.path, deadletter.DECODE, exc.reason)
     if isinstance(exc, isolation.NativeCrash):
-        return deadletter.tagged(item.path, "decode", str(exc))
+        return deadletter.tagged(item.path, deadletter.DECODE, str(exc))
     if isinstance(exc, OSError):  # missing/unreadable file (FileSystems raises IOError subclasses)
-        return deadletter.tagged(item.path, "read", f"cannot read file ({exc})")
-    return deadletter.tagged(item.path, "decode", f"{type(exc).__name__}: {exc}")  # a decoder bug: one file
+        return deadletter.tagged(item.path, deadletter.READ, f"cannot read file ({exc})")
+    return deadletter.tagged(item.path, deadletter.DECODE, f"{type(exc).__name__}: {exc}")  # a decoder bug: one file
 
 
 def _decode_outputs(item: WorkItem, outcome: ImageExample | Exception) -> list[Any]:
@@ -154,7 +155,7 @@ def _decode_outputs(item: WorkItem, outcome: ImageExample | Exception) -> list[A
     if not outcome.label_error:
         return [outcome]
     reason = f"{outcome.label_error}; the image was segmented without metrics"
-    return [outcome, deadletter.tagged(item.label_path or item.path, "label", reason, image=item.path)]
+    return [outcome, deadletter.tagged(item.label_path or item.path, deadletter.LABEL, reason, image=item.path)]
 
 
 def _argmax(pred: Prediction) -> Segmented:
@@ -186,12 +187,12 @@ class DenseCRFFn(beam.DoFn):
         import pydensecrf.densecrf  # noqa: F401  fail in setup, not on the first element
 
     def process(self, pred: Prediction):
-        yield _or_dead(pred.example.item.path, "crf", lambda: self._refine(pred))
+        yield _or_dead(pred.example.item.path, deadletter.CRF, lambda: self._refine(pred))
 
     def _refine(self, pred: Prediction) -> Segmented:
         seg = _argmax(pred)
         start = time.perf_counter()
-        runner = functools.partial(isolation.call, "crf", pred.example.item.path)
+        runner = functools.partial(isolation.call, deadletter.CRF, pred.example.item.path)
         seg.pred_after = refine(pred.probabilities, pred.example.rgb, self._params, runner).labels
         seg.crf_ms = (time.perf_counter() - start) * 1e3
         return seg
@@ -208,7 +209,7 @@ class WriteMasksFn(beam.DoFn):
         self._model_id = model_id
 
     def process(self, seg: Segmented):
-        yield _or_dead(seg.example.item.path, "write", lambda: self._write(seg))
+        yield _or_dead(seg.example.item.path, deadletter.WRITE, lambda: self._write(seg))
 
     def _write(self, seg: Segmented) -> Segmented:
         mask = seg.pred_after if seg.pred_after is not None else seg.pred_before
@@ -229,7 +230,7 @@ def _failed_batch_to_dead(bad: tuple[Any, Any]) -> list[dict[str, str]]:
     batch, (exc_type, exc_repr, _tb) = bad
     examples = batch if isinstance(batch, list | tuple) else [batch]
     return [
-        deadletter.record(ex.item.path, "inference", f"model call failed for its batch: {exc_repr}")
+        deadletter.record(ex.item.path, deadletter.INFERENCE, f"model call failed for its batch: {exc_repr}")
         for ex in examples
         if isinstance(ex, ImageExample)
     ]
@@ -254,7 +255,7 @@ def _model_failures(pred: Prediction) -> Any:
     if pred.error is None:
         yield pred
     else:
-        yield deadletter.tagged(pred.example.item.path, "inference", pred.error)
+        yield deadletter.tagged(pred.example.item.path, deadletter.INFERENCE, pred.error)
 
 
 def model_handler(options: InferOptions, info: export_dir.ModelInfo) -> RetryingModelHandler:

@@ -10,6 +10,19 @@ from typing import Any
 
 TAG = "dead_letter"  # the Beam output tag of dead letters in every pipeline
 
+# The stage of a dead letter: where its input failed, one name per kind of failure in every
+# pipeline (a truncated PNG is DECODE in prepare and in infer).
+DISCOVER = "discover"  # prepare's listing: a file the layout cannot pair (image without label, ...)
+LIST = "list"  # infer's listing: a listed path that cannot be an input
+READ = "read"  # the file could not be read
+DECODE = "decode"  # the image is not a usable PNG/JPEG (header, chunks, decoder, a decoder crash)
+LABEL = "label"  # the ground truth (labelIds) file
+INSTANCES = "instances"  # prepare: the instanceIds file of the weight maps
+INFERENCE = "inference"  # the model call
+CRF = "crf"  # the dense CRF
+WRITE = "write"  # writing the image's outputs
+STAGES = (DISCOVER, LIST, READ, DECODE, LABEL, INSTANCES, INFERENCE, CRF, WRITE)
+
 # object addresses in exception texts ("<BytesIO object at 0x7f..>") would make reruns differ
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 

@@ -96,7 +96,7 @@ class Problem:
     path: str  # relative to the input root
     split: str
     reason: str
-    stage: str = "discover"
+    stage: str = deadletter.DISCOVER
 
     def to_dict(self) -> dict[str, str]:
         return deadletter.record(self.path, self.stage, self.reason, split=self.split)

@@ -5,7 +5,7 @@ Modules, in the order an image meets them:
 * :mod:`~segops.inference.options`: :class:`InferOptions` (frozen, validated) and the
   :class:`PredictOptions` a later stage (the report) rebuilds from a run's manifest.
 * :mod:`~segops.inference.discovery`: input images, their relative paths and ground truth.
-* :mod:`~segops.inference.examples`: reading and validating one image (+ ground truth).
+* :mod:`~segops.inference.decoding`: reading and validating images (+ ground truth); :mod:`~segops.inference.stage_values`: the values passed between stages.
 * :mod:`~segops.inference.tiling`: padding, tiling and batching images of any size through a model.
 * :mod:`~segops.inference.model`: the served model, the Beam ``ModelHandler`` and a predictor.
 * :mod:`~segops.inference.crf`: dense-CRF refinement.

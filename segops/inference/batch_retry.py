@@ -1,6 +1,6 @@
 """One bad image never takes its batch down: :class:`RetryingModelHandler` runs a batch, and when
 the model call fails, runs its images one at a time, so only the image that fails alone comes
-out failed (a :class:`~segops.inference.examples.Prediction` with ``error`` set and no
+out failed (a :class:`~segops.inference.stage_values.Prediction` with ``error`` set and no
 probabilities; the pipeline dead-letters it with stage ``inference``).
 
 Test-only hook: ``SEGOPS_TEST_CRASH_ON=inference:<basename>`` (segops.core.isolation) makes
@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from segops.core import isolation
-from segops.inference.examples import ImageExample, Prediction
 from segops.inference.model import SegmentationModelHandler
+from segops.inference.stage_values import ImageExample, Prediction
 
 
 class InjectedModelFailure(RuntimeError):

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
-from segops.inference.examples import ImageExample, Prediction
 from segops.inference.options import PredictOptions
 from segops.inference.sources import ModelSource, open_source
 from segops.inference.sources.tf_models import ServingModel
+from segops.inference.stage_values import ImageExample, Prediction
 from segops.inference.tiling import predict_probabilities
 from segops.models import export_dir
 

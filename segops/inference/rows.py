@@ -16,8 +16,8 @@ import numpy as np
 from segops.core import labels, metrics
 from segops.core.formatting import finite_or_none
 from segops.inference.discovery import WorkItem
-from segops.inference.examples import Segmented
 from segops.inference.previous import PreviousMask
+from segops.inference.stage_values import Segmented
 
 STAGES = ("before", "after")  # the model's argmax, the CRF result
 CLASS_COLUMNS = tuple(n.replace(" ", "_") for n in labels.CLASS_NAMES)  # class names as column suffixes

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from segops.core import deadletter
 from segops.core.fs import read_bytes
 from segops.core.imageio import (
     BadInput,
@@ -118,10 +119,10 @@ def record_annotation(pair: Pair, options: PrepareOptions) -> str | None:
 
 def analyze_pair(pair: Pair, options: PrepareOptions) -> Prepared:
     """Validate and analyse one pair; :class:`Rejected` (naming the stage) for bad input."""
-    stage = "read"  # where a BadInput came from, for the dead letter
+    stage = deadletter.READ  # where a BadInput came from, for the dead letter
     try:
         image = read_input(pair.image, pair.source)
-        stage = "image"
+        stage = deadletter.DECODE
         hdr = camera_png_header(image, options.max_pixels)  # no decode: header, then
         check_png_chunks(image, "image PNG")  # every chunk's CRC
         common = dict(
@@ -140,9 +141,9 @@ def analyze_pair(pair: Pair, options: PrepareOptions) -> Prepared:
         if not pair.labelled:
             blank = blank_label_png(hdr.height, hdr.width)
             return Prepared(label_png=blank, labelled=False, pixel_counts=None, border=None, **common)
-        stage = "label"
+        stage = deadletter.LABEL
         label_png, label, counts = analyze_label(pair, hdr, options.max_pixels)
-        stage = "instances"
+        stage = deadletter.INSTANCES
         border = border_term(pair, label, hdr, options) if options.weight_maps else None
         return Prepared(label_png=label_png, labelled=True, pixel_counts=counts, border=border, **common)
     except BadInput as exc:

@@ -68,8 +68,8 @@ def make_predictor(data: RunData) -> Predictor:
 
 
 def load_gallery(data: RunData, rows: list[dict[str, Any]], predictor: Predictor | None) -> list[GalleryItem]:
+    from segops.inference.decoding import load_example
     from segops.inference.discovery import WorkItem
-    from segops.inference.examples import load_example
     from segops.inference.masks import mask_paths
 
     max_pixels = int(((data.infer_manifest or {}).get("options") or {}).get("max_pixels", imageio.DEFAULT_MAX_PIXELS))

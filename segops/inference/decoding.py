@@ -1,5 +1,6 @@
-"""One image on its way through inference: reading and validating it and its ground truth
-(:func:`load_example`, raising BadInput with a reason), and the records passed between stages.
+"""Reading and decoding images for inference: one image and its ground truth
+(:func:`load_example`, raising BadInput with a reason) into an
+:class:`~segops.inference.stage_values.ImageExample`.
 
 The decoders (OpenCV, libpng, libjpeg) run in the isolated helper process of
 :mod:`segops.core.isolation`: a file that crashes one costs that image only. A ground truth
@@ -12,45 +13,13 @@ so that the decode stage crosses to the helper once per batch of images, not onc
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from segops.core import fs, imageio, isolation, labels
+from segops.core import deadletter, fs, imageio, isolation, labels
 from segops.inference.discovery import WorkItem
-from segops.inference.previous import PreviousMask
-
-
-class ImageExample(NamedTuple):
-    """A decoded image (ground truth as trainIds, or None)."""
-
-    item: WorkItem
-    rgb: np.ndarray
-    gt: np.ndarray | None
-    label_error: str | None = None  # why the ground truth at item.label_path was not used
-
-
-class Prediction(NamedTuple):
-    example: ImageExample
-    probabilities: np.ndarray  # (H, W, C) float32
-    inference_ms: float  # this image's share of its model calls
-    error: str | None = None  # set (probabilities None) when the model failed on this image alone
-
-
-@dataclass
-class Segmented:
-    """What survives the CRF stage: the masks and the numbers, not the probabilities."""
-
-    example: ImageExample
-    pred_before: np.ndarray
-    pred_after: np.ndarray | None
-    mean_confidence: float
-    low_confidence_fraction: float
-    inference_ms: float
-    crf_ms: float | None
-    # the mask the written one replaced (set by the mask writer; segops.inference.previous)
-    previous: PreviousMask | None = None
+from segops.inference.stage_values import ImageExample
 
 
 def decode_pair(image: bytes, label: bytes | None, max_pixels: int) -> tuple[np.ndarray, np.ndarray | str | None]:
@@ -116,7 +85,7 @@ def load_example(item: WorkItem, max_pixels: int, isolate: bool = True) -> Image
     the image cannot be read, isolation.NativeCrash when a decoder crashed on it."""
     inputs = read_inputs(item, max_pixels)
     args = (inputs.data, inputs.label_data, max_pixels)
-    decoded = isolation.call("decode", item.path, decode_pair, *args) if isolate else decode_pair(*args)
+    decoded = isolation.call(deadletter.DECODE, item.path, decode_pair, *args) if isolate else decode_pair(*args)
     return _example(inputs, decoded)
 
 
@@ -126,7 +95,7 @@ def decode_examples(batch: Sequence[EncodedInputs], max_pixels: int) -> list[Ima
     the image a decoder crashed on, ...): one image's failure never costs the others."""
     jobs = [(inputs.item.path, (inputs.data, inputs.label_data, max_pixels)) for inputs in batch]
     results: list[ImageExample | Exception] = []
-    for inputs, outcome in zip(batch, isolation.call_each("decode", decode_pair, jobs), strict=True):
+    for inputs, outcome in zip(batch, isolation.call_each(deadletter.DECODE, decode_pair, jobs), strict=True):
         if isinstance(outcome, BaseException):
             if not isinstance(outcome, Exception):  # KeyboardInterrupt and the like are not one image's
                 raise outcome
