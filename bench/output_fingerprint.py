@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 # substrings of paths whose bytes depend on the clock, the process or the run directory
-VARIES = ("manifest.json", "/logs/", "fingerprint.pb", "/checkpoints/", "state.json", "segops_synth.json",
+VARIES = ("manifest.json", "/logs/", "/_delta_log/", "fingerprint.pb", "/checkpoints/", "state.json", "segops_synth.json",
           "/saved_model/", "model.keras", "model.json", "history.", "report.html")
 
 # wall-clock numbers, and the input files' mtimes (two work directories never share them)
