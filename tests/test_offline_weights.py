@@ -30,7 +30,7 @@ def test_imagenet_weights_offline_say_what_to_fetch_and_where(tmp_path, monkeypa
     assert "--backbone-weights /path/to/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5" in message
 
 
-def test_train_cli_exits_1_with_the_offline_line(tmp_path, monkeypatch):
+def test_train_cli_exits_2_with_the_offline_line(tmp_path, monkeypatch):
     from trainutil import write_prepared
 
     monkeypatch.setattr(keras_files, "urlretrieve", _no_network)
