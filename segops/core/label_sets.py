@@ -71,6 +71,16 @@ class LabelSet:
     def class_names(self) -> tuple[str, ...]:
         return tuple(lb.name for lb in self.train_labels)
 
+    @functools.cached_property
+    def thing_label_ids(self) -> tuple[int, ...]:
+        """labelIds of the classes with instances (the U-Net border term's components)."""
+        return tuple(lb.id for lb in self.labels if lb.has_instances and lb.id >= 0)
+
+    @property
+    def table_title(self) -> str:
+        """How messages name the set ("the Cityscapes label table" for the default, as always)."""
+        return "Cityscapes label table" if self.is_default else f"label set {self.name!r}"
+
     @property
     def is_default(self) -> bool:
         return self.digest == cityscapes().digest
