@@ -1,6 +1,7 @@
 """Label sets as data: the file format's validation, the lookups, the built-ins."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,3 +111,158 @@ def test_recorded_set_with_a_tampered_table_is_refused():
     with pytest.raises(LabelSetError, match="does not match its table"):
         label_sets.recorded_label_set(record, "model.json")
     assert label_sets.recorded_label_set(None, "old manifest").is_default
+
+
+# --------------------------------------------------------------------------------------------
+# a non-Cityscapes taxonomy end to end: prepare -> train -> infer -> review export
+
+H, W = 32, 64
+FOUR_THING = json.loads(json.dumps(FOUR))
+FOUR_THING["labels"][4]["has_instances"] = True  # "thing": the U-Net border term's components
+
+
+def _four_scene(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(RGB, labelIds in FOUR's ids): sky over wall over ground, a few things, a void corner."""
+    rng = np.random.default_rng(seed)
+    label = np.full((H, W), 9, np.uint8)
+    label[H // 4 : H // 2] = 5
+    label[H // 2 :] = 3
+    for _ in range(2):
+        r, c = int(rng.integers(H // 2, H - 5)), int(rng.integers(0, W - 8))
+        label[r : r + 4, c : c + 8] = 12
+    label[:3, :3] = 0
+    colours = np.zeros((256, 3), np.uint8)
+    colours[[0, 3, 5, 9, 12]] = [(0, 0, 0), (90, 60, 90), (70, 70, 70), (80, 140, 200), (220, 30, 60)]
+    noise = rng.integers(-20, 21, (H, W, 3))
+    return np.clip(colours[label].astype(int) + noise, 0, 255).astype(np.uint8), label
+
+
+@pytest.fixture(scope="module")
+def four_run(tmp_path_factory):
+    from click.testing import CliRunner
+    from conftest import Frame, write_frame
+
+    from segops.cli import cli
+    from segops.inference.options import InferOptions
+    from segops.training.loop import train
+    from segops.training.options import TrainOptions
+    from workflows.infer import run_infer
+
+    root = tmp_path_factory.mktemp("four")
+    set_file = root / "four.json"
+    set_file.write_text(json.dumps(FOUR_THING))
+    for i, split in enumerate(["train"] * 4 + ["val"] * 2):
+        rgb, label = _four_scene(i)
+        write_frame(root / "data", Frame(split, "town", f"town_{i:06d}_000019", rgb, label, None))
+    result = CliRunner().invoke(cli, ["prepare", str(root / "data"), str(root / "prepared"), "--label-set", str(set_file)])
+    assert result.exit_code == 0, result.output
+    opts = TrainOptions.from_flat(prepared=str(root / "prepared"), out=str(root / "model"), epochs=1, model="unet",
+                                  depth=2, base_filters=4, batch_size=2, crop=(H, W), verbose=0)  # fmt: skip
+    train(opts)
+    out = root / "infer"
+    run_infer(InferOptions(str(root / "model"), str(root / "data" / "leftImg8bit" / "val"), str(out), crf=False))
+    for args in (["review", "select", str(out), "--random", "5"], ["review", "export", str(out)]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    return root, load_label_set(str(set_file))
+
+
+def test_prepare_records_the_label_set_and_counts_its_classes(four_run):
+    root, four = four_run
+    manifest = json.loads((root / "prepared" / "manifest.json").read_text())
+    assert manifest["label_set"]["name"] == "four" and manifest["label_set"]["digest"] == four.digest
+    assert label_sets.recorded_label_set(manifest["label_set"], "manifest").labels == four.labels
+    stats = json.loads((root / "prepared" / "stats.json").read_text())
+    assert stats["class_names"] == list(four.class_names)
+    expected = sum(np.bincount(four.to_train_ids(_four_scene(i)[1]).ravel(), minlength=256)[:4] for i in range(4))
+    assert stats["splits"]["train"]["pixel_counts"] == expected.tolist()
+    weights = json.loads((root / "prepared" / "class_weights.json").read_text())
+    assert all(len(w) == 4 for w in weights["schemes"].values())
+
+
+def test_train_exports_the_label_set(four_run):
+    from segops.models import export_dir
+
+    root, four = four_run
+    info = export_dir.load_info(str(root / "model"))
+    export_dir.check_compatible(info)
+    assert (info.num_classes, tuple(info.class_names)) == (4, four.class_names)
+    model_json = json.loads((root / "model" / "best" / "model.json").read_text())
+    assert [(t["name"], t["id"], t["train_id"]) for t in model_json["label_table"]] == [
+        ("ground", 3, 0), ("wall", 5, 1), ("sky", 9, 2), ("thing", 12, 3)]  # fmt: skip
+    assert model_json["label_set"]["digest"] == four.digest
+    assert set(info.metrics["val_iou_per_class"]) == set(four.class_names)
+
+
+def test_infer_masks_rows_and_summary_follow_the_label_set(four_run):
+    from conftest import read_png
+
+    from segops.inference import table
+
+    root, four = four_run
+    out = root / "infer"
+    masks = sorted((out / "masks").rglob("*_trainIds.png"))
+    assert len(masks) == 2
+    for path in masks:
+        train_ids = read_png(path)
+        assert set(np.unique(train_ids)) <= {0, 1, 2, 3}
+        label_ids = read_png(Path(str(path).replace("_trainIds", "_labelIds")))
+        assert np.array_equal(label_ids, four.train_to_label[train_ids])
+        assert set(np.unique(label_ids)) <= {3, 5, 9, 12}
+        colour = read_png(Path(str(path).replace("_trainIds", "_color")))[..., ::-1]  # BGR on disk
+        assert np.array_equal(colour, four.train_to_color[train_ids])
+    rows = table.read_metrics(str(out))
+    assert rows.num_rows == 2 and "iou_before_thing" in rows.column_names and "iou_before_road" not in rows.column_names
+    assert all(len(cm) == 16 for cm in rows.column("confusion_before").to_pylist())
+    assert all(len(px) == 4 for px in rows.column("class_pixels").to_pylist())
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["before_crf"]["dataset_iou"]) == list(four.class_names)
+    assert summary["label_set"] == {"name": "four", "digest": four.digest, "classes": list(four.class_names)}
+    assert table.table_label_set(table.open_table(str(out))).digest == four.digest
+
+
+def test_review_export_follows_the_label_set(four_run):
+    root, four = four_run
+    review = root / "infer" / "review"
+    config = (review / "label_studio_config.xml").read_text()
+    assert '<Label value="thing" background="#dc143c"/>' in config and "road" not in config
+    coco = json.loads((review / "coco_rle.json").read_text())
+    assert [(c["id"], c["name"]) for c in coco["categories"]] == [(3, "ground"), (5, "wall"), (9, "sky"), (12, "thing")]
+    assert {a["category_id"] for a in coco["annotations"]} <= {3, 5, 9, 12}
+
+
+def test_the_table_refuses_a_model_of_another_label_set(four_run, tmp_path):
+    import keras
+
+    from segops.inference import table
+    from segops.inference.options import InferOptions
+    from segops.models import export_dir
+    from workflows.infer import run_infer
+
+    root, _ = four_run
+    out = root / "infer"
+    inp = keras.Input((None, None, 3))
+    export_dir.export_model(keras.Model(inp, keras.layers.Conv2D(19, 1)(inp)), str(tmp_path / "cs"),
+                            export_dir.ModelInfo("pixel", 19, (32, 32), 1))  # fmt: skip
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    version = table.open_table(str(out)).version()
+    with pytest.raises(table.TableError, match=r"holds rows of label set 'four' \(4 classes.*this model predicts label set 'cityscapes'"):
+        run_infer(InferOptions(str(tmp_path / "cs"), str(root / "data" / "leftImg8bit" / "val"), str(out), crf=False))
+    assert table.open_table(str(out)).version() == version
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_wrong_label_set_file_fails_prepare_in_one_line_and_writes_nothing(tmp_path):
+    from click.testing import CliRunner
+    from conftest import make_dataset
+
+    from segops.cli import cli
+
+    make_dataset(tmp_path / "data", {"train": 1})
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(_with(3, train_id=7)))
+    result = CliRunner().invoke(cli, ["prepare", str(tmp_path / "data"), str(tmp_path / "out"), "--label-set", str(bad)])
+    assert result.exit_code == 2
+    assert "--label-set: label set" in result.output and "2 is missing" in result.output
+    assert [line for line in result.output.splitlines() if "Error" in line][0].count("missing") == 1
+    assert not (tmp_path / "out").exists()
