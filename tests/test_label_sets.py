@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_png
 
 from segops.core import label_sets, labels
 from segops.core.label_sets import LabelSetError, label_set_from_json, load_label_set
@@ -265,4 +266,86 @@ def test_a_wrong_label_set_file_fails_prepare_in_one_line_and_writes_nothing(tmp
     assert result.exit_code == 2
     assert "--label-set: label set" in result.output and "2 is missing" in result.output
     assert [line for line in result.output.splitlines() if "Error" in line][0].count("missing") == 1
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# a model card's class_map: a 5-class model relabelled into Cityscapes
+
+FIVE = ["road", "car", "truck", "tree", "unknown"]
+FIVE_MAP = {"road": "road", "car": "car", "truck": "car", "tree": "vegetation"}  # "unknown" unmapped
+
+
+@pytest.fixture(scope="module")
+def five_class_model(tmp_path_factory):
+    import keras
+
+    root = tmp_path_factory.mktemp("five")
+    # road follows R, car and truck G, tree B; "unknown" wins (a constant) where all three are dark
+    kernel = np.zeros((1, 1, 3, 5), np.float32)
+    kernel[0, 0, [0, 1, 1, 2], [0, 1, 2, 3]] = [0.05, 0.05, 0.04, 0.05]
+    bias = np.array([0, 0, 0, 0, 6], np.float32)
+    inp = keras.Input((None, None, 3))
+    conv = keras.layers.Conv2D(5, 1)
+    model = keras.Model(inp, conv(inp))
+    conv.set_weights([kernel, bias])
+    model.save(str(root / "five.keras"))
+    images = root / "images"
+    for i in range(2):
+        write_png(images / f"img{i}.png", np.random.default_rng(i).integers(0, 256, (H, W, 3), dtype=np.uint8))
+    return root, kernel[0, 0], bias
+
+
+def _card(root: Path, **fields) -> Path:
+    card = {"classes": FIVE, "label_set": "cityscapes", "class_map": FIVE_MAP, "output": {"kind": "logits"}, **fields}
+    path = root / "five.keras.card.json"
+    path.write_text(json.dumps({k: v for k, v in card.items() if v is not None}))
+    return path
+
+
+def test_a_card_class_map_relabels_into_cityscapes_as_numpy_does(five_class_model, tmp_path):
+    from click.testing import CliRunner
+    from conftest import read_png
+
+    from segops.cli import cli
+
+    root, kernel, bias = five_class_model
+    _card(root)
+    result = CliRunner().invoke(cli, ["infer", str(root / "five.keras"), str(root / "images"), str(tmp_path / "out"), "--no-crf"])
+    assert result.exit_code == 0, result.output
+    cs = load_label_set("cityscapes")
+    seen = set()
+    for i in range(2):
+        rgb = read_png(root / "images" / f"img{i}.png")[..., ::-1].astype(np.float64)
+        logits = rgb @ kernel + bias
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        scores = np.stack([probs[..., 0], probs[..., 1] + probs[..., 2], probs[..., 3], probs[..., 4]], axis=-1)
+        expected = np.array([0, 13, 8, 255], np.uint8)[scores.argmax(-1)]
+        mask = read_png(tmp_path / "out" / "masks" / f"img{i}_trainIds.png")
+        assert np.array_equal(mask, expected)
+        assert np.array_equal(read_png(tmp_path / "out" / "masks" / f"img{i}_labelIds.png"), cs.train_to_label[expected])
+        seen |= set(np.unique(mask).tolist())
+    assert seen == {0, 13, 8, 255}  # every mapped target and the unmapped class occur
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"class_map": {"road": "road", "lorry": "car"}}, "class_map names 'lorry', not one of the card's classes"),
+        ({"class_map": {"road": "street"}}, "class_map maps onto 'street', not a class of the Cityscapes label table"),
+        ({"class_map": None}, "classes lists 5 classes; segops evaluates the 19 of the Cityscapes label table"),
+        ({"label_set": "pascal"}, "label_set: label set"),
+    ],
+)
+def test_a_wrong_mapping_fails_in_one_line_and_writes_nothing(five_class_model, tmp_path, fields, words):
+    from click.testing import CliRunner
+
+    from segops.cli import cli
+
+    root, _, _ = five_class_model
+    _card(root, **fields)
+    result = CliRunner().invoke(cli, ["infer", str(root / "five.keras"), str(root / "images"), str(tmp_path / "out"), "--no-crf"])
+    assert result.exit_code != 0 and words in result.output, result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1
     assert not (tmp_path / "out").exists()
