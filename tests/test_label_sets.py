@@ -349,3 +349,17 @@ def test_a_wrong_mapping_fails_in_one_line_and_writes_nothing(five_class_model, 
     assert result.exit_code != 0 and words in result.output, result.output
     assert len([line for line in result.output.splitlines() if line.strip()]) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_the_report_follows_the_label_set(four_run, tmp_path):
+    from click.testing import CliRunner
+
+    from segops.cli import cli
+
+    root, four = four_run
+    args = ["report", "--infer", str(root / "infer"), "--prepared", str(root / "prepared"), "--model", str(root / "model"),
+            "--out", str(tmp_path / "report")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert all(f"<td>{name}</td>" in page for name in four.class_names) and "<td>road</td>" not in page
