@@ -363,3 +363,11 @@ def test_the_report_follows_the_label_set(four_run, tmp_path):
     assert result.exit_code == 0, result.output
     page = (tmp_path / "report" / "report.html").read_text()
     assert all(f"<td>{name}</td>" in page for name in four.class_names) and "<td>road</td>" not in page
+
+
+def test_compare_refuses_a_table_of_another_label_set(four_run):
+    from segops.report.compare import CompareError, compare
+
+    root, _ = four_run
+    with pytest.raises(CompareError, match="holds rows of label set 'four'"):
+        compare(str(root / "infer"), "any-model")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from segops.core import imageio
+from segops.core.labels import NUM_CLASSES
 
 MODEL_KEY = "segops:model_id"
 PREVIOUS_KEY = "segops:previous"  # JSON {"model_id": str | null, "transitions": [361 ints]}
@@ -62,14 +63,14 @@ class PreviousMask:
         return cls(model_id if isinstance(model_id, str) else None, counts)
 
 
-def transition_counts(previous: np.ndarray, new: np.ndarray, num_classes: int) -> np.ndarray:
+def transition_counts(previous: np.ndarray, new: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
     """(C, C) counts of pixels of class i in ``previous`` and j in ``new`` (both 0..C-1)."""
     pairs = previous.ravel().astype(np.intp) * num_classes + new.ravel()
     return np.bincount(pairs, minlength=num_classes**2).astype(np.int64).reshape(num_classes, num_classes)
 
 
 def compare_with_existing(existing: bytes | None, new: np.ndarray, model_id: str,
-                          num_classes: int) -> PreviousMask | None:  # fmt: skip
+                          num_classes: int = NUM_CLASSES) -> PreviousMask | None:  # fmt: skip
     """What writing ``new`` (trainIds of ``num_classes`` classes) for ``model_id`` over the
     ``existing`` trainIds PNG replaces (see the module docstring for each case); None: nothing to
     compare with (also when either mask holds a value outside 0..C-1, e.g. ignore)."""
