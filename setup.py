@@ -12,6 +12,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["segops", "segops.*", "workflows", "workflows.*"]),
+    package_data={"segops.core": ["label_set_data/*.json"]},
     install_requires=[
         # Beam's TFRecord sink computes CRCs with google-crc32c when present (C speed);
         # without it, it falls back to a pure-Python CRC that dominates write time.

@@ -101,8 +101,8 @@ def test_random_sample_is_seeded_and_avoids_rule_picks(hand_table):
 def test_bad_options_and_ambiguous_model(hand_table, tmp_path):
     with pytest.raises(SelectError, match="no rule"):
         SelectOptions()
-    with pytest.raises(SelectError, match="'bogus'"):
-        SelectOptions(rare_classes=1, classes=("bogus",))
+    with pytest.raises(SelectError, match="'bogus'"):  # checked against the table's label set
+        select(hand_table, SelectOptions(rare_classes=1, classes=("bogus",)))
     import pyarrow as pa
     from deltalake import write_deltalake
 

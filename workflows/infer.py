@@ -39,6 +39,7 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.utils.windowed_value import WindowedValue
 
 from segops.core import deadletter, fs, imageio, isolation, layout
+from segops.core.label_sets import LabelSet
 from segops.inference import summary as summaries
 from segops.inference import table
 from segops.inference.batch_retry import RetryingModelHandler
@@ -53,7 +54,7 @@ from segops.inference.discovery import (
     listing_patterns,
     work_item,
 )
-from segops.inference.masks import confidence_stats, encode_masks, mask_paths
+from segops.inference.masks import confidence_stats, encode_masks, mask_paths, unmapped_to_ignore
 from segops.inference.options import InferOptions
 from segops.inference.previous import compare_with_existing, provenance_texts
 from segops.inference.rows import metrics_row, metrics_schema
@@ -113,11 +114,12 @@ class DecodeFn(beam.DoFn):
     batch), so results leave with the element that filled the batch or at the bundle's end,
     each in its own image's window."""
 
-    def __init__(self, max_pixels: int) -> None:
+    def __init__(self, max_pixels: int, label_set: LabelSet) -> None:
         self._max_pixels = max_pixels
+        self._label_set = label_set  # the model's: the ground truth's labelIds are read in it
 
     def start_bundle(self) -> None:
-        self._batcher = DecodeBatcher(self._max_pixels)
+        self._batcher = DecodeBatcher(self._max_pixels, self._label_set)
 
     def process(self, item: WorkItem, timestamp: Any = beam.DoFn.TimestampParam, window: Any = beam.DoFn.WindowParam):
         try:
@@ -158,9 +160,11 @@ def _decode_outputs(item: WorkItem, outcome: ImageExample | Exception) -> list[A
     return [outcome, deadletter.tagged(item.label_path or item.path, deadletter.LABEL, reason, image=item.path)]
 
 
-def _argmax(pred: Prediction) -> Segmented:
+def _argmax(pred: Prediction, num_classes: int) -> Segmented:
+    """The model's argmax; ``num_classes``: the label set's (a mapped model's extra unmapped
+    class becomes ignore)."""
     labels, conf, low = confidence_stats(pred.probabilities)
-    return Segmented(pred.example, labels, None, conf, low, pred.inference_ms, None)
+    return Segmented(pred.example, unmapped_to_ignore(labels, num_classes), None, conf, low, pred.inference_ms, None)
 
 
 def _or_dead(path: str, stage: str, work: Callable[[], Segmented]) -> Any:
@@ -180,8 +184,9 @@ def _or_dead(path: str, stage: str, work: Callable[[], Segmented]) -> Any:
 class DenseCRFFn(beam.DoFn):
     """Prediction -> Segmented with the dense-CRF labels (segops.crf.refine)."""
 
-    def __init__(self, params: CRFParams) -> None:
+    def __init__(self, params: CRFParams, num_classes: int) -> None:
         self._params = params
+        self._num_classes = num_classes
 
     def setup(self) -> None:
         import pydensecrf.densecrf  # noqa: F401  fail in setup, not on the first element
@@ -190,10 +195,11 @@ class DenseCRFFn(beam.DoFn):
         yield _or_dead(pred.example.item.path, deadletter.CRF, lambda: self._refine(pred))
 
     def _refine(self, pred: Prediction) -> Segmented:
-        seg = _argmax(pred)
+        seg = _argmax(pred, self._num_classes)
         start = time.perf_counter()
         runner = functools.partial(isolation.call, deadletter.CRF, pred.example.item.path)
-        seg.pred_after = refine(pred.probabilities, pred.example.rgb, self._params, runner).labels
+        refined = refine(pred.probabilities, pred.example.rgb, self._params, runner).labels
+        seg.pred_after = unmapped_to_ignore(refined, self._num_classes)
         seg.crf_ms = (time.perf_counter() - start) * 1e3
         return seg
 
@@ -203,10 +209,11 @@ class WriteMasksFn(beam.DoFn):
     model that wrote it; compare with the trainIds mask it replaces first (the old model's pixels
     are gone after this: segops.inference.previous) and pass the record on with that."""
 
-    def __init__(self, output: str, overlay: bool, model_id: str) -> None:
+    def __init__(self, output: str, overlay: bool, model_id: str, label_set: LabelSet) -> None:
         self._output = output
         self._overlay = overlay
         self._model_id = model_id
+        self._label_set = label_set
 
     def process(self, seg: Segmented):
         yield _or_dead(seg.example.item.path, deadletter.WRITE, lambda: self._write(seg))
@@ -214,9 +221,10 @@ class WriteMasksFn(beam.DoFn):
     def _write(self, seg: Segmented) -> Segmented:
         mask = seg.pred_after if seg.pred_after is not None else seg.pred_before
         paths = mask_paths(self._output, seg.example.item, self._overlay)
-        seg.previous = compare_with_existing(_read_if_exists(paths["trainIds"]), mask, self._model_id)
+        seg.previous = compare_with_existing(_read_if_exists(paths["trainIds"]), mask, self._model_id,
+                                             self._label_set.num_classes)  # fmt: skip
         texts = provenance_texts(self._model_id, seg.previous)
-        for kind, data in encode_masks(seg.example.rgb, mask, self._overlay, texts).items():
+        for kind, data in encode_masks(seg.example.rgb, mask, self._overlay, texts, self._label_set).items():
             fs.write_bytes_atomic(paths[kind], data)
         return seg
 
@@ -279,7 +287,7 @@ def build_infer_pipeline(p: beam.Pipeline, options: InferOptions, info: export_d
         | "List" >> beam.FlatMap(list_pattern)
         | "Images" >> beam.ParDo(ImagesFn(root, options.output, options.labels)).with_outputs(DEAD, main="ok")
     )
-    output, model_id = options.output, info.model_id
+    output, model_id, label_set = options.output, info.model_id, info.labels
     done = (
         p
         | "TableVersion" >> beam.Create([table_version])
@@ -292,7 +300,7 @@ def build_infer_pipeline(p: beam.Pipeline, options: InferOptions, info: export_d
         | "JoinDone" >> beam.CoGroupByKey()
         | "Plan" >> beam.ParDo(PlanFn(options.overwrite))
         | "Spread" >> beam.Reshuffle()
-        | "Decode" >> beam.ParDo(DecodeFn(options.max_pixels)).with_outputs(DEAD, main="ok")
+        | "Decode" >> beam.ParDo(DecodeFn(options.max_pixels, label_set)).with_outputs(DEAD, main="ok")
     )
     predicted, failed = (
         decoded.ok
@@ -302,16 +310,18 @@ def build_infer_pipeline(p: beam.Pipeline, options: InferOptions, info: export_d
     predictions = checked.ok
     failed_inference = failed.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch_to_dead)
     if options.crf:
-        refined = predictions | "DenseCRF" >> beam.ParDo(DenseCRFFn(options.crf_params)).with_outputs(DEAD, main="ok")
+        crf = DenseCRFFn(options.crf_params, label_set.num_classes)
+        refined = predictions | "DenseCRF" >> beam.ParDo(crf).with_outputs(DEAD, main="ok")
         segmented, crf_dead = refined.ok, refined[DEAD]
     else:
-        segmented = predictions | "Argmax" >> beam.Map(_argmax)
+        segmented = predictions | "Argmax" >> beam.Map(_argmax, label_set.num_classes)
         crf_dead = p | "NoCRFDeadLetters" >> beam.Create([])
-    written = segmented | "WriteMasks" >> beam.ParDo(WriteMasksFn(options.output, options.overlay, model_id)).with_outputs(DEAD, main="ok")
-    rows = written.ok | "Metrics" >> beam.Map(metrics_row, model_id=model_id, run_id=options.run_id)
+    write = WriteMasksFn(options.output, options.overlay, model_id, label_set)
+    written = segmented | "WriteMasks" >> beam.ParDo(write).with_outputs(DEAD, main="ok")
+    rows = written.ok | "Metrics" >> beam.Map(metrics_row, model_id=model_id, run_id=options.run_id, label_set=label_set)
     _ = rows | "StageRows" >> beam.io.WriteToParquet(
         fs.join(table.staging_dir(options.output, options.run_id), f"part-{uuid.uuid4().hex[:12]}"),
-        schema=metrics_schema(),
+        schema=metrics_schema(label_set),
         file_name_suffix=".parquet",
     )
     stages = (listed[DEAD], decoded[DEAD], failed_inference, checked[DEAD], crf_dead, written[DEAD])
@@ -338,7 +348,7 @@ def run_infer(options: InferOptions, beam_args: list[str] | None = None) -> RunR
 
     start = time.perf_counter()
     info = check_model(options)  # before any pipeline: a bad model fails here
-    version = table.begin_run(options.output, options.run_id)
+    version = table.begin_run(options.output, options.run_id, info.labels)  # another label set's table: refused here
     p = beam.Pipeline(options=PipelineOptions(beam_args or []))
     build_infer_pipeline(p, options, info, version)
     result = p.run()
@@ -346,7 +356,7 @@ def run_infer(options: InferOptions, beam_args: list[str] | None = None) -> RunR
     found = _counter(result, "images_found")
     if found == 0:
         raise ValueError(f"no PNG/JPEG images found under {options.source}")
-    committed = table.commit_run(options.output, options.run_id, info.model_id)
+    committed = table.commit_run(options.output, options.run_id, info.model_id, info.labels)
     summary = summaries.summarize(options.output, info.model_id)
     summary["run_id"] = options.run_id
     summary["table_version"] = committed.version if committed.version is not None else version

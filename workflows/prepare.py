@@ -154,8 +154,9 @@ def build_prepare_pipeline(p: beam.Pipeline, options: PrepareOptions) -> Prepare
 
     stats = (
         prepared
-        | "ClassStats" >> beam.CombineGlobally(ClassStatsFn())
-        | "StatsOfParts" >> beam.Map(lambda acc, plan: to_stats(acc, plan.splits, list(plan.unlabeled_splits)), plan)
+        | "ClassStats" >> beam.CombineGlobally(ClassStatsFn(options.labels.num_classes))
+        | "StatsOfParts" >> beam.Map(
+            lambda acc, plan: to_stats(acc, plan.splits, list(plan.unlabeled_splits), options.labels), plan)
     )
     class_weights = stats | "ClassWeights" >> beam.Map(
         lambda s, info: make_class_weights(s, info.weights_split, options.weight_scheme), AsSingleton(info))

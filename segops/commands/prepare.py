@@ -57,10 +57,13 @@ def _default(name: str):
                    "with coarse, each record says its kind (label/annotation).")  # fmt: skip
 @click.option("--max-pixels", type=click.IntRange(1), default=_default("max_pixels"), show_default=True,
               help="Refuse images over this many pixels (read from the PNG header, before decoding).")  # fmt: skip
+@click.option("--label-set", default=_default("label_set"), show_default=True,
+              help="Taxonomy of the labelIds PNGs: a built-in (cityscapes, camvid11, ade20k150) or a "
+                   "label-set JSON file (docs/labels.md); recorded in the manifest for train and infer.")  # fmt: skip
 def command(input_dir: str, output_dir: str, beam_args: tuple[str, ...], splits: tuple[str, ...],
             unlabeled_splits: str, shards: int | None, weight_maps: bool, weight_scheme: str,
             weights_split: str | None, w0: float, sigma: float, sigma_reference_height: int | None,
-            max_pixels: int, annotations: str) -> None:  # fmt: skip
+            max_pixels: int, annotations: str, label_set: str) -> None:  # fmt: skip
     """Raw Cityscapes layout in INPUT -> sharded TFRecords, stats.json, class_weights.json and
     manifest.json in OUT, bad inputs in OUT/dead_letter.jsonl (Apache Beam).
 
@@ -90,6 +93,7 @@ def command(input_dir: str, output_dir: str, beam_args: tuple[str, ...], splits:
         sigma_reference_height=sigma_reference_height,
         max_pixels=max_pixels,
         annotations=annotations,
+        label_set=label_set,
     )
     try:
         with output_errors(options.output):

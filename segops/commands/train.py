@@ -12,7 +12,6 @@ import click
 from segops.commands.common import CONTEXT_SETTINGS, build_options, hw_callback, output_errors, range_callback
 from segops.core import layout
 from segops.core.formatting import fmt_score
-from segops.core.labels import CLASS_NAMES
 from segops.core.options import OptionsError, default_of
 from segops.models import BACKBONE_NAMES, MODEL_NAMES, NO_BACKBONE, OUTPUT_STRIDES, UPSAMPLING_MODES
 from segops.training.options import (
@@ -202,8 +201,9 @@ def command(prepared: str, out: str, progress: bool, **kwargs: object) -> None:
     if result.corrupt_records:
         click.echo(f"skipped {result.corrupt_records} corrupt record(s) (see the warnings above)")
     click.echo("\nper-class val IoU (best epoch; '-' = class in neither ground truth nor prediction):")
-    width = max(len(n) for n in CLASS_NAMES)
-    for name in CLASS_NAMES:
+    class_names = list(result.best_val_iou_per_class)  # the prepared label set's, in train-id order
+    width = max(len(n) for n in class_names)
+    for name in class_names:
         click.echo(f"  {name:<{width}}  {_fmt(result.best_val_iou_per_class.get(name))}")
     if options.export:
         click.echo(f"\nexports: {os.path.join(out, layout.BEST_EXPORT)} (default), {os.path.join(out, layout.FINAL_EXPORT)}")

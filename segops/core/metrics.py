@@ -20,8 +20,9 @@ from segops.core.labels import IGNORE_ID, NUM_CLASSES
 def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
     """Confusion matrix (rows = ground truth, columns = prediction), int64, ignore excluded.
 
-    Ground-truth pixels equal to ``IGNORE_ID`` (or any id >= num_classes) are skipped;
-    predictions outside 0..num_classes-1 are not expected (a model always predicts a class).
+    Ground-truth pixels equal to ``IGNORE_ID`` (or any id >= num_classes) are skipped, and so
+    are predictions outside 0..num_classes-1 (a mapped model's unmapped classes, written as
+    ignore: no class can be credited or blamed for them).
     """
     gt = np.asarray(gt).ravel()
     pred = np.asarray(pred).ravel()
@@ -30,7 +31,11 @@ def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int = NUM_CL
     valid = gt < num_classes
     if IGNORE_ID < num_classes:  # pragma: no cover - guards a misconfigured table
         raise ValueError("IGNORE_ID must not be a class index")
-    idx = gt[valid].astype(np.int64) * num_classes + pred[valid].astype(np.int64)
+    gt, pred = gt[valid], pred[valid]
+    if pred.size and int(pred.max()) >= num_classes:
+        keep = pred < num_classes
+        gt, pred = gt[keep], pred[keep]
+    idx = gt.astype(np.int64) * num_classes + pred.astype(np.int64)
     return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 

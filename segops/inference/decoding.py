@@ -17,7 +17,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from segops.core import deadletter, fs, imageio, isolation, labels
+from segops.core import deadletter, fs, imageio, isolation
+from segops.core.label_sets import LabelSet, cityscapes
 from segops.inference.discovery import WorkItem
 from segops.inference.stage_values import ImageExample
 
@@ -34,10 +35,10 @@ def decode_pair(image: bytes, label: bytes | None, max_pixels: int) -> tuple[np.
         return rgb, exc.reason
 
 
-def _label_problem(label_ids: np.ndarray, rgb: np.ndarray) -> str | None:
+def _label_problem(label_ids: np.ndarray, rgb: np.ndarray, label_set: LabelSet) -> str | None:
     if label_ids.shape != rgb.shape[:2]:
         return f"is {label_ids.shape[1]}x{label_ids.shape[0]}, the image is {rgb.shape[1]}x{rgb.shape[0]}"
-    unknown = labels.unknown_label_ids(label_ids)
+    unknown = label_set.unknown_label_ids(label_ids)
     return f"has unknown label ids {unknown[:10]}" if unknown else None
 
 
@@ -69,27 +70,30 @@ def read_inputs(item: WorkItem, max_pixels: int) -> EncodedInputs:
     return EncodedInputs(item, data, label_data, label_error, height * width)
 
 
-def _example(inputs: EncodedInputs, decoded: tuple[np.ndarray, np.ndarray | str | None]) -> ImageExample:
+def _example(inputs: EncodedInputs, decoded: tuple[np.ndarray, np.ndarray | str | None],
+             label_set: LabelSet) -> ImageExample:  # fmt: skip
     rgb, label = decoded
     item, label_error, gt = inputs.item, inputs.label_error, None
     if isinstance(label, str):
         label_error = label
     elif label is not None:
-        label_error = _label_problem(label, rgb)
-        gt = None if label_error else labels.to_train_ids(label)
+        label_error = _label_problem(label, rgb, label_set)
+        gt = None if label_error else label_set.to_train_ids(label)
     return ImageExample(item, rgb, gt, label_error and f"ground truth {item.label_path}: {label_error}")
 
 
-def load_example(item: WorkItem, max_pixels: int, isolate: bool = True) -> ImageExample:
-    """Read and validate one image (+ ground truth); raises BadInput with a reason, OSError when
-    the image cannot be read, isolation.NativeCrash when a decoder crashed on it."""
+def load_example(item: WorkItem, max_pixels: int, isolate: bool = True, label_set: LabelSet | None = None) -> ImageExample:
+    """Read and validate one image (+ ground truth, labelIds of ``label_set``: the model's,
+    Cityscapes when None); raises BadInput with a reason, OSError when the image cannot be read,
+    isolation.NativeCrash when a decoder crashed on it."""
     inputs = read_inputs(item, max_pixels)
     args = (inputs.data, inputs.label_data, max_pixels)
     decoded = isolation.call(deadletter.DECODE, item.path, decode_pair, *args) if isolate else decode_pair(*args)
-    return _example(inputs, decoded)
+    return _example(inputs, decoded, label_set or cityscapes())
 
 
-def decode_examples(batch: Sequence[EncodedInputs], max_pixels: int) -> list[ImageExample | Exception]:
+def decode_examples(batch: Sequence[EncodedInputs], max_pixels: int,
+                    label_set: LabelSet | None = None) -> list[ImageExample | Exception]:  # fmt: skip
     """Decode a batch of read images in one round trip to the isolated helper; per image its
     example or what :func:`load_example` would have raised (BadInput, isolation.NativeCrash for
     the image a decoder crashed on, ...): one image's failure never costs the others."""
@@ -102,7 +106,7 @@ def decode_examples(batch: Sequence[EncodedInputs], max_pixels: int) -> list[Ima
             results.append(outcome)
             continue
         try:
-            results.append(_example(inputs, outcome))
+            results.append(_example(inputs, outcome, label_set or cityscapes()))
         except Exception as exc:  # noqa: BLE001 - as load_example's caller would see it, for this image
             results.append(exc)
     return results
@@ -114,8 +118,9 @@ class DecodeBatcher:
     goes alone). Each image travels with a caller's ``tag`` (the decode stage keeps its window
     and timestamp there) and comes back as (tag, example or exception), in the order added."""
 
-    def __init__(self, max_pixels: int) -> None:
+    def __init__(self, max_pixels: int, label_set: LabelSet | None = None) -> None:
         self._max_pixels = max_pixels
+        self._label_set = label_set
         self._pending: list[tuple[EncodedInputs, Any]] = []
         self._pixels = 0
 
@@ -131,5 +136,5 @@ class DecodeBatcher:
         batch, self._pending, self._pixels = self._pending, [], 0
         if not batch:
             return []
-        outcomes = decode_examples([inputs for inputs, _ in batch], self._max_pixels)
+        outcomes = decode_examples([inputs for inputs, _ in batch], self._max_pixels, self._label_set)
         return [(tag, outcome) for (_, tag), outcome in zip(batch, outcomes, strict=True)]

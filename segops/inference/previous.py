@@ -20,15 +20,16 @@ overwrites a mask it calls :func:`compare_with_existing`:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from segops.core import imageio, labels
+from segops.core import imageio
+from segops.core.labels import NUM_CLASSES
 
 MODEL_KEY = "segops:model_id"
 PREVIOUS_KEY = "segops:previous"  # JSON {"model_id": str | null, "transitions": [361 ints]}
-_CLASSES = labels.NUM_CLASSES
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class PreviousMask:
     """The mask a new one replaced: its model (None: unknown) and the transition counts."""
 
     model_id: str | None
-    transitions: np.ndarray  # (19, 19) int64; rows = previous trainId, columns = new trainId
+    transitions: np.ndarray  # (C, C) int64; rows = previous trainId, columns = new trainId
 
     @property
     def agreement(self) -> float:
@@ -53,35 +54,41 @@ class PreviousMask:
         """The record :meth:`to_text` wrote; None when absent or not one."""
         try:
             record = json.loads(text) if text else None
-            counts = np.asarray(record["transitions"], np.int64).reshape(_CLASSES, _CLASSES)
+            flat = np.asarray(record["transitions"], np.int64)
+            side = math.isqrt(flat.size)
+            counts = flat.reshape(side, side)
             model_id = record["model_id"]
         except (ValueError, TypeError, KeyError):
             return None
         return cls(model_id if isinstance(model_id, str) else None, counts)
 
 
-def transition_counts(previous: np.ndarray, new: np.ndarray) -> np.ndarray:
-    """(19, 19) counts of pixels of class i in ``previous`` and j in ``new`` (both 0..18)."""
-    pairs = previous.ravel().astype(np.intp) * _CLASSES + new.ravel()
-    return np.bincount(pairs, minlength=_CLASSES * _CLASSES).astype(np.int64).reshape(_CLASSES, _CLASSES)
+def transition_counts(previous: np.ndarray, new: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """(C, C) counts of pixels of class i in ``previous`` and j in ``new`` (both 0..C-1)."""
+    pairs = previous.ravel().astype(np.intp) * num_classes + new.ravel()
+    return np.bincount(pairs, minlength=num_classes**2).astype(np.int64).reshape(num_classes, num_classes)
 
 
-def compare_with_existing(existing: bytes | None, new: np.ndarray, model_id: str) -> PreviousMask | None:
-    """What writing ``new`` (trainIds) for ``model_id`` over the ``existing`` trainIds PNG
-    replaces (see the module docstring for each case); None: nothing to compare with."""
+def compare_with_existing(existing: bytes | None, new: np.ndarray, model_id: str,
+                          num_classes: int = NUM_CLASSES) -> PreviousMask | None:  # fmt: skip
+    """What writing ``new`` (trainIds of ``num_classes`` classes) for ``model_id`` over the
+    ``existing`` trainIds PNG replaces (see the module docstring for each case); None: nothing to
+    compare with (also when either mask holds a value outside 0..C-1, e.g. ignore)."""
     if existing is None:
         return None
     try:
         before = imageio.decode_label_png(existing, max_pixels=new.size)
     except imageio.BadInput:
         return None
-    if before.shape != new.shape or (before.size and int(before.max()) >= _CLASSES):
+    if before.shape != new.shape or (before.size and int(before.max()) >= num_classes):
+        return None
+    if new.size and int(new.max()) >= num_classes:  # a mapped model's unmapped pixels
         return None
     texts = imageio.png_text(existing)
     written_by = texts.get(MODEL_KEY)
     if written_by == model_id:
         return PreviousMask.from_text(texts.get(PREVIOUS_KEY)) if np.array_equal(before, new) else None
-    return PreviousMask(written_by, transition_counts(before, new))
+    return PreviousMask(written_by, transition_counts(before, new, num_classes))
 
 
 def provenance_texts(model_id: str, previous: PreviousMask | None) -> dict[str, str]:

@@ -2,10 +2,14 @@
 its name, Arrow type, how its value is computed from one segmented image, whether it may be
 null, and what it means. The Arrow schema (:func:`metrics_schema`) and the row of an image
 (:func:`metrics_row`) are both made from it, so a new column is one entry. Where the rows go (the
-Delta table, staging, the commit) is segops.inference.table."""
+Delta table, staging, the commit) is segops.inference.table.
+
+The per-class columns and the CxC matrices follow the label set of the model
+(:func:`columns_for`); :data:`COLUMNS` are the Cityscapes ones, the default."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,19 +17,35 @@ from typing import Any
 
 import numpy as np
 
-from segops.core import labels, metrics
+from segops.core import metrics
 from segops.core.formatting import finite_or_none
+from segops.core.label_sets import LabelSet, cityscapes
 from segops.inference.discovery import WorkItem
 from segops.inference.previous import PreviousMask
 from segops.inference.stage_values import Segmented
 
 STAGES = ("before", "after")  # the model's argmax, the CRF result
-CLASS_COLUMNS = tuple(n.replace(" ", "_") for n in labels.CLASS_NAMES)  # class names as column suffixes
-SCHEMA_METADATA = {
-    "segops.classes": json.dumps(list(labels.CLASS_NAMES)),
-    "segops.confusion": "row-major 19x19, rows = ground truth trainId, columns = prediction",
-    "segops.transitions": "row-major 19x19, rows = the replaced mask's trainId, columns = this mask's",
-}
+
+
+def class_columns(label_set: LabelSet) -> tuple[str, ...]:
+    """The label set's class names as column suffixes."""
+    return tuple(n.replace(" ", "_") for n in label_set.class_names)
+
+
+def schema_metadata(label_set: LabelSet) -> dict[str, str]:
+    c = label_set.num_classes
+    meta = {
+        "segops.classes": json.dumps(list(label_set.class_names)),
+        "segops.confusion": f"row-major {c}x{c}, rows = ground truth trainId, columns = prediction",
+        "segops.transitions": f"row-major {c}x{c}, rows = the replaced mask's trainId, columns = this mask's",
+    }
+    if not label_set.is_default:  # Cityscapes tables stay as they were
+        meta["segops.label_set"] = json.dumps({"name": label_set.name, "digest": label_set.digest})
+    return meta
+
+
+CLASS_COLUMNS = class_columns(cityscapes())
+SCHEMA_METADATA = schema_metadata(cityscapes())
 
 
 @dataclass(frozen=True)
@@ -77,9 +97,9 @@ def _arrow_type(pa: Any, name: str) -> Any:
     }[name]
 
 
-def class_pixels(mask: np.ndarray) -> list[int]:
-    """Pixels per trainId (0..18) of a mask: which classes an unlabelled image shows."""
-    return [int(v) for v in np.bincount(mask.ravel(), minlength=labels.NUM_CLASSES)[: labels.NUM_CLASSES]]
+def class_pixels(mask: np.ndarray, num_classes: int = cityscapes().num_classes) -> list[int]:
+    """Pixels per trainId (0..C-1) of a mask: which classes an unlabelled image shows."""
+    return [int(v) for v in np.bincount(mask.ravel(), minlength=num_classes)[:num_classes]]
 
 
 def _crf_changed_fraction(src: RowSource) -> float | None:
@@ -101,7 +121,7 @@ def _per_class(scores: str, index: int) -> Callable[[StageScores], float | None]
     return lambda s: finite_or_none(getattr(s, scores)[index])
 
 
-def _stage_columns(stage: str) -> tuple[list[Column], list[Column], Column]:
+def _stage_columns(stage: str, label_set: LabelSet) -> tuple[list[Column], list[Column], Column]:
     """(summary scores, per-class IoU then Dice, confusion matrix) of one stage."""
     summary = [
         Column(f"pixel_accuracy_{stage}", "double", _scored(stage, lambda s: finite_or_none(metrics.pixel_accuracy(s.confusion))),
@@ -115,14 +135,17 @@ def _stage_columns(stage: str) -> tuple[list[Column], list[Column], Column]:
     per_class = [
         Column(f"{scores}_{stage}_{name}", "double", _scored(stage, _per_class(scores, i)), True, f"{scores} of {name}; {undefined}")
         for scores in ("iou", "dice")
-        for i, name in enumerate(CLASS_COLUMNS)
+        for i, name in enumerate(class_columns(label_set))
     ]  # fmt: skip
+    c = label_set.num_classes
     confusion = Column(f"confusion_{stage}", "list<int64>", _scored(stage, lambda s: [int(v) for v in s.confusion.ravel()]),
-                       True, "19x19 = 361 counts, row-major, rows = ground truth trainId, columns = prediction")  # fmt: skip
+                       True, f"{c}x{c} = {c * c} counts, row-major, rows = ground truth trainId, columns = prediction")  # fmt: skip
     return summary, per_class, confusion
 
 
-def _columns() -> tuple[Column, ...]:
+@functools.cache
+def _columns(label_set: LabelSet) -> tuple[Column, ...]:
+    c = label_set.num_classes
     cols = [
         Column("path", "string", lambda r: r.item.path, False, "input image URI (absolute)"),
         Column("rel_path", "string", lambda r: r.item.rel, False, "path relative to INPUT (the masks mirror it)"),
@@ -141,17 +164,17 @@ def _columns() -> tuple[Column, ...]:
         Column("low_confidence_fraction", "double", lambda r: float(r.seg.low_confidence_fraction), False,
                "fraction of pixels whose top probability is < 0.5"),
         Column("crf_changed_fraction", "double", _crf_changed_fraction, True, "fraction of pixels the CRF relabelled"),
-        Column("class_pixels", "list<int64>", lambda r: class_pixels(r.written_mask), False,
-               "pixels per trainId in the written mask (19)"),
+        Column("class_pixels", "list<int64>", lambda r: class_pixels(r.written_mask, c), False,
+               f"pixels per trainId in the written mask ({c})"),
     ]  # fmt: skip
-    stages = [_stage_columns(stage) for stage in STAGES]
+    stages = [_stage_columns(stage, label_set) for stage in STAGES]
     # the order of the tables written so far: summaries of both stages, per-class scores, confusions
     for summary, _, _ in stages:
         cols += summary
     for _, per_class, _ in stages:
         cols += per_class
     cols += [confusion for _, _, confusion in stages]
-    cols += _previous_columns()  # last: a table written before them gains them at its end (MERGE evolves its schema)
+    cols += _previous_columns(c)  # last: a table written before them gains them at its end (MERGE evolves its schema)
     return tuple(cols)
 
 
@@ -159,7 +182,7 @@ def _previous(value: Callable[[PreviousMask], Any]) -> Callable[[RowSource], Any
     return lambda src: None if src.seg.previous is None else value(src.seg.previous)
 
 
-def _previous_columns() -> list[Column]:
+def _previous_columns(c: int) -> list[Column]:
     """The comparison with the mask the written one replaced (segops.inference.previous)."""
     return [
         Column("previous_model_id", "string", _previous(lambda p: p.model_id), True,
@@ -167,30 +190,38 @@ def _previous_columns() -> list[Column]:
         Column("agreement_with_previous", "double", _previous(lambda p: p.agreement), True,
                "fraction of pixels whose class the replaced mask had too; null: no mask replaced"),
         Column("transitions_from_previous", "list<int64>", _previous(lambda p: [int(v) for v in p.transitions.ravel()]),
-               True, "19x19 = 361 counts, row-major, rows = the replaced mask's trainId, columns = this mask's"),
+               True, f"{c}x{c} = {c * c} counts, row-major, rows = the replaced mask's trainId, columns = this mask's"),
     ]  # fmt: skip
 
 
-COLUMNS: tuple[Column, ...] = _columns()
+def columns_for(label_set: LabelSet | None = None) -> tuple[Column, ...]:
+    """The columns of a table of ``label_set``'s classes (Cityscapes when None)."""
+    return _columns(label_set or cityscapes())
 
 
-def metrics_schema() -> Any:
-    """The results table's Arrow schema, with the class names in its metadata."""
+COLUMNS: tuple[Column, ...] = columns_for()
+
+
+def metrics_schema(label_set: LabelSet | None = None) -> Any:
+    """The results table's Arrow schema for ``label_set`` (Cityscapes when None), with the class
+    names in its metadata."""
     import pyarrow as pa
 
-    return pa.schema([(c.name, _arrow_type(pa, c.arrow)) for c in COLUMNS], metadata=SCHEMA_METADATA)
+    ls = label_set or cityscapes()
+    return pa.schema([(c.name, _arrow_type(pa, c.arrow)) for c in columns_for(ls)], metadata=schema_metadata(ls))
 
 
-def stage_scores(gt: np.ndarray | None, pred: np.ndarray | None) -> StageScores | None:
+def stage_scores(gt: np.ndarray | None, pred: np.ndarray | None, num_classes: int) -> StageScores | None:
     if gt is None or pred is None:
         return None
-    cm = metrics.confusion_matrix(gt, pred)
+    cm = metrics.confusion_matrix(gt, pred, num_classes)
     return StageScores(cm, metrics.iou_per_class(cm), metrics.dice_per_class(cm))
 
 
-def metrics_row(seg: Segmented, *, model_id: str, run_id: str) -> dict[str, Any]:
+def metrics_row(seg: Segmented, *, model_id: str, run_id: str, label_set: LabelSet | None = None) -> dict[str, Any]:
     """The row of one segmented image, in schema order; per-class scores null where undefined."""
-    gt = seg.example.gt
-    scores = {"before": stage_scores(gt, seg.pred_before), "after": stage_scores(gt, seg.pred_after)}
+    ls = label_set or cityscapes()
+    gt, c = seg.example.gt, ls.num_classes
+    scores = {"before": stage_scores(gt, seg.pred_before, c), "after": stage_scores(gt, seg.pred_after, c)}
     src = RowSource(seg, model_id, run_id, scores)
-    return {c.name: c.value(src) for c in COLUMNS}
+    return {col.name: col.value(src) for col in columns_for(ls)}

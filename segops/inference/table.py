@@ -18,18 +18,24 @@ A run follows a two-call protocol, each call safe to be killed at any moment:
 
 Readers: :func:`open_table` (optionally as of a version, a run id or a time) and
 :func:`read_metrics`; every committing run is a table version.
+
+The table records its label set (the classes of its per-class columns and CxC matrices) in its
+description, written at creation (:func:`table_label_set`; Cityscapes for tables from before);
+:func:`begin_run` refuses a model of another label set before any work.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from segops.core import fs, layout
+from segops.core.label_sets import LabelSet, LabelSetError, cityscapes, recorded_label_set
 from segops.inference.rows import metrics_schema
 
 LOG = logging.getLogger(__name__)
@@ -38,6 +44,7 @@ KEY_COLUMNS = ("path", "model_id")  # one row per (image, model): the MERGE's ke
 MERGE_PREDICATE = " AND ".join(f"t.{c} = s.{c}" for c in KEY_COLUMNS)
 FINGERPRINT_COLUMNS = ("input_size", "input_mtime")
 RUN_ID_PROPERTY = "segops.run_id"  # commit metadata: which run wrote a table version
+LABEL_SET_KEY = "segops.label_set"  # in the table's description (JSON): its LabelSet.to_json()
 COMMIT_ATTEMPTS = 20  # concurrent runs into one OUT retry their MERGE on the new version
 INDEX_BATCH_ROWS = 65536
 STALE_STAGING_SECONDS = 86400.0  # a run's staged rows older than this belong to a killed run
@@ -59,12 +66,27 @@ def model_filter(model_id: str) -> Any:
     return ds.field("model_id").cast(pa.string()) == model_id
 
 
-def rows_dataset(data_files: list[str]) -> Any:
-    """A pyarrow dataset over the table's data files read with :func:`metrics_schema` (delta-rs
-    writes strings as string_view, which pyarrow's filter kernels do not take)."""
+def rows_dataset(data_files: list[str], label_set: LabelSet | None = None) -> Any:
+    """A pyarrow dataset over the table's data files read with :func:`metrics_schema` of the
+    table's ``label_set`` (delta-rs writes strings as string_view, which pyarrow's filter kernels
+    do not take)."""
     import pyarrow.dataset as ds
 
-    return ds.dataset(data_files, format="parquet", schema=metrics_schema())
+    return ds.dataset(data_files, format="parquet", schema=metrics_schema(label_set))
+
+
+def table_label_set(dt: Any) -> LabelSet:
+    """The label set a results table (``deltalake.DeltaTable``) records; Cityscapes when it
+    records none (tables from before label sets)."""
+    description = dt.metadata().description
+    try:
+        record = json.loads(description)[LABEL_SET_KEY] if description else None
+    except (ValueError, TypeError, KeyError):
+        record = None
+    try:
+        return recorded_label_set(record, f"{layout.RESULTS_TABLE}/ description")
+    except LabelSetError as exc:
+        raise TableError(str(exc)) from exc
 
 
 def table_uri(output: str) -> str:
@@ -92,17 +114,21 @@ def _storage_uri(output: str) -> str:
     return uri if fs.has_scheme(uri) else fs.normalise(uri)
 
 
-def ensure_table(output: str) -> int:
-    """Create the (empty) results table if there is none; returns its current version."""
+def ensure_table(output: str, label_set: LabelSet | None = None) -> int:
+    """Create the (empty) results table of ``label_set``'s classes (Cityscapes when None) if
+    there is none; returns its current version."""
     from deltalake import DeltaTable
     from deltalake.exceptions import CommitFailedError, DeltaError
 
     uri = _storage_uri(output)
+    ls = label_set or cityscapes()
+    description = json.dumps({LABEL_SET_KEY: ls.to_json()}, separators=(",", ":"))
     for _ in range(COMMIT_ATTEMPTS):
         if DeltaTable.is_deltatable(uri):
             return DeltaTable(uri).version()
         with contextlib.suppress(CommitFailedError, DeltaError):  # created concurrently: read it
-            DeltaTable.create(uri, schema=metrics_schema(), mode="ignore", name="segops_results")
+            DeltaTable.create(uri, schema=metrics_schema(ls), mode="ignore", name="segops_results",
+                              description=description)  # fmt: skip
     return DeltaTable(uri).version()
 
 
@@ -138,12 +164,12 @@ def read_metrics(output: str, columns: list[str] | None = None, model_id: str | 
     is no table yet. Loads them all: for archive-sized tables scan :func:`open_table` instead."""
     from deltalake import DeltaTable
 
-    schema = metrics_schema()
-    empty = schema.empty_table() if columns is None else schema.empty_table().select(columns)
     uri = _storage_uri(output)
     if not DeltaTable.is_deltatable(uri):
-        return empty
-    dataset = rows_dataset(DeltaTable(uri).file_uris())
+        schema = metrics_schema()
+        return schema.empty_table() if columns is None else schema.empty_table().select(columns)
+    dt = DeltaTable(uri)
+    dataset = rows_dataset(dt.file_uris(), table_label_set(dt))
     wanted = model_filter(model_id) if model_id is not None else None
     return dataset.to_table(columns=columns, filter=wanted)
 
@@ -174,13 +200,30 @@ def read_index(data_file: str, model_id: str) -> list[tuple[str, tuple[int | Non
 # a run: begin_run before the pipeline, commit_run after it
 
 
-def begin_run(output: str, run_id: str) -> int:
-    """Make OUT ready for run ``run_id``; returns the table version the run plans against."""
+def begin_run(output: str, run_id: str, label_set: LabelSet | None = None) -> int:
+    """Make OUT ready for run ``run_id`` of a model of ``label_set`` (Cityscapes when None);
+    returns the table version the run plans against. TableError, before anything is written,
+    when the table holds another label set's rows."""
     _check_layout(output)
-    version = ensure_table(output)
+    ls = label_set or cityscapes()
+    version = ensure_table(output, ls)
+    check_label_set(output, ls)
     _remove_staging(output, run_id)  # a killed earlier attempt of this run id: its rows are redone
     remove_stale_staging(output)
     return version
+
+
+def check_label_set(output: str, label_set: LabelSet) -> None:
+    """TableError when OUT's results table records another label set than ``label_set``."""
+    from deltalake import DeltaTable
+
+    found = table_label_set(DeltaTable(_storage_uri(output)))
+    if found.digest != label_set.digest:
+        raise TableError(
+            f"{output}: its results table holds rows of label set {found.name!r} ({found.num_classes} classes, "
+            f"digest {found.digest}); this model predicts label set {label_set.name!r} ({label_set.num_classes} "
+            f"classes, digest {label_set.digest}): write to another OUT"
+        )
 
 
 @dataclass
@@ -191,30 +234,30 @@ class CommitResult:
     attempts: int
 
 
-def commit_run(output: str, run_id: str, model_id: str) -> CommitResult:
+def commit_run(output: str, run_id: str, model_id: str, label_set: LabelSet | None = None) -> CommitResult:
     """MERGE this run's staged rows into the table in one transaction (retried on conflicts),
     then remove its staging. Killed before the MERGE lands, the run committed nothing and its
     rerun redoes the images; killed after, the staging left is removed by the next begin_run of
     the run id or, a day later, by any run's (staged rows are never committed twice)."""
-    committed = _merge_staged(output, run_id, model_id)
+    committed = _merge_staged(output, run_id, model_id, label_set)
     _remove_staging(output, run_id)
     return committed
 
 
-def _staged_rows(output: str, run_id: str) -> Any:
+def _staged_rows(output: str, run_id: str, label_set: LabelSet | None) -> Any:
     import pyarrow.dataset as ds
 
     files = [p for p in fs.match(fs.join(staging_dir(output, run_id), "**")) if p.endswith(".parquet")]
     if not files:
-        return metrics_schema().empty_table()
-    return ds.dataset(files, format="parquet", schema=metrics_schema()).to_table()
+        return metrics_schema(label_set).empty_table()
+    return ds.dataset(files, format="parquet", schema=metrics_schema(label_set)).to_table()
 
 
-def _merge_staged(output: str, run_id: str, model_id: str) -> CommitResult:
+def _merge_staged(output: str, run_id: str, model_id: str, label_set: LabelSet | None) -> CommitResult:
     from deltalake import CommitProperties, DeltaTable
     from deltalake.exceptions import CommitFailedError
 
-    rows = _staged_rows(output, run_id)
+    rows = _staged_rows(output, run_id, label_set)
     if rows.num_rows == 0:
         return CommitResult(None, 0, 0, 0)
     # MERGE refuses two source rows for one key; two attempts of one run id running at once

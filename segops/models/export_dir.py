@@ -27,6 +27,7 @@ from typing import Any
 
 from segops import __version__
 from segops.core import fs, labels
+from segops.core.label_sets import LabelSet, LabelSetError, recorded_label_set
 from segops.core.layout import ATOMIC_TMP_INFIX, KERAS_FILE, MODEL_JSON, SAVED_MODEL_DIR, SAVED_MODEL_PB
 
 EXPORT_FORMAT_VERSION = 1
@@ -48,6 +49,15 @@ class ModelInfo:
     model_id: str = ""
     segops_version: str = __version__
     format_version: int = EXPORT_FORMAT_VERSION
+    label_set: dict[str, Any] | None = None  # LabelSet.to_json() of the classes; None: Cityscapes
+
+    @property
+    def labels(self) -> LabelSet:
+        """The label set the model's classes are in (ModelError for a corrupt record)."""
+        try:
+            return recorded_label_set(self.label_set, MODEL_JSON)
+        except LabelSetError as exc:
+            raise ModelError(str(exc)) from exc
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,8 +70,9 @@ class ModelInfo:
             "stride": self.stride,
             "label_table": [
                 {"name": lb.name, "id": lb.id, "train_id": lb.train_id, "color": list(lb.color)}
-                for lb in labels.TRAIN_LABELS
+                for lb in self.labels.train_labels
             ],
+            "label_set": self.labels.to_json(),
             "training": self.training,
             "metrics": self.metrics,
             "segops_version": self.segops_version,
@@ -85,6 +96,7 @@ class ModelInfo:
             model_id=data.get("model_id", ""),
             segops_version=data.get("segops_version", ""),
             format_version=int(data.get("format_version", 0)),
+            label_set=data.get("label_set"),
         )
 
 
@@ -214,11 +226,13 @@ def load_info(model_dir: str) -> ModelInfo:
 
 
 def check_compatible(info: ModelInfo) -> None:
-    """Refuse a model whose classes do not match the label table segops evaluates against."""
-    if info.num_classes != labels.NUM_CLASSES or list(info.class_names) != list(labels.CLASS_NAMES):
+    """Refuse a model whose classes do not match the label set it records (Cityscapes when it
+    records none) that segops evaluates against."""
+    ls = info.labels
+    if info.num_classes != ls.num_classes or list(info.class_names) != list(ls.class_names):
         raise ModelError(
-            f"model predicts {info.num_classes} classes {info.class_names[:3]}...; the Cityscapes "
-            f"label table has {labels.NUM_CLASSES}: this model cannot be evaluated against it"
+            f"model predicts {info.num_classes} classes {info.class_names[:3]}...; the {ls.table_title} "
+            f"has {ls.num_classes}: this model cannot be evaluated against it"
         )
 
 

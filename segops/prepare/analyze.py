@@ -25,7 +25,8 @@ from segops.core.imageio import (
     decode_label_png,
     encode_mask_png,
 )
-from segops.core.labels import IGNORE_ID, LABEL_ID_TO_TRAIN_ID, NUM_CLASSES, VALID_LABEL_ID, unknown_label_ids
+from segops.core.label_sets import LabelSet, cityscapes
+from segops.core.labels import IGNORE_ID
 from segops.core.layout import FINE
 from segops.core.records import NO_ANNOTATION, ExampleFields, encode_example
 from segops.datasets.cityscapes import Pair
@@ -54,7 +55,7 @@ class Prepared(NamedTuple):
     width: int
     label_png: bytes  # trainIds PNG
     labelled: bool
-    pixel_counts: np.ndarray | None  # int64[NUM_CLASSES]; None for unlabeled splits
+    pixel_counts: np.ndarray | None  # int64[num_classes of the label set]; None for unlabeled splits
     border: BorderTerm | None
     part: str  # the output part: <split>, or coarse/<split> (segops.core.layout.part_name)
     annotation: str | None  # the record's label/annotation; None in fine-only runs (not written)
@@ -142,7 +143,7 @@ def analyze_pair(pair: Pair, options: PrepareOptions) -> Prepared:
             blank = blank_label_png(hdr.height, hdr.width)
             return Prepared(label_png=blank, labelled=False, pixel_counts=None, border=None, **common)
         stage = deadletter.LABEL
-        label_png, label, counts = analyze_label(pair, hdr, options.max_pixels)
+        label_png, label, counts = analyze_label(pair, hdr, options.max_pixels, options.labels)
         stage = deadletter.INSTANCES
         border = border_term(pair, label, hdr, options) if options.weight_maps else None
         return Prepared(label_png=label_png, labelled=True, pixel_counts=counts, border=border, **common)
@@ -156,7 +157,8 @@ def blank_label_png(height: int, width: int) -> bytes:
     return encode_mask_png(np.full((height, width), IGNORE_ID, dtype=np.uint8))
 
 
-def analyze_label(pair: Pair, hdr: PngHeader, max_pixels: int) -> tuple[bytes, np.ndarray, np.ndarray]:
+def analyze_label(pair: Pair, hdr: PngHeader, max_pixels: int,
+                  label_set: LabelSet | None = None) -> tuple[bytes, np.ndarray, np.ndarray]:  # fmt: skip
     """(trainId PNG, labelIds array, trainId pixel counts) of a labelled pair."""
     assert pair.label is not None
     rel_label = relative_to_input(pair.label, pair)
@@ -170,7 +172,7 @@ def analyze_label(pair: Pair, hdr: PngHeader, max_pixels: int) -> tuple[bytes, n
             f"size mismatch: image is {hdr.width}x{hdr.height}, label is {label.shape[1]}x{label.shape[0]}",
             rel_label,
         )
-    train_ids, counts = map_and_count(label, rel_label)
+    train_ids, counts = map_and_count(label, rel_label, label_set)
     return encode_mask_png(train_ids), label, counts
 
 
@@ -189,7 +191,7 @@ def border_term(pair: Pair, label: np.ndarray, hdr: PngHeader, options: PrepareO
                            f"{label.shape[1]}x{label.shape[0]}", rel)  # fmt: skip
         instances = instances_from_ids(ids)
     else:
-        instances = instances_from_label(label)
+        instances = instances_from_label(label, options.labels.thing_label_ids)
     sigma = effective_sigma(options.sigma, hdr.height, options.sigma_reference_height)
     return unet_border_term(instances, options.w0, sigma)
 
@@ -208,8 +210,10 @@ def relative_to_input(path: str, pair: Pair) -> str:
     return path[len(root) :] if root and path.startswith(root) else path
 
 
-def map_and_count(label_ids: np.ndarray, path: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """labelIds -> (trainIds uint8, pixel counts per trainId int64[NUM_CLASSES]).
+def map_and_count(label_ids: np.ndarray, path: str = "",
+                  label_set: LabelSet | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """labelIds -> (trainIds uint8, pixel counts per trainId int64[num_classes]) in ``label_set``
+    (Cityscapes when None).
 
     One 256-bin histogram of the labelIds gives both the unknown-id check and the class counts
     (summed through the LUT), so the image is scanned twice in total: histogram and LUT.
@@ -218,11 +222,12 @@ def map_and_count(label_ids: np.ndarray, path: str = "") -> tuple[np.ndarray, np
         hist = cv2.calcHist([label_ids], [0], None, [256], [0, 256]).ravel().astype(np.int64)
     else:
         hist = np.bincount(label_ids.ravel(), minlength=256)
-    if hist[~VALID_LABEL_ID].any():
-        bad = unknown_label_ids(label_ids)
-        raise BadInput(f"unknown label ids {bad}: not in the Cityscapes label table", path)
-    counts = np.bincount(LABEL_ID_TO_TRAIN_ID, weights=hist, minlength=256)[:NUM_CLASSES]
-    return cv2.LUT(label_ids, LABEL_ID_TO_TRAIN_ID), counts.astype(np.int64)
+    ls = label_set or cityscapes()
+    if hist[~ls.valid_label_id].any():
+        bad = ls.unknown_label_ids(label_ids)
+        raise BadInput(f"unknown label ids {bad}: not in the {ls.table_title}", path)
+    counts = np.bincount(ls.label_to_train, weights=hist, minlength=256)[: ls.num_classes]
+    return cv2.LUT(label_ids, ls.label_to_train), counts.astype(np.int64)
 
 
 # --- the record ----------------------------------------------------------------------------------

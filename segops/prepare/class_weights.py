@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from segops.core.labels import CLASS_NAMES, IGNORE_ID, NUM_CLASSES
+from segops.core.labels import IGNORE_ID
 
 SCHEMES: tuple[str, ...] = ("median_frequency", "enet", "inverse_frequency")
 DEFAULT_SCHEME = "median_frequency"
@@ -72,7 +72,7 @@ def inverse_frequency_weights(pixel_counts: np.ndarray) -> np.ndarray:
 
 
 def class_weights(pixel_counts: np.ndarray, image_pixels: np.ndarray) -> dict[str, list[float]]:
-    """All schemes, name -> list of NUM_CLASSES floats (finite, >= 0)."""
+    """All schemes, name -> list of one float per class (finite, >= 0)."""
     schemes = {
         "median_frequency": median_frequency_weights(pixel_counts, image_pixels),
         "enet": enet_weights(pixel_counts),
@@ -83,24 +83,26 @@ def class_weights(pixel_counts: np.ndarray, image_pixels: np.ndarray) -> dict[st
 
 
 def class_weight_lut(weights: list[float] | np.ndarray) -> np.ndarray:
-    """trainId (0..255) -> weight, float32; ignore and ids >= NUM_CLASSES map to 0."""
+    """trainId (0..255) -> weight, float32; ignore and ids >= the number of classes map to 0."""
     lut = np.zeros(256, dtype=np.float32)
-    lut[:NUM_CLASSES] = np.asarray(weights, dtype=np.float32)
+    lut[: len(weights)] = np.asarray(weights, dtype=np.float32)
     lut[IGNORE_ID] = 0.0
     return lut
 
 
 def make_class_weights(stats: dict[str, Any], source_split: str | None, scheme: str) -> dict[str, Any]:
     """The class_weights.json document: every scheme from ``source_split``'s statistics in
-    ``stats`` (stats.json); all zero when there is no labelled source split."""
+    ``stats`` (stats.json, whose class names are the label set's); all zero when there is no
+    labelled source split."""
+    class_names = list(stats["class_names"])
     s = stats["splits"].get(source_split) if source_split else None
-    counts = np.asarray(s["pixel_counts"] if s else [0] * NUM_CLASSES, dtype=np.int64)
-    image_pixels = np.asarray(s["image_pixels"] if s else [0] * NUM_CLASSES, dtype=np.int64)
+    counts = np.asarray(s["pixel_counts"] if s else [0] * len(class_names), dtype=np.int64)
+    image_pixels = np.asarray(s["image_pixels"] if s else [0] * len(class_names), dtype=np.int64)
     return {
         "source_split": source_split,
         "default_scheme": scheme,
         "schemes": class_weights(counts, image_pixels),
-        "class_names": list(CLASS_NAMES),
+        "class_names": class_names,
         "present": [bool(c > 0) for c in counts],
         "absent_class_weight": ABSENT_CLASS_WEIGHT,
         "definitions": dict(DEFINITIONS),

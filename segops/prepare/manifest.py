@@ -64,6 +64,7 @@ def build_manifest(info: RunInfo, dead: list[dict[str, str]], shards: dict[str, 
         "input": info.root,
         "output": out,
         "options": o.to_dict(),
+        "label_set": o.labels.to_json(),
         "annotations": o.annotations,
         "pairs": info.pairs,
         "splits": {

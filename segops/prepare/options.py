@@ -4,12 +4,14 @@ split the class weights come from); the pipeline makes them on a worker, from co
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from segops.core.imageio import DEFAULT_MAX_PIXELS
+from segops.core.label_sets import DEFAULT_LABEL_SET, LabelSet, LabelSetError, load_label_set
 from segops.core.layout import COARSE, FINE
 from segops.core.options import FlatOptions, OptionsError
 from segops.datasets.cityscapes import DEFAULT_UNLABELED_SPLITS
@@ -40,6 +42,7 @@ class PrepareOptions(FlatOptions):
     sigma_reference_height: int | None = None  # scale sigma by height / this; None: pixels as given
     max_pixels: int = DEFAULT_MAX_PIXELS
     annotations: str = FINE  # fine | coarse | fine+coarse: which of gtFine/, gtCoarse/ to write
+    label_set: str = DEFAULT_LABEL_SET  # the taxonomy of the labelIds: a built-in's name or a label-set file
 
     def __post_init__(self) -> None:
         if not self.input:
@@ -65,6 +68,15 @@ class PrepareOptions(FlatOptions):
             raise OptionsError("--max-pixels must be > 0")
         if self.annotations not in ANNOTATION_CHOICES:
             raise OptionsError(f"--annotations must be one of {', '.join(ANNOTATION_CHOICES)}, got {self.annotations!r}")
+        try:
+            self.labels  # noqa: B018 - read (and cached) once here, so a bad file fails before any work
+        except LabelSetError as exc:
+            raise OptionsError(f"--label-set: {exc}") from exc
+
+    @functools.cached_property
+    def labels(self) -> LabelSet:
+        """The label set the labelIds are read in (travels to the workers with the options)."""
+        return load_label_set(self.label_set)
 
     @property
     def annotation_kinds(self) -> tuple[str, ...]:

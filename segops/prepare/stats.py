@@ -15,7 +15,8 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
-from segops.core.labels import CLASS_NAMES, NUM_CLASSES
+from segops.core.label_sets import LabelSet, cityscapes
+from segops.core.labels import NUM_CLASSES
 from segops.core.layout import ANNOTATION_KINDS, COARSE, part_annotation
 from segops.prepare.analyze import Prepared
 
@@ -23,14 +24,14 @@ Accumulator = dict[str, dict[str, Any]]  # split -> {"images", "total", "counts"
 _CLASS_SUMS = ("counts", "image_counts", "image_pixels")
 
 
-def empty_split() -> dict[str, Any]:
-    z = np.zeros(NUM_CLASSES, dtype=np.int64)
+def empty_split(num_classes: int = NUM_CLASSES) -> dict[str, Any]:
+    z = np.zeros(num_classes, dtype=np.int64)
     return {"images": 0, "total": 0, "counts": z, "image_counts": z.copy(), "image_pixels": z.copy()}
 
 
-def add_prepared(acc: Accumulator, item: Prepared) -> Accumulator:
+def add_prepared(acc: Accumulator, item: Prepared, num_classes: int = NUM_CLASSES) -> Accumulator:
     """Count one analysed image into ``acc`` (its pixels only when it is labelled)."""
-    s = acc.setdefault(item.part, empty_split())
+    s = acc.setdefault(item.part, empty_split(num_classes))
     s["images"] += 1
     if item.pixel_counts is not None:
         total = item.height * item.width
@@ -46,7 +47,7 @@ def merge(accumulators: Iterable[Accumulator]) -> Accumulator:
     out: Accumulator = {}
     for acc in accumulators:
         for split, s in acc.items():
-            o = out.setdefault(split, empty_split())
+            o = out.setdefault(split, empty_split(len(s["counts"])))
             o["images"] += s["images"]
             o["total"] += s["total"]
             for key in _CLASS_SUMS:
@@ -54,11 +55,13 @@ def merge(accumulators: Iterable[Accumulator]) -> Accumulator:
     return out
 
 
-def to_stats(acc: Accumulator, splits: list[str], unlabeled: list[str]) -> dict[str, Any]:
-    """The stats.json document for ``splits`` (a split without images gets zeros)."""
+def to_stats(acc: Accumulator, splits: list[str], unlabeled: list[str], label_set: LabelSet | None = None) -> dict[str, Any]:
+    """The stats.json document for ``splits`` over ``label_set``'s classes (Cityscapes when
+    None; a split without images gets zeros)."""
+    ls = label_set or cityscapes()
     labelled_splits, unlabeled_splits = {}, {}
     for split in splits:
-        s = acc.get(split, empty_split())
+        s = acc.get(split, empty_split(ls.num_classes))
         if split in unlabeled:
             unlabeled_splits[split] = {"images": int(s["images"])}
             continue
@@ -72,7 +75,7 @@ def to_stats(acc: Accumulator, splits: list[str], unlabeled: list[str]) -> dict[
             "image_counts": [int(v) for v in s["image_counts"]],
             "image_pixels": [int(v) for v in s["image_pixels"]],
         }
-    stats = {"class_names": list(CLASS_NAMES), "splits": labelled_splits, "unlabeled_splits": unlabeled_splits}
+    stats = {"class_names": list(ls.class_names), "splits": labelled_splits, "unlabeled_splits": unlabeled_splits}
     kinds = {part: part_annotation(part) for part in labelled_splits}
     if COARSE in kinds.values():  # only with coarse parts: a fine-only stats.json stays as it was
         stats["annotations"] = {
@@ -91,11 +94,14 @@ class ClassStatsFn(beam.CombineFn):
     """Prepared -> the merged :data:`Accumulator` (integer sums: exact, order-independent);
     :func:`to_stats` makes the stats.json document of it once the parts are known."""
 
+    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
+        self.num_classes = num_classes
+
     def create_accumulator(self) -> Accumulator:
         return {}
 
     def add_input(self, acc: Accumulator, item: Prepared) -> Accumulator:
-        return add_prepared(acc, item)
+        return add_prepared(acc, item, self.num_classes)
 
     def merge_accumulators(self, accumulators: Iterable[Accumulator]) -> Accumulator:
         return merge(accumulators)

@@ -88,12 +88,13 @@ def instances_from_ids(instance_ids: np.ndarray) -> Instances:
     return Instances(out, _boxes(rows, cols, lab, present.size, ids.shape))
 
 
-def instances_from_label(label_ids: np.ndarray) -> Instances:
-    """Connected components (8-connected) of each thing class in a labelIds map, numbered 1..K."""
+def instances_from_label(label_ids: np.ndarray, thing_ids: tuple[int, ...] = THING_LABEL_IDS) -> Instances:
+    """Connected components (8-connected) of each thing class (``thing_ids``: the label set's
+    labelIds with instances) in a labelIds map, numbered 1..K."""
     out = np.zeros(label_ids.shape, dtype=np.int32)
     present = np.bincount(label_ids.ravel(), minlength=256) > 0
     boxes = []
-    for lid in THING_LABEL_IDS:
+    for lid in thing_ids:
         if not present[lid]:
             continue
         n, comp, stats, _ = cv2.connectedComponentsWithStats(

@@ -57,8 +57,10 @@ def build_report(paths: ReportPaths, gallery_size: int = DEFAULT_GALLERY_SIZE) -
             data.notes.append(f"gallery: {predictor.reason}; pass --model")
         gallery["gallery_best"] = load_gallery(data, best_rows, predictor)
         gallery["gallery_worst"] = load_gallery(data, worst_rows, predictor)
-        plots["gallery_best"] = plot_gallery(gallery["gallery_best"], f"{len(best_rows)} best images (per-image mIoU)")
-        plots["gallery_worst"] = plot_gallery(gallery["gallery_worst"], f"{len(worst_rows)} worst images (per-image mIoU)")
+        plots["gallery_best"] = plot_gallery(gallery["gallery_best"], f"{len(best_rows)} best images (per-image mIoU)",
+                                               data.label_set)  # fmt: skip
+        plots["gallery_worst"] = plot_gallery(gallery["gallery_worst"], f"{len(worst_rows)} worst images (per-image mIoU)",
+                                                data.label_set)  # fmt: skip
     made = {k: v for k, v in plots.items() if v is not None}
     page = render_html(data, head, made, gallery)
     os.makedirs(paths.out, exist_ok=True)

@@ -59,7 +59,12 @@ class Comparison:
 
 def _data_files(infer_out: str) -> list[str]:
     """The table's data files at its current version: every scan of one comparison reads these."""
-    return list(table.open_table(infer_out).file_uris())
+    dt = table.open_table(infer_out)
+    found = table.table_label_set(dt)
+    if not found.is_default:  # the transition and confusion sums here are the 19 Cityscapes classes'
+        raise CompareError(f"{infer_out} holds rows of label set {found.name!r}: `segops compare` compares "
+                           "Cityscapes results tables only (docs/labels.md)")  # fmt: skip
+    return list(dt.file_uris())
 
 
 def _batches(files: list[str], columns: tuple[str, ...], model_id: str, extra: Any = None) -> Iterator[Any]:

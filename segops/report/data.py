@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from segops.core import fs, layout
+from segops.core.label_sets import LabelSet, cityscapes
 
 
 class ReportError(ValueError):
@@ -53,6 +54,7 @@ class RunData:
     history: list[dict[str, Any]] | None
     train_summary: dict[str, Any] | None  # the train run's model.json
     notes: list[str] = field(default_factory=list)
+    label_set: LabelSet = field(default_factory=cityscapes)  # the results table's
 
     @property
     def model_id(self) -> str:
@@ -71,6 +73,16 @@ ROW_COLUMNS = (
     "path", "rel_path", "label_path", "model_id", "has_labels", "crf", "mean_confidence", "crf_changed_fraction",
     "mean_iou_before", "mean_iou_after", "pixel_accuracy_before", "pixel_accuracy_after",
 )  # fmt: skip
+
+
+def results_label_set(infer_dir: str) -> LabelSet:
+    """The label set of the run's results table (Cityscapes when there is none)."""
+    from segops.inference.table import TableError, open_table, table_label_set
+
+    try:
+        return table_label_set(open_table(infer_dir))
+    except TableError:
+        return cityscapes()
 
 
 def read_rows(infer_dir: str, model_id: str) -> list[dict[str, Any]]:
@@ -102,6 +114,7 @@ def load_run(paths: ReportPaths) -> RunData:
     rows = read_rows(paths.infer, summary["model_id"])
     manifest = fs.read_json_or_none(fs.join(paths.infer, layout.MANIFEST_FILE))
     data = RunData(paths, summary, rows, manifest, None, None, None, None)
+    data.label_set = results_label_set(paths.infer)
     if paths.prepared:
         data.stats = fs.read_json_or_none(fs.join(paths.prepared, layout.STATS_FILE))
         data.class_weights = fs.read_json_or_none(fs.join(paths.prepared, layout.CLASS_WEIGHTS_FILE))

@@ -52,8 +52,8 @@ def select_gallery(rows: list[dict[str, Any]], k: int) -> tuple[list[dict[str, A
     return best, worst
 
 
-def _miou(gt: np.ndarray, pred: np.ndarray) -> float | None:
-    value = metrics.mean_iou(metrics.confusion_matrix(gt, pred))
+def _miou(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> float | None:
+    value = metrics.mean_iou(metrics.confusion_matrix(gt, pred, num_classes))
     return None if is_missing(value) else value
 
 
@@ -78,7 +78,7 @@ def load_gallery(data: RunData, rows: list[dict[str, Any]], predictor: Predictor
         item = GalleryItem(row)
         work = WorkItem(row["path"], row["rel_path"], row["label_path"])
         try:  # infer's own loader: same checks (size match, known label ids) as the run had
-            example = load_example(work, max_pixels)
+            example = load_example(work, max_pixels, label_set=data.label_set)
             item.image, item.gt = example.rgb, example.gt
         except (OSError, imageio.BadInput) as exc:
             item.problems.append(f"cannot read the image or its ground truth: {exc}")
@@ -87,13 +87,13 @@ def load_gallery(data: RunData, rows: list[dict[str, Any]], predictor: Predictor
         mask_path = mask_paths(data.paths.infer, work)["trainIds"]
         try:
             item.crf = imageio.decode_label_png(fs.read_bytes(mask_path))
-            item.mask_miou = _miou(item.gt, item.crf)
+            item.mask_miou = _miou(item.gt, item.crf, data.label_set.num_classes)
         except (OSError, imageio.BadInput) as exc:
             item.problems.append(f"mask {mask_path} unreadable: {exc}")
         if predictor is not None and row.get("crf"):
             item.pred = predictor(item.image)
             if item.pred is not None:
-                item.pred_miou = _miou(item.gt, item.pred)
+                item.pred_miou = _miou(item.gt, item.pred, data.label_set.num_classes)
             else:
                 item.problems.append(f"prediction before the CRF not shown: {predictor.reason}")
         if not row.get("crf"):  # --no-crf run: the mask on disk *is* the prediction

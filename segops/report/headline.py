@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from segops.core import labels, metrics
+from segops.core import metrics
 from segops.core.formatting import fmt_score
 from segops.report.data import RunData
 
@@ -55,7 +55,7 @@ def headline(data: RunData) -> dict[str, Any]:
     }
     if before:
         m, source = majority_class(data)
-        out["majority_class"] = labels.CLASS_NAMES[m]
+        out["majority_class"] = data.label_set.class_names[m]
         out["majority_class_source"] = source
         out["majority_baseline_miou"] = majority_baseline(np.asarray(before["confusion_matrix"]), m)
     if data.history:

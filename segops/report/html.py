@@ -10,7 +10,6 @@ import json
 import os
 from typing import Any
 
-from segops.core import labels
 from segops.core.formatting import fmt_score
 from segops.report.data import RunData
 from segops.report.gallery import GalleryItem
@@ -117,7 +116,7 @@ def _class_iou_section(data: RunData, plots: dict[str, bytes]) -> list[str]:
     rows = [
         [name, fmt_score(before["dataset_iou"][name]), fmt_score(after["dataset_iou"][name] if after else None),
          fmt_score(before["dataset_dice"][name]), fmt_score(after["dataset_dice"][name] if after else None)]
-        for name in labels.CLASS_NAMES
+        for name in data.label_set.class_names
     ]  # fmt: skip
     rows.append(["mean", fmt_score(before["dataset_miou"]), fmt_score(after["dataset_miou"] if after else None),
                  fmt_score(before["dataset_mdice"]), fmt_score(after["dataset_mdice"] if after else None)])  # fmt: skip
@@ -181,7 +180,7 @@ def _classes_section(data: RunData, plots: dict[str, bytes]) -> list[str]:
         schemes = list(cw.get("schemes", {}))
         share = source_split_share(data)
         rows = [[name, fmt_score(share[i] * 100 if share is not None else None, 3)]
-                + [fmt_score(cw["schemes"][s][i]) for s in schemes] for i, name in enumerate(labels.CLASS_NAMES)]  # fmt: skip
+                + [fmt_score(cw["schemes"][s][i]) for s in schemes] for i, name in enumerate(data.label_set.class_names)]  # fmt: skip
         header = ["class", f"% of {cw.get('source_split', '?')} pixels", *schemes]
         parts.append(_table("class-weights-table", header, rows))
     return parts

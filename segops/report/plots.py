@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from segops.core import labels, layout
+from segops.core import layout
 from segops.core.formatting import fmt_score
+from segops.core.label_sets import LabelSet, cityscapes
 from segops.report.data import RunData
 from segops.report.gallery import GalleryItem
 
@@ -36,8 +37,8 @@ def _png(fig: Any) -> bytes:
 _SPLIT_COLORS = ("#1f4e79", "#9bb7d4", "#c0504d", "#8e8e8e")
 
 
-def _class_colors() -> list[tuple[float, float, float]]:
-    return [tuple(c / 255 for c in labels.TRAIN_ID_TO_COLOR[i]) for i in range(labels.NUM_CLASSES)]
+def _class_colors(label_set: LabelSet) -> list[tuple[float, float, float]]:
+    return [tuple(c / 255 for c in label_set.train_to_color[i]) for i in range(label_set.num_classes)]
 
 
 def _nan(values: list[float | None]) -> np.ndarray:
@@ -49,7 +50,7 @@ def plot_class_iou(data: RunData) -> bytes | None:
     if not before:
         return None
     plt = _pyplot()
-    names = list(labels.CLASS_NAMES)
+    names = list(data.label_set.class_names)
     y = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(8, 7))
     b = _nan([before["dataset_iou"][n] for n in names])
@@ -81,7 +82,7 @@ def plot_confusion(data: RunData) -> bytes | None:
         norm = np.where(rows > 0, cm / rows, np.nan)
     fig, ax = plt.subplots(figsize=(9, 8))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    names = list(labels.CLASS_NAMES)
+    names = list(data.label_set.class_names)
     ax.set_xticks(range(len(names)), names, rotation=90)
     ax.set_yticks(range(len(names)), names)
     for i, j in zip(*np.nonzero(norm >= 0.01), strict=True):
@@ -94,11 +95,10 @@ def plot_confusion(data: RunData) -> bytes | None:
     return _png(fig)
 
 
-def _class_bars(bars: list[tuple[str, Any, str | None]], ylabel: str, title: str) -> bytes:
-    """One group of bars per class on a log axis; ``bars``: (legend label, a value per class,
-    colour or None for matplotlib's colour cycle)."""
+def _class_bars(bars: list[tuple[str, Any, str | None]], ylabel: str, title: str, names: list[str]) -> bytes:
+    """One group of bars per class (``names``) on a log axis; ``bars``: (legend label, a value
+    per class, colour or None for matplotlib's colour cycle)."""
     plt = _pyplot()
-    names = list(labels.CLASS_NAMES)
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / len(bars)
@@ -120,7 +120,8 @@ def plot_class_frequency(data: RunData) -> bytes | None:
     bars = [(f"{split} ({v['images']} images)",
              np.asarray(v["pixel_counts"], dtype=np.float64) / v["labelled_pixels"] * 100,
              _SPLIT_COLORS[k % len(_SPLIT_COLORS)]) for k, (split, v) in enumerate(splits.items())]  # fmt: skip
-    return _class_bars(bars, "% of labelled pixels (log scale)", f"Class frequencies (prepare: {layout.STATS_FILE})")
+    return _class_bars(bars, "% of labelled pixels (log scale)", f"Class frequencies (prepare: {layout.STATS_FILE})",
+                       list(data.label_set.class_names))  # fmt: skip
 
 
 def plot_class_weights(data: RunData) -> bytes | None:
@@ -130,7 +131,7 @@ def plot_class_weights(data: RunData) -> bytes | None:
     bars = [(scheme + (" (default)" if scheme == cw.get("default_scheme") else ""), weights, None)
             for scheme, weights in cw["schemes"].items()]  # fmt: skip
     title = f"Class weights from the {cw.get('source_split', '?')} split (prepare: {layout.CLASS_WEIGHTS_FILE})"
-    return _class_bars(bars, "class weight (log scale)", title)
+    return _class_bars(bars, "class weight (log scale)", title, list(data.label_set.class_names))
 
 
 def plot_training(data: RunData, baseline: float | None) -> bytes | None:
@@ -198,9 +199,10 @@ def plot_per_image(data: RunData) -> bytes | None:
     return _png(fig)
 
 
-def plot_gallery(items: list[GalleryItem], title: str) -> bytes | None:
+def plot_gallery(items: list[GalleryItem], title: str, label_set: LabelSet | None = None) -> bytes | None:
     if not items:
         return None
+    ls = label_set or cityscapes()
     plt = _pyplot()
     from matplotlib.patches import Patch
 
@@ -213,9 +215,9 @@ def plot_gallery(items: list[GalleryItem], title: str) -> bytes | None:
         row = it.row
         panels = [
             ("image", it.image),
-            ("ground truth", None if it.gt is None else labels.colorize(it.gt)),
-            (f"prediction  mIoU {fmt_score(row.get('mean_iou_before'), 3)}", None if it.pred is None else labels.colorize(it.pred)),
-            (f"CRF  mIoU {fmt_score(row.get('mean_iou_after'), 3)}", None if it.crf is None else labels.colorize(it.crf)),
+            ("ground truth", None if it.gt is None else ls.colorize(it.gt)),
+            (f"prediction  mIoU {fmt_score(row.get('mean_iou_before'), 3)}", None if it.pred is None else ls.colorize(it.pred)),
+            (f"CRF  mIoU {fmt_score(row.get('mean_iou_after'), 3)}", None if it.crf is None else ls.colorize(it.crf)),
         ]
         for c, (label, img) in enumerate(panels):
             ax = axes[r, c]
@@ -227,9 +229,9 @@ def plot_gallery(items: list[GalleryItem], title: str) -> bytes | None:
                 ax.imshow(img, interpolation="nearest")
             ax.set_title(label if c else f"{row['rel_path']}", fontsize=8, loc="left" if c == 0 else "center")
     present = sorted({int(v) for it in items for m in (it.gt, it.pred, it.crf) if m is not None
-                      for v in np.unique(m) if v < labels.NUM_CLASSES})  # fmt: skip
-    colors = _class_colors()
-    handles = [Patch(facecolor=colors[i], edgecolor="black", label=labels.CLASS_NAMES[i]) for i in present]
+                      for v in np.unique(m) if v < ls.num_classes})  # fmt: skip
+    colors = _class_colors(ls)
+    handles = [Patch(facecolor=colors[i], edgecolor="black", label=ls.class_names[i]) for i in present]
     handles.append(Patch(facecolor="black", label="ignore"))
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 10), fontsize=7, frameon=False)
     fig.suptitle(title, y=1.0)

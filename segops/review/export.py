@@ -3,13 +3,14 @@ files labeling tools import.
 
 * Label Studio: a tasks JSON (``data.image`` an URL Label Studio serves, ``predictions`` with one
   BrushLabels result per class, brush RLE from :mod:`segops.review.brush`) and the labeling
-  config XML those tasks expect (one brush label per class, in the Cityscapes colours).
+  config XML those tasks expect (one brush label per class, in the label set's colours).
 * COCO instances JSON with one RLE annotation (``iscrowd`` 1) per image and class, encoded with
   ``pycocotools.mask``: CVAT imports it as "COCO 1.0" masks; any COCO reader loads it.
 
 Both carry each image's absolute path (``data.segops_path``, ``images[].segops_path``) so that
 `review import` finds the image again; ``file_name`` / the URL are relative to ``image_root``.
-Class ids in COCO are Cityscapes labelIds; names are the label table's (segops.core.labels).
+Classes follow the results table's label set (segops.core.label_sets; Cityscapes by default):
+class ids in COCO are its labelIds, names and colours its own.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from segops import __version__
-from segops.core import fs, imageio, labels, layout
+from segops.core import fs, imageio, layout
+from segops.core.label_sets import LabelSet, cityscapes
 from segops.core.options import FlatOptions
 from segops.inference.discovery import WorkItem
 from segops.inference.masks import mask_paths
@@ -93,11 +95,13 @@ def _hex(color: tuple[int, int, int]) -> str:
     return "#" + "".join(f"{c:02x}" for c in color)
 
 
-def label_studio_config() -> str:
-    """The labeling interface of the exported tasks: the image and one brush label per class."""
+def label_studio_config(label_set: LabelSet | None = None) -> str:
+    """The labeling interface of the exported tasks: the image and one brush label per class of
+    ``label_set`` (Cityscapes when None)."""
     lines = ["<View>", f'  <Image name="{LS_TO_NAME}" value="${LS_TO_NAME}" zoom="true"/>',
              f'  <BrushLabels name="{LS_FROM_NAME}" toName="{LS_TO_NAME}">']  # fmt: skip
-    lines += [f"    <Label value={quoteattr(lb.name)} background={quoteattr(_hex(lb.color))}/>" for lb in labels.TRAIN_LABELS]
+    lines += [f"    <Label value={quoteattr(lb.name)} background={quoteattr(_hex(lb.color))}/>"
+              for lb in (label_set or cityscapes()).train_labels]  # fmt: skip
     lines += ["  </BrushLabels>", "</View>"]
     return "\n".join(lines) + "\n"
 
@@ -117,11 +121,12 @@ def brush_result(name: str, mask: np.ndarray) -> dict[str, Any]:
     }
 
 
-def label_studio_tasks(items: list[Exported], url_prefix: str) -> list[dict[str, Any]]:
+def label_studio_tasks(items: list[Exported], url_prefix: str, label_set: LabelSet | None = None) -> list[dict[str, Any]]:
     """Label Studio tasks (its JSON import format) with the masks as predictions."""
     tasks = []
+    train_labels = (label_set or cityscapes()).train_labels
     for item in items:
-        results = [brush_result(lb.name, item.mask == lb.train_id) for lb in labels.TRAIN_LABELS
+        results = [brush_result(lb.name, item.mask == lb.train_id) for lb in train_labels
                    if (item.mask == lb.train_id).any()]  # fmt: skip
         prediction: dict[str, Any] = {"model_version": item.model_id, "result": results}
         if item.confidence is not None:
@@ -133,8 +138,8 @@ def label_studio_tasks(items: list[Exported], url_prefix: str) -> list[dict[str,
     return tasks
 
 
-def coco_categories() -> list[dict[str, Any]]:
-    return [{"id": lb.id, "name": lb.name, "supercategory": lb.category} for lb in labels.TRAIN_LABELS]
+def coco_categories(label_set: LabelSet | None = None) -> list[dict[str, Any]]:
+    return [{"id": lb.id, "name": lb.name, "supercategory": lb.category} for lb in (label_set or cityscapes()).train_labels]
 
 
 def coco_rle(mask: np.ndarray) -> dict[str, Any]:
@@ -145,8 +150,9 @@ def coco_rle(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def coco_dataset(items: list[Exported]) -> dict[str, Any]:
-    """A COCO instances dataset: one image per item, one RLE annotation per image and class."""
+def coco_dataset(items: list[Exported], label_set: LabelSet | None = None) -> dict[str, Any]:
+    """A COCO instances dataset: one image per item, one RLE annotation per image and class of
+    ``label_set`` (Cityscapes when None)."""
     from pycocotools import mask as mask_utils
 
     images, annotations = [], []
@@ -154,7 +160,7 @@ def coco_dataset(items: list[Exported]) -> dict[str, Any]:
         h, w = item.mask.shape
         images.append({"id": image_id, "file_name": item.relative, "height": int(h), "width": int(w),
                        "segops_path": item.path})  # fmt: skip
-        for lb in labels.TRAIN_LABELS:
+        for lb in (label_set or cityscapes()).train_labels:
             mask = item.mask == lb.train_id
             if not mask.any():
                 continue
@@ -165,19 +171,23 @@ def coco_dataset(items: list[Exported]) -> dict[str, Any]:
             })  # fmt: skip
     info = {"description": "segops review export: predictions to correct", "version": __version__,
             "date_created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}  # fmt: skip
-    return {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": coco_categories()}
+    return {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": coco_categories(label_set)}
 
 
 def export_selection(infer_out: str, selection: Any, out_dir: str, options: ExportOptions) -> dict[str, str]:
     """Write the files of ``options.formats`` into ``out_dir``; returns {what: path}."""
+    from segops.inference import table
+
     items = load_exported(infer_out, selection, options.image_root)
+    label_set = table.table_label_set(table.open_table(infer_out))
     written: dict[str, str] = {}
     if "label-studio" in options.formats:
         written["label_studio_tasks"] = fs.join(out_dir, layout.LABEL_STUDIO_TASKS_FILE)
-        fs.write_json_atomic(written["label_studio_tasks"], label_studio_tasks(items, options.image_url_prefix), indent=None)
+        fs.write_json_atomic(written["label_studio_tasks"], label_studio_tasks(items, options.image_url_prefix, label_set),
+                            indent=None)  # fmt: skip
         written["label_studio_config"] = fs.join(out_dir, layout.LABEL_STUDIO_CONFIG_FILE)
-        fs.write_bytes_atomic(written["label_studio_config"], label_studio_config().encode())
+        fs.write_bytes_atomic(written["label_studio_config"], label_studio_config(label_set).encode())
     if "coco" in options.formats:
         written["coco"] = fs.join(out_dir, layout.COCO_FILE)
-        fs.write_json_atomic(written["coco"], coco_dataset(items), indent=None)
+        fs.write_json_atomic(written["coco"], coco_dataset(items, label_set), indent=None)
     return written

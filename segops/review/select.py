@@ -59,9 +59,6 @@ class SelectOptions(FlatOptions):
             raise SelectError("rule counts must be >= 0, --cap and --min-class-pixels >= 1")
         if not any(counts):
             raise SelectError("no rule chosen: give at least one of " + ", ".join(f"--{r.replace('_', '-')} N" for r in RULES))
-        unknown = [c for c in self.classes if c not in labels.CLASS_NAMES]
-        if unknown:
-            raise SelectError(f"unknown class name(s) {', '.join(map(repr, unknown))}; classes: {', '.join(labels.CLASS_NAMES)}")
         if bool(self.ranked) != bool(self.ranking):
             raise SelectError("--ranked N and --ranking FILE go together: the top N of the ranking FILE")
         if self.rare_classes and not self.classes:
@@ -115,9 +112,17 @@ def _floats(rows: Any, name: str) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in rows.column(name).to_pylist()], dtype=np.float64)
 
 
-def rare_class_pixels(class_pixels: list[list[int] | None], classes: tuple[str, ...]) -> np.ndarray:
+def check_classes(classes: tuple[str, ...], class_names: tuple[str, ...]) -> None:
+    """SelectError naming the ``classes`` that are not among the table's ``class_names``."""
+    unknown = [c for c in classes if c not in class_names]
+    if unknown:
+        raise SelectError(f"unknown class name(s) {', '.join(map(repr, unknown))}; classes: {', '.join(class_names)}")
+
+
+def rare_class_pixels(class_pixels: list[list[int] | None], classes: tuple[str, ...],
+                      class_names: tuple[str, ...] = labels.CLASS_NAMES) -> np.ndarray:  # fmt: skip
     """Per row, the largest pixel count among ``classes`` (0 for rows without class counts)."""
-    ids = [labels.CLASS_NAMES.index(c) for c in classes]
+    ids = [class_names.index(c) for c in classes]
     return np.array([max((counts[i] for i in ids), default=0) if counts else 0 for counts in class_pixels], np.int64)
 
 
@@ -131,6 +136,8 @@ def select(infer_out: str, options: SelectOptions) -> Any:
     if model_id is None and len(ranking_models) == 1:
         model_id = ranking_models[0]  # the model the ranking is about (`segops compare`'s new model)
     model_id = _only_model(infer_out, model_id)
+    class_names = table.table_label_set(table.open_table(infer_out)).class_names if options.classes else ()
+    check_classes(options.classes, class_names)
     columns = list(READ_COLUMNS) + (["class_pixels"] if options.rare_classes else [])
     rows = table.read_metrics(infer_out, columns=columns, model_id=model_id)
     paths = np.array(rows.column("path").to_pylist(), dtype=object)
@@ -145,7 +152,7 @@ def select(infer_out: str, options: SelectOptions) -> Any:
         change = _floats(rows, "crf_changed_fraction")
         candidates["largest_crf_change"] = _top(-change, ~np.isnan(change), paths, options.largest_crf_change)
     if options.rare_classes:
-        rare = rare_class_pixels(rows.column("class_pixels").to_pylist(), options.classes)
+        rare = rare_class_pixels(rows.column("class_pixels").to_pylist(), options.classes, class_names)
         candidates["rare_classes"] = _top(-rare, rare >= options.min_class_pixels, paths, options.rare_classes)
     if options.lowest_miou:
         after, before = _floats(rows, "mean_iou_after"), _floats(rows, "mean_iou_before")

@@ -53,8 +53,9 @@ def tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
 
 
-def make_callbacks(run: RunState) -> list[Any]:
-    """The built-in callbacks, in the order they must run (the epoch's checkpoint first)."""
+def make_callbacks(run: RunState, class_names: tuple[str, ...] = labels.CLASS_NAMES) -> list[Any]:
+    """The built-in callbacks, in the order they must run (the epoch's checkpoint first);
+    ``class_names``: the label set's, in train-id order."""
     import keras
 
     from segops.training.metrics import MeanIoU
@@ -70,7 +71,7 @@ def make_callbacks(run: RunState) -> list[Any]:
             metric = find_metric(self.model, MeanIoU)  # holds the validation matrix after evaluate()
             extra = {
                 "val_" + class_key(name): float(value)
-                for name, value in zip(labels.CLASS_NAMES, metric.per_class_iou(), strict=True)
+                for name, value in zip(class_names, metric.per_class_iou(), strict=True)
             }
             extra["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
             if writer is not None:

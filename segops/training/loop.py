@@ -90,10 +90,12 @@ def compile_model(model: Any, opts: TrainOptions, class_weights: list[float] | N
     from segops.training.metrics import MeanDice, MeanIoU
 
     optim = opts.optim
+    num_classes = int(model.outputs[0].shape[-1])  # the label set's, which the model was built for
     loss = SegmentationLoss(optim.loss, class_weights=class_weights, use_pixel_weights=opts.data.weight_maps,
-                            **optim.loss_hparams)  # fmt: skip
+                            num_classes=num_classes, **optim.loss_hparams)  # fmt: skip
     model.compile(
-        optimizer=make_optimizer(opts, steps, total_steps), loss=loss, metrics=[MeanIoU(), MeanDice()],
+        optimizer=make_optimizer(opts, steps, total_steps), loss=loss,
+        metrics=[MeanIoU(num_classes), MeanDice(num_classes)],
         jit_compile="auto" if opts.xla is None else opts.xla,
     )
 
@@ -165,7 +167,7 @@ def load_or_build_model(opts: TrainOptions, plan: Plan) -> Any:
         # A checkpoint of epoch e <= N was saved frozen (with an optimizer over the other weights).
         set_encoder_trainable(model, plan.initial_epoch > opts.model.freeze_backbone_epochs)
         return model
-    model = opts.model.build()
+    model = opts.model.build(num_classes=plan.data.label_set.num_classes)
     set_encoder_trainable(model, opts.model.freeze_backbone_epochs == 0)
     compile_model(model, opts, plan.class_weights, plan.steps, plan.lr_total_steps)
     return model
@@ -209,7 +211,7 @@ def budget_plan(opts: TrainOptions, data: PreparedData, class_weights: list[floa
     val_batches = math.ceil(ip.count_records(data.val_files, corrupt) / opts.data.for_validation().batch_size)
     keras.utils.set_random_seed(opts.seed)
     with dtype_policy(resolve_precision(opts.precision)), strategy.scope():
-        model = opts.model.build()
+        model = opts.model.build(num_classes=data.label_set.num_classes)
         compile_model(model, probe_opts, class_weights, PROBE_STEPS)
         train_ds = ip.train_dataset(data.train_files, opts.augment, opts.data, seed=opts.seed,
                                     steps_per_epoch=PROBE_STEPS, initial_epoch=0, epochs=1, num_records=records,
@@ -271,7 +273,7 @@ def fit_epochs(model: Any, opts: TrainOptions, plan: Plan, extra_callbacks: list
             epochs=end,
             initial_epoch=first,
             steps_per_epoch=plan.steps,
-            callbacks=plan.first_callbacks + make_callbacks(plan.run) + extra_callbacks,
+            callbacks=plan.first_callbacks + make_callbacks(plan.run, plan.data.label_set.class_names) + extra_callbacks,
             verbose=opts.verbose,
             shuffle=False,
         )
@@ -329,7 +331,7 @@ def train(opts: TrainOptions, extra_callbacks: list[Any] | None = None, started:
         log.warning("%d corrupt records were skipped (see warnings above)", plan.run.corrupt.count)
     if not plan.run.history:
         raise TrainError("no epoch was trained")
-    result = summarise(opts, plan.run)
+    result = summarise(opts, plan.run, plan.data.label_set.class_names)
     if plan.run.is_chief and opts.export:
         export_run(opts, plan, model, result)
     return result
@@ -342,14 +344,14 @@ def _nan_if_none(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
 
-def summarise(opts: TrainOptions, run: RunState) -> TrainResult:
+def summarise(opts: TrainOptions, run: RunState, class_names: tuple[str, ...] = labels.CLASS_NAMES) -> TrainResult:
     best = best_row(run)
     return TrainResult(
         out=opts.out,
         epochs_trained=run.history[-1]["epoch"],
         best_epoch=best["epoch"],
         best_val_mean_iou=_nan_if_none(best.get("val_mean_iou")),
-        best_val_iou_per_class={name: best.get("val_" + class_key(name)) for name in labels.CLASS_NAMES},
+        best_val_iou_per_class={name: best.get("val_" + class_key(name)) for name in class_names},
         final_val_mean_iou=_nan_if_none(run.history[-1].get("val_mean_iou")),
         corrupt_records=run.corrupt.count,
         history=run.history,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from segops.core import layout
+from segops.core.labels import NUM_CLASSES
 from segops.core.options import FLAG, FlatOptions, OptionsError
 from segops.models import (
     IMAGENET,
@@ -142,13 +143,14 @@ class ModelOptions:
     def stride(self) -> int:
         return get_spec(self.name).stride(**self.hparams())
 
-    def build(self, pretrained: bool = True) -> Any:
-        """A new ``keras.Model`` (in the current dtype policy); ``pretrained``: load the backbone
-        weights (off for a copy whose weights are set from another model)."""
+    def build(self, pretrained: bool = True, num_classes: int = NUM_CLASSES) -> Any:
+        """A new ``keras.Model`` (in the current dtype policy) predicting ``num_classes`` (the
+        prepared label set's); ``pretrained``: load the backbone weights (off for a copy whose
+        weights are set from another model)."""
         from segops.models.backbones import BackboneError
 
         try:
-            return get_spec(self.name).build(**self.hparams(pretrained))
+            return get_spec(self.name).build(**self.hparams(pretrained), num_classes=num_classes)
         except BackboneError as exc:
             raise TrainError(str(exc)) from exc
 

@@ -10,7 +10,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from segops.core import fs, labels, layout, records
+from segops.core import fs, layout, records
+from segops.core.label_sets import LabelSet, LabelSetError, cityscapes, recorded_label_set
 from segops.prepare.class_weights import DEFAULT_SCHEME
 from segops.training.options import DEFAULT_CLASS_WEIGHTS, NO_CLASS_WEIGHTS, TrainError, TrainOptions
 
@@ -34,6 +35,7 @@ class PreparedData:
     class_weights: dict[str, Any] | None  # class_weights.json
     coarse_files: list[str] = field(default_factory=list)  # shards of the coarse parts trained on
     coarse_records: int | None = None  # as recorded by prepare; None: unknown
+    label_set: LabelSet = field(default_factory=cityscapes)  # the manifest's; Cityscapes for older ones
 
 
 def manifest_count(manifest: dict[str, Any], stats: dict[str, Any], split: str) -> int | None:
@@ -75,6 +77,10 @@ def check_prepared(opts: TrainOptions) -> PreparedData:
             f"{root} was prepared with record schema version {version}; this segops reads version "
             f"{records.SCHEMA_VERSION}: run `segops prepare` again with this version"
         )
+    try:
+        label_set = recorded_label_set(manifest.get("label_set"), manifest_path)
+    except LabelSetError as exc:
+        raise TrainError(str(exc)) from exc
     stats_path = os.path.join(root, layout.STATS_FILE)
     stats = read_json(stats_path, "statistics") if os.path.exists(stats_path) else {}
     from segops.training.input_pipeline import shard_paths  # tf.io.gfile: lists without starting the runtime
@@ -108,7 +114,8 @@ def check_prepared(opts: TrainOptions) -> PreparedData:
             f"class weights {opts.optim.class_weights!r} asked for, but {root} has no "
             f"{layout.CLASS_WEIGHTS_FILE}: run `segops prepare` again or pass --class-weights none"
         )
-    return PreparedData(train_files, val_files, train_records, has_maps, class_weights, coarse_files, coarse_records)
+    return PreparedData(train_files, val_files, train_records, has_maps, class_weights, coarse_files, coarse_records,
+                        label_set)  # fmt: skip
 
 
 def coarse_shards(root: str, opts: TrainOptions, manifest: dict[str, Any],
@@ -133,7 +140,8 @@ def coarse_shards(root: str, opts: TrainOptions, manifest: dict[str, Any],
 
 
 def resolve_class_weights(opts: TrainOptions, data: PreparedData) -> tuple[str, list[float] | None]:
-    """(scheme name, 19 weights or None); "default" is class_weights.json's default_scheme."""
+    """(scheme name, one weight per class of the label set, or None); "default" is
+    class_weights.json's default_scheme."""
     scheme = opts.optim.class_weights
     if scheme == NO_CLASS_WEIGHTS:
         return NO_CLASS_WEIGHTS, None
@@ -143,8 +151,9 @@ def resolve_class_weights(opts: TrainOptions, data: PreparedData) -> tuple[str, 
     if opts.data.weight_maps:
         log.warning("class weights %s are applied on top of the weight maps, which already include a class term", scheme)
     weights = data.class_weights.get("schemes", {}).get(scheme)
-    if not isinstance(weights, list) or len(weights) != labels.NUM_CLASSES:
-        raise TrainError(f"{layout.CLASS_WEIGHTS_FILE} has no {labels.NUM_CLASSES}-value scheme {scheme!r}")
+    num_classes = data.label_set.num_classes
+    if not isinstance(weights, list) or len(weights) != num_classes:
+        raise TrainError(f"{layout.CLASS_WEIGHTS_FILE} has no {num_classes}-value scheme {scheme!r}")
     return scheme, [float(w) for w in weights]
 
 

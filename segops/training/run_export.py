@@ -8,7 +8,7 @@ import os
 import shutil
 from typing import TYPE_CHECKING, Any
 
-from segops.core import fs, labels, layout
+from segops.core import fs, layout
 from segops.core.formatting import finite_or_none
 from segops.training.devices import dtype_policy
 from segops.training.state import RunState, class_key
@@ -27,7 +27,7 @@ def float32_copy(model: Any, opts: TrainOptions) -> Any:
     """The same weights in a float32, uncompiled model (what exports hold, whatever the training
     precision; the .keras file then loads with plain Keras, no segops classes needed)."""
     with dtype_policy("float32"):
-        copy = opts.model.build(pretrained=False)
+        copy = opts.model.build(pretrained=False, num_classes=int(model.outputs[0].shape[-1]))
     copy.set_weights(model.get_weights())
     return copy
 
@@ -53,10 +53,14 @@ def export_run(opts: TrainOptions, plan: Plan, model: Any, result: TrainResult) 
         **({"budget_plan": run.extra_state["budget_plan"]} if "budget_plan" in run.extra_state else {}),
     }
 
+    label_set = plan.data.label_set
+
     def info(row: dict[str, Any]) -> export_dir.ModelInfo:
         return export_dir.ModelInfo(
             architecture=opts.model.name,
-            num_classes=labels.NUM_CLASSES,
+            num_classes=label_set.num_classes,
+            class_names=list(label_set.class_names),
+            label_set=label_set.to_json(),
             input_size=tuple(opts.augment.crop),
             stride=opts.model.stride,
             training=training,
@@ -65,7 +69,7 @@ def export_run(opts: TrainOptions, plan: Plan, model: Any, result: TrainResult) 
                 "val_mean_iou": row.get("val_mean_iou"),
                 "val_mean_dice": row.get("val_mean_dice"),
                 "val_loss": row.get("val_loss"),
-                "val_iou_per_class": {n: row.get("val_" + class_key(n)) for n in labels.CLASS_NAMES},
+                "val_iou_per_class": {n: row.get("val_" + class_key(n)) for n in label_set.class_names},
                 "best_val_mean_iou": finite_or_none(result.best_val_mean_iou),
             },
         )

@@ -51,6 +51,10 @@ class Preprocessing:
     antialias: bool = False
     output_kind: str = "logits"
     output_layout: str = "NHWC"
+    # a card's class_map: per model class, the label-set train id it adds to (-1: unmapped), and
+    # the label set's class count; None: the model's classes are the label set's
+    class_map: tuple[int, ...] | None = None
+    mapped_classes: int = 0
 
     def model_input(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, H, W, 3] RGB -> the float32 tensor the network takes."""
@@ -78,10 +82,23 @@ class Preprocessing:
             out = out.transpose(0, 2, 3, 1)
         if self.output_kind == "logits":
             out = softmax(out)
+        if self.class_map is not None:  # before resizing: fewer channels, and both are linear
+            out = out @ class_map_matrix(self.class_map, self.mapped_classes)
         if out.shape[1:3] != (height, width):
             # probabilities, not logits, are interpolated: a convex mix of distributions sums to 1
             out = resize(out, (height, width), "bilinear", False)
         return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def class_map_matrix(class_map: tuple[int, ...], mapped_classes: int) -> np.ndarray:
+    """[model classes, label-set classes (+1 when some are unmapped)] 0/1 matrix: probabilities
+    @ it sums the model classes mapped onto each label-set class; the extra last column collects
+    the unmapped ones (its argmax is written as ignore)."""
+    unmapped = any(t < 0 for t in class_map)
+    m = np.zeros((len(class_map), mapped_classes + unmapped), np.float32)
+    for source, target in enumerate(class_map):
+        m[source, target if target >= 0 else mapped_classes] = 1.0
+    return m
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -165,9 +182,11 @@ def digest(paths: Iterable[str], root: str) -> str:
     return h.hexdigest()[:DIGEST_CHARS]
 
 
-def refuse_class_count(path: str, what: str, count: Any) -> None:
-    """Refuse a model predicting a known number of classes other than the 19 Cityscapes trainIds
-    (None or a negative count: unknown until it runs)."""
-    if isinstance(count, int) and count >= 0 and count != labels.NUM_CLASSES:
-        raise ModelError(f"{path}: {what} {count} classes; segops evaluates the {labels.NUM_CLASSES} "
-                         f"Cityscapes trainIds (other label sets are not supported yet)")  # fmt: skip
+def refuse_class_count(path: str, what: str, count: Any, expected: int = labels.NUM_CLASSES) -> None:
+    """Refuse a model predicting a known number of classes other than ``expected`` (its card's
+    classes; the 19 Cityscapes trainIds by default; None or a negative count: unknown until it runs)."""
+    if isinstance(count, int) and count >= 0 and count != expected:
+        if expected == labels.NUM_CLASSES:
+            raise ModelError(f"{path}: {what} {count} classes; segops evaluates the {labels.NUM_CLASSES} "
+                             f"Cityscapes trainIds (list the model's classes in its card with a class_map)")  # fmt: skip
+        raise ModelError(f"{path}: {what} {count} classes; its card lists {expected}")

@@ -7,8 +7,12 @@
                "std": [58.395, 57.12, 57.375], "size": [1024, 2048], "stride": 32},
      "output": {"kind": "logits", "layout": "NCHW"}}
 
-``classes`` is ``"cityscapes"`` or the list of class names (for now they must be the 19
-Cityscapes trainIds in order; the field is where other label sets will go). A file model's card
+``classes`` is ``"cityscapes"`` or the list of the model's output classes, in order.
+``label_set`` (default ``"cityscapes"``: a built-in's name or a label-set file, relative to the
+card) is what segops evaluates and writes; without ``class_map`` the classes must be the label
+set's, in train-id order. ``class_map`` ({"model class": "label-set class", ...}) relabels the
+model's classes into the label set: many-to-one sums their probabilities, an unmapped model
+class becomes ignore (255) in the masks (docs/labels.md). A file model's card
 is ``<file>.card.json``, else ``card.json`` in its directory; a directory's is ``card.json`` in
 it. Every mistake is one ModelError line naming the card and the field (docs/models.md).
 """
@@ -17,10 +21,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from segops.core import labels
+from segops.core.label_sets import BUILTIN_NAMES, LabelSet, LabelSetError, load_label_set
 from segops.inference.sources.base import CHANNEL_ORDERS, LAYOUTS, OUTPUT_KINDS, Preprocessing
 from segops.models.export_dir import ModelError
 
@@ -28,7 +33,7 @@ CARD_VERSION = 1
 CARD_SUFFIX = ".card.json"
 CARD_FILE = "card.json"
 CITYSCAPES = "cityscapes"
-TOP_FIELDS = ("card_version", "name", "classes", "input", "output", "signature")
+TOP_FIELDS = ("card_version", "name", "classes", "label_set", "class_map", "input", "output", "signature")
 INPUT_FIELDS = ("channels", "layout", "mean", "std", "size", "stride", "name")
 OUTPUT_FIELDS = ("kind", "layout", "name")
 
@@ -37,11 +42,18 @@ OUTPUT_FIELDS = ("kind", "layout", "name")
 class ModelCard:
     path: str
     name: str
-    class_names: tuple[str, ...]
-    preprocessing: Preprocessing
+    class_names: tuple[str, ...]  # the model's output classes
+    preprocessing: Preprocessing  # with the class map, when there is one
+    label_set: LabelSet = field(default_factory=lambda: load_label_set(None))
     signature: str = "serving_default"  # SavedModels: the signature to call
     input_name: str | None = None  # the input / output to use when the model has several
     output_name: str | None = None
+
+
+    def info_fields(self) -> dict[str, Any]:
+        """The ModelInfo fields of the classes segops evaluates (the label set's)."""
+        ls = self.label_set
+        return {"num_classes": ls.num_classes, "class_names": list(ls.class_names), "label_set": ls.to_json()}
 
 
 def card_path(model_path: str) -> str | None:
@@ -110,18 +122,50 @@ class _Fields:
 
 
 def class_names_of(path: str, value: Any) -> tuple[str, ...]:
-    """The card's ``classes``: for now the 19 Cityscapes trainIds, by name or in full."""
+    """The card's ``classes``: the model's output classes ("cityscapes": the 19 trainIds)."""
     if value == CITYSCAPES:
         return labels.CLASS_NAMES
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
         raise ModelError(f"card {path}: classes is {value!r}; expected {CITYSCAPES!r} or a list of class names")
-    if len(value) != labels.NUM_CLASSES:
-        raise ModelError(f"card {path}: classes lists {len(value)} classes; segops evaluates the "
-                         f"{labels.NUM_CLASSES} Cityscapes trainIds (other label sets are not supported yet)")  # fmt: skip
-    if tuple(value) != labels.CLASS_NAMES:
-        raise ModelError(f"card {path}: classes must be the Cityscapes trainIds in order "
-                         f"({', '.join(labels.CLASS_NAMES[:3])}, ...) or {CITYSCAPES!r}")  # fmt: skip
+    if len(set(value)) != len(value):
+        repeated = next(v for v in value if value.count(v) > 1)
+        raise ModelError(f"card {path}: classes names {repeated!r} twice")
     return tuple(value)
+
+
+def label_set_of(path: str, value: Any) -> LabelSet:
+    """The card's ``label_set``: a built-in's name or a file (relative to the card)."""
+    if value is None or value in BUILTIN_NAMES:
+        return load_label_set(value)
+    if not isinstance(value, str) or not value:
+        raise ModelError(f"card {path}: label_set is {value!r}; expected a built-in ({', '.join(BUILTIN_NAMES)}) or a file")
+    try:
+        return load_label_set(os.path.join(os.path.dirname(os.path.abspath(path)), value))
+    except LabelSetError as exc:
+        raise ModelError(f"card {path}: label_set: {exc}") from exc
+
+
+def class_map_of(path: str, value: Any, classes: tuple[str, ...], label_set: LabelSet) -> tuple[int, ...] | None:
+    """The card's ``class_map`` as one target train id per model class (-1: unmapped), or None
+    without one; then the model's classes must be the label set's, in order."""
+    if value is None:
+        if classes != label_set.class_names:
+            if len(classes) != label_set.num_classes:
+                raise ModelError(f"card {path}: classes lists {len(classes)} classes; segops evaluates the "
+                                 f"{label_set.num_classes} of the {label_set.table_title}: map them with class_map")  # fmt: skip
+            raise ModelError(f"card {path}: classes must be the {label_set.table_title}'s in order "
+                             f"({', '.join(label_set.class_names[:3])}, ...), or mapped onto them with class_map")  # fmt: skip
+        return None
+    if not isinstance(value, dict) or not value or not all(isinstance(v, str) for v in value.values()):
+        raise ModelError(f"card {path}: class_map is {value!r}; expected an object {{\"model class\": \"label-set class\"}}")
+    unknown = [k for k in value if k not in classes]
+    if unknown:
+        raise ModelError(f"card {path}: class_map names {unknown[0]!r}, not one of the card's classes")
+    foreign = [v for v in value.values() if v not in label_set.class_names]
+    if foreign:
+        raise ModelError(f"card {path}: class_map maps onto {foreign[0]!r}, not a class of the {label_set.table_title} "
+                         f"({', '.join(label_set.class_names[:5])}, ...)")  # fmt: skip
+    return tuple(label_set.class_names.index(value[c]) if c in value else -1 for c in classes)
 
 
 def read_card(path: str, allowed: tuple[str, ...] = TOP_FIELDS) -> ModelCard:
@@ -140,6 +184,9 @@ def read_card(path: str, allowed: tuple[str, ...] = TOP_FIELDS) -> ModelCard:
         top.fail("card_version", f"is {version!r}; this segops reads card version {CARD_VERSION}")
     if "classes" not in data:
         top.fail("classes", f"is missing; write \"classes\": {json.dumps(CITYSCAPES)} for the 19 Cityscapes trainIds")
+    classes = class_names_of(path, data["classes"])
+    label_set = label_set_of(path, data.get("label_set"))
+    class_map = class_map_of(path, data.get("class_map"), classes, label_set)
     inputs = _Fields(path, data.get("input", {}), "input", INPUT_FIELDS)
     outputs = _Fields(path, data.get("output", {}), "output", OUTPUT_FIELDS)
     layout = inputs.choice("layout", LAYOUTS, "NHWC")
@@ -155,12 +202,15 @@ def read_card(path: str, allowed: tuple[str, ...] = TOP_FIELDS) -> ModelCard:
         stride=inputs.positive_int("stride", 1),
         output_kind=outputs.choice("kind", OUTPUT_KINDS, "logits"),
         output_layout=outputs.choice("layout", LAYOUTS, layout),
+        class_map=class_map,
+        mapped_classes=label_set.num_classes,
     )
     return ModelCard(
         path=path,
         name=top.text("name", "") or "",
-        class_names=class_names_of(path, data["classes"]),
+        class_names=classes,
         preprocessing=preprocessing,
+        label_set=label_set,
         signature=top.text("signature", "serving_default") or "serving_default",
         input_name=inputs.text("name", None),
         output_name=outputs.text("name", None),

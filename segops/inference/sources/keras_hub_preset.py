@@ -37,7 +37,7 @@ TASK = "task.json"
 PREPROCESSOR = "preprocessor.json"
 ALLOWED_MODULES = ("keras", "keras_hub")
 UNSIZED_STRIDE = 32  # a converter without a fixed size: SegFormer's and DeepLabV3's coarsest stride
-PRESET_CARD_FIELDS = ("card_version", "name", "classes")
+PRESET_CARD_FIELDS = ("card_version", "name", "classes", "label_set", "class_map")
 
 
 def is_preset_dir(path: str) -> bool:
@@ -123,14 +123,17 @@ class KerasHubPreset(ModelSource):
         num_classes = task_config.get("num_classes")
         if not isinstance(num_classes, int):
             raise ModelError(f"{directory}/{TASK} has no num_classes: not a keras-hub ImageSegmenter preset")
-        refuse_class_count(directory, "the preset predicts", num_classes)
         card_file = cards.card_path(directory)
         card = cards.read_card(card_file, PRESET_CARD_FIELDS) if card_file else None
+        refuse_class_count(directory, "the preset predicts", num_classes,
+                           len(card.class_names) if card else labels.NUM_CLASSES)  # fmt: skip
         activation = task_config.get("activation")
         prep = replace(preset_preprocessing(directory), output_kind="probabilities" if activation == "softmax" else "logits")
+        if card is not None:  # its class map, if any
+            prep = replace(prep, class_map=card.preprocessing.class_map, mapped_classes=card.preprocessing.mapped_classes)
         architecture = (card.name if card and card.name else "") or str(task.get("class_name", cls.kind))
-        info = ModelInfo(architecture=architecture, num_classes=num_classes, input_size=prep.size or (0, 0),
-                         stride=prep.stride, class_names=list(card.class_names if card else labels.CLASS_NAMES),
+        classes = card.info_fields() if card else {"num_classes": num_classes, "class_names": list(labels.CLASS_NAMES)}
+        info = ModelInfo(architecture=architecture, input_size=prep.size or (0, 0), stride=prep.stride, **classes,
                          model_id=f"{cls.kind}-{digest(files, directory)}")  # fmt: skip
         return cls(directory, info, prep)
 

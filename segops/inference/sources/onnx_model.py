@@ -90,11 +90,11 @@ class OnnxSource(ModelSource):
         out_dims = [_dim(d) for d in outputs[output_name].type.tensor_type.shape.dim]
         if len(out_dims) != 4:
             raise ModelError(f"{path}: output {output_name!r} is not a 4-d tensor (shape {out_dims})")
-        refuse_class_count(path, f"output {output_name!r} has", out_dims[3 if prep.output_layout == "NHWC" else 1])
+        refuse_class_count(path, f"output {output_name!r} has", out_dims[3 if prep.output_layout == "NHWC" else 1], len(card.class_names))
         root = os.path.dirname(os.path.abspath(path))
         hashed = [os.path.abspath(path), *external, os.path.abspath(card.path)]
-        info = ModelInfo(architecture=card.name or cls.kind, num_classes=len(card.class_names),
-                         input_size=prep.size or (0, 0), stride=prep.stride, class_names=list(card.class_names),
+        info = ModelInfo(architecture=card.name or cls.kind, input_size=prep.size or (0, 0),
+                         stride=prep.stride, **card.info_fields(),
                          model_id=f"{cls.kind}-{digest(hashed, root)}")  # fmt: skip
         return cls(path, info, card, input_name, output_name)
 

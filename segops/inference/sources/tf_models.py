@@ -116,11 +116,11 @@ class SavedModelSource(ModelSource):
         if out.dtype != types_pb2.DT_FLOAT or (out_dims is not None and len(out_dims) != 4):
             raise ModelError(f"{pb}: output {output_name!r} is not a float32 [N, H, W, C] or [N, C, H, W] tensor")
         if out_dims is not None:
-            refuse_class_count(pb, f"output {output_name!r} has", out_dims[3 if prep.output_layout == "NHWC" else 1])
+            refuse_class_count(pb, f"output {output_name!r} has", out_dims[3 if prep.output_layout == "NHWC" else 1], len(card.class_names))
         export_dir.check_graph_ops(graph, pb)
         hashed = files if card.path in files else [*files, card.path]
-        info = ModelInfo(architecture=card.name or cls.kind, num_classes=len(card.class_names),
-                         input_size=prep.size or (0, 0), stride=prep.stride, class_names=list(card.class_names),
+        info = ModelInfo(architecture=card.name or cls.kind, input_size=prep.size or (0, 0),
+                         stride=prep.stride, **card.info_fields(),
                          model_id=f"{cls.kind}-{digest(hashed, directory)}")  # fmt: skip
         return cls(directory, info, card, input_name, output_name, uint8_input)
 
@@ -157,10 +157,10 @@ class KerasFileSource(ModelSource):
         prep = card.preprocessing
         if len(model.inputs) != 1 or len(model.outputs) != 1 or len(model.outputs[0].shape) != 4:
             raise ModelError(f"{path}: a segmentation model has one image input and one [N, H, W, C] output")
-        refuse_class_count(path, "its output has", model.outputs[0].shape[3 if prep.output_layout == "NHWC" else 1])
+        refuse_class_count(path, "its output has", model.outputs[0].shape[3 if prep.output_layout == "NHWC" else 1], len(card.class_names))
         root = os.path.dirname(os.path.abspath(path))
-        info = ModelInfo(architecture=card.name or cls.kind, num_classes=len(card.class_names),
-                         input_size=prep.size or (0, 0), stride=prep.stride, class_names=list(card.class_names),
+        info = ModelInfo(architecture=card.name or cls.kind, input_size=prep.size or (0, 0),
+                         stride=prep.stride, **card.info_fields(),
                          model_id=f"{cls.kind}-{digest([os.path.abspath(path), os.path.abspath(card.path)], root)}")  # fmt: skip
         return cls(path, info, card)
 
