@@ -190,3 +190,16 @@ def refuse_class_count(path: str, what: str, count: Any, expected: int = labels.
             raise ModelError(f"{path}: {what} {count} classes; segops evaluates the {labels.NUM_CLASSES} "
                              f"Cityscapes trainIds (list the model's classes in its card with a class_map)")  # fmt: skip
         raise ModelError(f"{path}: {what} {count} classes; its card lists {expected}")
+
+
+def pick_tensor(path: str, role: str, tensors: Iterable[str], name: str | None, holder: str) -> str:
+    """The ``holder``'s (model's, signature's) one input / output, or the card's ``name`` among several."""
+    names = sorted(tensors)
+    if name is not None:
+        if name not in names:
+            raise ModelError(f"{path}: the card names {role} {name!r}; the {holder} has {', '.join(names)}")
+        return name
+    if len(names) != 1:
+        raise ModelError(f"{path}: the {holder} has {len(names)} {role}s ({', '.join(names)}): "
+                         f"name the one to use in the card's {role}.name")  # fmt: skip
+    return names[0]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from segops.inference.sources import card as cards
-from segops.inference.sources.base import ModelSource, PreparedModel, digest, refuse_class_count
+from segops.inference.sources.base import ModelSource, PreparedModel, digest, pick_tensor, refuse_class_count
 from segops.models import export_dir
 from segops.models.export_dir import ModelError, ModelInfo
 
@@ -80,8 +80,8 @@ class OnnxSource(ModelSource):
         initializers = {t.name for t in model.graph.initializer}
         inputs = {i.name: i for i in model.graph.input if i.name not in initializers}
         outputs = {o.name: o for o in model.graph.output}
-        input_name = _choose(path, "input", inputs, card.input_name)
-        output_name = _choose(path, "output", outputs, card.output_name)
+        input_name = pick_tensor(path, "input", inputs, card.input_name, "model")
+        output_name = pick_tensor(path, "output", outputs, card.output_name, "model")
         prep = card.preprocessing
         in_dims = [_dim(d) for d in inputs[input_name].type.tensor_type.shape.dim]
         if len(in_dims) != 4 or in_dims[3 if prep.layout == "NHWC" else 1] not in (3, None):
@@ -113,12 +113,3 @@ class OnnxSource(ModelSource):
         return PreparedModel(lambda x: session.run([output_name], {input_name: x})[0], self.card.preprocessing)
 
 
-def _choose(path: str, role: str, tensors: dict[str, Any], name: str | None) -> str:
-    if name is not None:
-        if name not in tensors:
-            raise ModelError(f"{path}: the card names {role} {name!r}; the model has {', '.join(tensors)}")
-        return name
-    if len(tensors) != 1:
-        raise ModelError(f"{path}: the model has {len(tensors)} {role}s ({', '.join(tensors)}): "
-                         f"name the one to use in the card's {role}.name")  # fmt: skip
-    return next(iter(tensors))

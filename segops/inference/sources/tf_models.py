@@ -19,6 +19,7 @@ from segops.inference.sources.base import (
     PreparedModel,
     digest,
     files_inside,
+    pick_tensor,
     refuse_class_count,
     set_tf_threads,
 )
@@ -65,18 +66,6 @@ def _dims(tensor_info: Any) -> list[int] | None:
     return None if tensor_info.tensor_shape.unknown_rank else [d.size for d in tensor_info.tensor_shape.dim]
 
 
-def _pick(path: str, role: str, tensors: Any, name: str | None) -> str:
-    """The signature's one input / output, or the card's ``name`` among several."""
-    if name is not None:
-        if name not in tensors:
-            raise ModelError(f"{path}: the card names {role} {name!r}; the signature has {', '.join(sorted(tensors))}")
-        return name
-    if len(tensors) != 1:
-        raise ModelError(f"{path}: the signature has {len(tensors)} {role}s ({', '.join(sorted(tensors))}): "
-                         f"name the one to use in the card's {role}.name")  # fmt: skip
-    return next(iter(tensors))
-
-
 @dataclass(frozen=True)
 class SavedModelSource(ModelSource):
     """A SavedModel directory that is not a segops export: its ``card.signature`` is called with
@@ -100,8 +89,8 @@ class SavedModelSource(ModelSource):
         if sig is None:
             raise ModelError(f"{pb}: no signature {card.signature!r} (it has {', '.join(sorted(graph.signature_def)) or 'none'}); "
                              f"name one in the card's signature field")  # fmt: skip
-        input_name = _pick(pb, "input", sig.inputs, card.input_name)
-        output_name = _pick(pb, "output", sig.outputs, card.output_name)
+        input_name = pick_tensor(pb, "input", sig.inputs, card.input_name, "signature")
+        output_name = pick_tensor(pb, "output", sig.outputs, card.output_name, "signature")
         image, out = sig.inputs[input_name], sig.outputs[output_name]
         prep = card.preprocessing
         dims = _dims(image)
