@@ -33,8 +33,10 @@ DEMO_TRAIN, DEMO_VAL, DEMO_SIZE, DEMO_EPOCHS = 96, 12, "128x256", 40
 # network (Fast-SCNN) is the real-data recipe's, measured on CamVid (docs/train.md, "Recipe"). ENet class weights and
 # milder scaling than the default 0.5..2 roughly doubled the val mIoU reached in this budget
 # (measured: 0.21 -> 0.42 after 300-480 steps).
-DEMO_TRAIN_OPTIONS = ("--model", "unet", "--depth", "3", "--base-filters", "16", "--batch-size", "8", "--lr", "3e-3",
-                      "--class-weights", "enet", "--scale-range", "0.75,1.5")  # fmt: skip
+# --dilated (the atrous bottleneck, rates 1-8: more context for a 3-level U-Net): 0.458 against
+# 0.436 val mIoU for the same 40 epochs (2-vCPU AMD EPYC VM, 2026-12-04).
+DEMO_TRAIN_OPTIONS = ("--model", "unet", "--depth", "3", "--base-filters", "16", "--dilated", "--batch-size", "8",
+                      "--lr", "3e-3", "--class-weights", "enet", "--scale-range", "0.75,1.5")  # fmt: skip
 
 
 @dataclass
