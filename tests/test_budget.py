@@ -142,3 +142,41 @@ def test_a_slower_pace_shortens_the_last_epoch_instead_of_dropping_it(monkeypatc
     assert model.stop_training
     older = {k: v for k, v in plan.to_json().items() if k != "last_step"}  # a state.json of before
     assert BudgetPlan.from_json(older).total_steps == 40
+
+
+def test_a_pace_that_slows_after_the_plan_moves_the_end_again(monkeypatch):
+    """Fake clock, the plan of the test above (4 epochs of 10 steps at 1 s, 110 s budget): the
+    first epoch at 2 s per step plans 3 whole epochs and a shortened one ending at step 46. The
+    second epoch then runs at 4 s per step: at the average pace (31.6 s an epoch, validation
+    included) the 38 s left hold one whole epoch and too little for a shortened one after it,
+    so the run now ends at step 30, after epoch 3."""
+    import segops.training.budget as budget
+
+    clock = _Clock()
+    monkeypatch.setattr(budget.time, "monotonic", clock)
+    plan = BudgetPlan(budget_s=110, startup_s=0, reserve_s=10, export_s=5, step_s=1.0, eval_s=2.0, epochs=4,
+                      steps_per_epoch=10, warmup_steps=0)  # fmt: skip
+    run = type("Run", (), {"extra_state": {}, "stopped_early": False, "budget_ended": False})()
+    schedule = WarmupPolyDecay(1e-3, plan.total_steps)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    guard = budget.deadline_guard(budget.Deadline(0.0, plan.budget_s, plan.reserve_s), run, plan, replan=True)
+    guard.set_model(model)
+    guard.set_params({"epochs": 6, "steps": 10})
+    guard.on_train_begin()
+    for step in range(10):
+        clock.now = 2.0 * (step + 1)
+        model.optimizer.iterations.assign(step + 1)
+        guard.on_train_batch_end(step)
+    clock.now = 21.0
+    guard.on_epoch_end(0)
+    assert schedule.total_steps == 46
+    for step in range(10):
+        clock.now = 21.0 + 4.0 * (step + 1)
+        model.optimizer.iterations.assign(11 + step)
+        guard.on_train_batch_end(step)
+    clock.now = 62.0
+    guard.on_epoch_end(1)
+    assert schedule.total_steps == 30 and run.extra_state["budget_plan"]["epochs"] == 3
+    assert run.extra_state["budget_plan"]["last_step"] == 0 and not model.stop_training

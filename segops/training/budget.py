@@ -192,7 +192,10 @@ def deadline_guard(deadline: Deadline, run: Any, plan: BudgetPlan, replan: bool)
             # Seconds per epoch, validation included, from every step after the very first.
             per_epoch = (time.monotonic() - self.began) * steps / max(self.steps_done, 1)
             left = deadline.left() - deadline.reserve_s
-            if replan and self.stop_at is None:
+            at_end = self.stop_at is not None and int(self.model.optimizer.iterations.numpy()) >= self.stop_at
+            # Re-planned after every epoch, a shortened last epoch already planned included: the
+            # pace can still slow down after it was planned (a 5-minute CamVid run ended 21 s late).
+            if replan and not at_end:
                 # Whole epochs that still fit, then a shortened one for the rest of the time
                 # (its validation included) when it holds at least PARTIAL_EPOCH of an epoch: a
                 # pace slower than the probe's would otherwise drop a whole epoch's time.
