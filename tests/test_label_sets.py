@@ -371,3 +371,40 @@ def test_compare_refuses_a_table_of_another_label_set(four_run):
     root, _ = four_run
     with pytest.raises(CompareError, match="holds rows of label set 'four'"):
         compare(str(root / "infer"), "any-model")
+
+
+def test_review_import_writes_the_label_sets_ids(four_run, tmp_path):
+    """The COCO export of the predicted masks imported back with ``--label-set``: each image's
+    gtFine labelIds are the set's ids of the prediction (infer's _labelIds mask); a Cityscapes
+    name is refused, naming the set's names, before anything is written."""
+    import shutil
+
+    from click.testing import CliRunner
+    from conftest import read_png
+
+    from segops.cli import cli
+
+    root, four = four_run
+    data = tmp_path / "data"
+    shutil.copytree(root / "data", data)
+    coco_text = (root / "infer" / "review" / "coco_rle.json").read_text().replace(str(root / "data"), str(data))
+    coco = json.loads(coco_text)
+    exported = tmp_path / "coco.json"
+    exported.write_text(coco_text)
+    result = CliRunner().invoke(cli, ["review", "import", str(exported), "--label-set", str(root / "four.json")])
+    assert result.exit_code == 0, result.output
+    assert f"{len(coco['images'])} labelIds PNG(s) written" in result.output
+    for img in coco["images"]:
+        target = Path(img["segops_path"].replace("/leftImg8bit/", "/gtFine/").replace("_leftImg8bit.png",
+                                                                                   "_gtFine_labelIds.png"))  # fmt: skip
+        frame = Path(img["segops_path"]).name.replace("_leftImg8bit.png", "")
+        (predicted,) = (root / "infer" / "masks").rglob(f"{frame}_labelIds.png")
+        assert np.array_equal(read_png(target), read_png(predicted))
+        assert set(np.unique(read_png(target))) <= {3, 5, 9, 12}
+    before = {p: p.read_bytes() for p in data.rglob("*_gtFine_labelIds.png")}
+    for cat in coco["categories"]:
+        cat["name"] = "car" if cat["name"] == "sky" else cat["name"]
+    exported.write_text(json.dumps(coco))
+    result = CliRunner().invoke(cli, ["review", "import", str(exported), "--label-set", str(root / "four.json")])
+    assert result.exit_code == 1 and "'car'" in result.output and "label set 'four' has" in result.output
+    assert {p: p.read_bytes() for p in data.rglob("*_gtFine_labelIds.png")} == before

@@ -98,12 +98,18 @@ def export_command(infer_out: str, selection: str | None, formats: tuple[str, ..
               help="Label Studio JSON export or COCO instances JSON (auto: from the file's shape).")  # fmt: skip
 @click.option("--image-root", default=None, metavar="DIR",
               help="Root of relative image names, for files without segops_path (e.g. a CVAT export).")  # fmt: skip
-def import_command(corrections: str, fmt: str, image_root: str | None) -> None:
+@click.option("--label-set", default=None, metavar="NAME|FILE",
+              help="Taxonomy of the dataset's labelIds (the one it was prepared with): a built-in "
+                   "(cityscapes, camvid11, ade20k150) or a label-set JSON file. Default: cityscapes.")  # fmt: skip
+def import_command(corrections: str, fmt: str, image_root: str | None, label_set: str | None) -> None:
     """Write the corrected masks of FILE as gtFine *_gtFine_labelIds.png next to the images."""
+    from segops.core.label_sets import LabelSetError, load_label_set
     from segops.review.importer import import_corrections
 
     try:
-        report = import_corrections(corrections, fmt, image_root)
+        report = import_corrections(corrections, fmt, image_root, load_label_set(label_set))
+    except LabelSetError as exc:
+        raise click.UsageError(str(exc)) from exc
     except (ReviewError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     for path in report.written:

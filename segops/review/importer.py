@@ -5,9 +5,10 @@ COCO instances JSON (RLE or polygon segmentations, e.g. CVAT's "COCO 1.0" export
 each image's ``gtFine/<split>/<city>/<frame>_gtFine_labelIds.png`` next to its
 ``leftImg8bit/<split>/<city>/<frame>_leftImg8bit.png``, ready for `segops prepare`.
 
-Class names map to labelIds through segops.core.labels; a name the table does not know is an
-error that names it, raised before anything is written. Pixels no mask covers are 0
-(``unlabeled``, ignored in training); where masks overlap, the later one in the file wins. An
+Class names map to labelIds through a label set (``--label-set``, default Cityscapes;
+segops.core.label_sets); a name the set does not know is an error that names it, raised before
+anything is written. Pixels no mask covers get the set's void id (its lowest ignored labelId:
+0, ``unlabeled``, for Cityscapes; ignored in training); where masks overlap, the later one in the file wins. An
 existing ``_gtFine_color.png`` is rewritten to match, and an existing ``_gtFine_instanceIds.png``
 keeps an instance id only where its class is still the pixel's class (elsewhere the pixel's
 labelId, Cityscapes' value for pixels without an instance), so weight maps follow the correction.
@@ -20,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from segops.core import fs, imageio, labels, layout
+from segops.core import fs, imageio, layout
+from segops.core.label_sets import LabelSet, cityscapes
+from segops.core.labels import IGNORE_ID
 from segops.inference.discovery import cityscapes_label_for
 from segops.review import ReviewError, brush
 from segops.review.export import LOCAL_FILES_PREFIX, LS_RESULT_TYPE, LS_TO_NAME
@@ -128,20 +131,31 @@ def coco_corrections(data: dict[str, Any], image_root: str | None) -> tuple[list
     return out, skipped
 
 
-def unknown_names(items: list[Corrected]) -> list[str]:
-    """Class names of ``items`` that segops.core.labels cannot write as a labelId."""
+def name_to_label_id(label_set: LabelSet) -> dict[str, int]:
+    """Class name -> the labelId it is written as (the first label of that name with an id)."""
+    ids: dict[str, int] = {}
+    for lb in label_set.labels:
+        if lb.id >= 0:
+            ids.setdefault(lb.name, lb.id)
+    return ids
+
+
+def unknown_names(items: list[Corrected], label_set: LabelSet) -> list[str]:
+    """Class names of ``items`` that ``label_set`` cannot write as a labelId."""
     used = {name for item in items for name, _ in item.masks}
-    return sorted(n for n in used if n not in labels.NAME_TO_LABEL or labels.NAME_TO_LABEL[n].id < 0)
+    return sorted(used - set(name_to_label_id(label_set)))
 
 
-def label_ids(item: Corrected) -> np.ndarray:
-    """The labelIds image of one corrected image (0 where no mask covers a pixel)."""
-    out = np.zeros((item.height, item.width), np.uint8)
+def label_ids(item: Corrected, label_set: LabelSet) -> np.ndarray:
+    """The labelIds image of one corrected image (the set's void id, its lowest ignored labelId,
+    where no mask covers a pixel: 0, unlabeled, for Cityscapes)."""
+    ids = name_to_label_id(label_set)
+    out = np.full((item.height, item.width), label_set.train_to_label[IGNORE_ID], np.uint8)
     for name, decode in item.masks:
         mask = decode()
         if mask.shape != out.shape:
             raise ReviewError(f"{item.image_path}: a {name!r} mask is {mask.shape}, the image {out.shape}")
-        out[mask] = labels.NAME_TO_LABEL[name].id
+        out[mask] = ids[name]
     return out
 
 
@@ -163,17 +177,17 @@ def target_path(item: Corrected) -> str:
     return target
 
 
-def write_corrected(item: Corrected) -> str:
+def write_corrected(item: Corrected, label_set: LabelSet) -> str:
     """Write the labelIds PNG (and update existing colour/instance PNGs); returns its path."""
     target = target_path(item)
     h, w = imageio.image_size(fs.read_bytes(item.image_path))
     if (h, w) != (item.height, item.width):
         raise ReviewError(f"{item.image_path} is {h}x{w}, its corrected masks {item.height}x{item.width}")
-    ids = label_ids(item)
+    ids = label_ids(item, label_set)
     fs.write_bytes_atomic(target, imageio.encode_mask_png(ids))
     color = sibling(target, layout.COLOR_SUFFIX)
     if fs.exists(color):
-        fs.write_bytes_atomic(color, imageio.encode_png(labels.LABEL_ID_TO_COLOR[ids]))
+        fs.write_bytes_atomic(color, imageio.encode_png(label_set.label_to_color[ids]))
     instance = sibling(target, layout.INSTANCE_SUFFIX)
     if fs.exists(instance):
         old = imageio.decode_instance_png(fs.read_bytes(instance))
@@ -181,25 +195,31 @@ def write_corrected(item: Corrected) -> str:
     return target
 
 
-def read_corrections(path: str, fmt: str = "auto", image_root: str | None = None) -> tuple[list[Corrected], list[str]]:
+def read_corrections(path: str, fmt: str = "auto", image_root: str | None = None, label_set: LabelSet | None = None
+                     ) -> tuple[list[Corrected], list[str]]:  # fmt: skip
     """The corrected images of a Label Studio or COCO file, checked: every image maps to a
-    gtFine path and every class name to a labelId (ReviewError naming the unknown ones)."""
+    gtFine path and every class name to a labelId of ``label_set`` (default Cityscapes;
+    ReviewError naming the unknown ones)."""
+    label_set = label_set or cityscapes()
     if fmt not in FORMATS:
         raise ReviewError(f"--format must be one of {', '.join(FORMATS)}")
     data = fs.read_json(path)
     fmt = detect_format(data) if fmt == "auto" else fmt
     image_root = fs.normalise(image_root) if image_root else None
     items, skipped = (label_studio_corrections if fmt == "label-studio" else coco_corrections)(data, image_root)
-    unknown = unknown_names(items)
+    unknown = unknown_names(items, label_set)
     if unknown:
-        raise ReviewError(f"unknown class name(s) in {path}: {', '.join(map(repr, unknown))}; segops knows the "
-                          f"Cityscapes names: {', '.join(lb.name for lb in labels.LABELS if lb.id >= 0)}")  # fmt: skip
+        raise ReviewError(f"unknown class name(s) in {path}: {', '.join(map(repr, unknown))}; label set "
+                          f"{label_set.name!r} has: {', '.join(name_to_label_id(label_set))}")  # fmt: skip
     for item in items:
         target_path(item)
     return items, skipped
 
 
-def import_corrections(path: str, fmt: str = "auto", image_root: str | None = None) -> ImportReport:
-    """Read and check every correction in ``path``, then write them."""
-    items, skipped = read_corrections(path, fmt, image_root)
-    return ImportReport([write_corrected(item) for item in items], skipped)
+def import_corrections(path: str, fmt: str = "auto", image_root: str | None = None,
+                       label_set: LabelSet | None = None) -> ImportReport:  # fmt: skip
+    """Read and check every correction in ``path``, then write them as ``label_set``'s labelIds
+    (default Cityscapes: the taxonomy the dataset's gtFine files are in)."""
+    label_set = label_set or cityscapes()
+    items, skipped = read_corrections(path, fmt, image_root, label_set)
+    return ImportReport([write_corrected(item, label_set) for item in items], skipped)
