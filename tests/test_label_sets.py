@@ -365,12 +365,42 @@ def test_the_report_follows_the_label_set(four_run, tmp_path):
     assert all(f"<td>{name}</td>" in page for name in four.class_names) and "<td>road</td>" not in page
 
 
-def test_compare_refuses_a_table_of_another_label_set(four_run):
-    from segops.report.compare import CompareError, compare
+def test_compare_counts_transitions_in_the_label_sets_classes(four_run, tmp_path):
+    """A second 4-class model (a 1x1 conv with seeded random weights) run into a copy of the
+    four-class OUT: `segops compare` sums 4x4 transitions that equal a numpy count of the first
+    model's masks (read before) against the second's, named by the set's classes."""
+    import shutil
 
-    root, _ = four_run
-    with pytest.raises(CompareError, match="holds rows of label set 'four'"):
-        compare(str(root / "infer"), "any-model")
+    import keras
+    from conftest import read_png
+
+    from segops.inference.options import InferOptions
+    from segops.models import export_dir
+    from segops.report.compare import compare, summary
+    from workflows.infer import run_infer
+
+    root, four = four_run
+    out = tmp_path / "infer"
+    shutil.copytree(root / "infer", out)
+    old_masks = {p.relative_to(out): read_png(p) for p in (out / "masks").rglob("*_trainIds.png")}
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((None, None, 3))
+    export_dir.export_model(keras.Model(inp, keras.layers.Conv2D(4, 1)(inp / 255.0)), str(tmp_path / "b"),
+                            export_dir.ModelInfo("pixel", 4, (32, 64), 1, class_names=list(four.class_names),
+                                                 label_set=four.to_json()))  # fmt: skip
+    new_id = export_dir.load_info(str(tmp_path / "b")).model_id
+    run_infer(InferOptions(str(tmp_path / "b"), str(root / "data" / "leftImg8bit" / "val"), str(out), crf=False))
+    expected = np.zeros((4, 4), np.int64)
+    for rel, old in old_masks.items():
+        new = read_png(out / rel)
+        np.add.at(expected, (old.ravel(), new.ravel()), 1)
+    result = compare(str(out), new_id)
+    assert result.label_set.digest == four.digest and result.images.num_rows == len(old_masks)
+    assert np.array_equal(result.transitions, expected)
+    data = summary(result)
+    assert data["classes"] == list(four.class_names) and data["label_set"] == "four"
+    assert {t["from"] for t in data["largest_transitions"]} <= set(four.class_names)
+    assert data["agreement"] == pytest.approx(np.trace(expected) / expected.sum())
 
 
 def test_review_import_writes_the_label_sets_ids(four_run, tmp_path):

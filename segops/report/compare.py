@@ -24,11 +24,11 @@ import numpy as np
 
 from segops.core import fs, labels, layout, metrics
 from segops.core.formatting import finite_or_none, fmt_score
+from segops.core.label_sets import LabelSet, cityscapes
 from segops.inference import table
 
-SCAN_BATCH_ROWS = 4096  # ~12 MB of 19x19 matrices per batch
+SCAN_BATCH_ROWS = 4096  # ~12 MB of 19x19 matrices per batch (Cityscapes)
 DEFAULT_TOP = 10
-_CLASSES = labels.NUM_CLASSES
 _MIOU_COLUMNS = ("has_labels", "crf", "mean_iou_before", "mean_iou_after")
 _COMPARE_COLUMNS = ("path", "rel_path", "previous_model_id", "agreement_with_previous", "transitions_from_previous")
 _CONFUSION_COLUMNS = ("path", "has_labels", "crf", "confusion_before", "confusion_after")
@@ -38,33 +38,40 @@ class CompareError(ValueError):
     """A comparison that cannot be made as asked (no rows, no or several previous models)."""
 
 
-def _zeros() -> np.ndarray:
-    return np.zeros((_CLASSES, _CLASSES), np.int64)
+def _zeros(num_classes: int) -> np.ndarray:
+    return np.zeros((num_classes, num_classes), np.int64)
 
 
 @dataclass
 class Comparison:
-    """``new_model``'s masks against the ``old_model`` masks they replaced."""
+    """``new_model``'s masks against the ``old_model`` masks they replaced, in the classes of the
+    table's label set (``label_set``: Cityscapes' 19 by default)."""
 
     new_model: str
     old_model: str
     images: Any  # pyarrow Table, one row per compared image, most changed first (:func:`images_table`)
-    transitions: np.ndarray = field(default_factory=_zeros)  # rows = old trainId, columns = new
+    label_set: LabelSet = field(default_factory=cityscapes)
+    transitions: np.ndarray = field(init=False)  # rows = old trainId, columns = new
     unknown_previous: int = 0  # compared images whose replaced mask recorded no model (taken as old's)
     not_compared: int = 0  # new_model's rows with no comparison with old_model
     labelled: int = 0  # compared images both rows have ground truth for
-    confusion_old: np.ndarray = field(default_factory=_zeros)  # summed over those images
-    confusion_new: np.ndarray = field(default_factory=_zeros)
+    confusion_old: np.ndarray = field(init=False)  # summed over those images
+    confusion_new: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        classes = self.label_set.num_classes
+        self.transitions, self.confusion_old, self.confusion_new = (_zeros(classes) for _ in range(3))
+
+
+def _table(infer_out: str) -> tuple[list[str], LabelSet]:
+    """The table's data files at its current version (every scan of one comparison reads these)
+    and the label set its rows are in."""
+    dt = table.open_table(infer_out)
+    return list(dt.file_uris()), table.table_label_set(dt)
 
 
 def _data_files(infer_out: str) -> list[str]:
-    """The table's data files at its current version: every scan of one comparison reads these."""
-    dt = table.open_table(infer_out)
-    found = table.table_label_set(dt)
-    if not found.is_default:  # the transition and confusion sums here are the 19 Cityscapes classes'
-        raise CompareError(f"{infer_out} holds rows of label set {found.name!r}: `segops compare` compares "
-                           "Cityscapes results tables only (docs/labels.md)")  # fmt: skip
-    return list(dt.file_uris())
+    return _table(infer_out)[0]
 
 
 def _batches(files: list[str], columns: tuple[str, ...], model_id: str, extra: Any = None) -> Iterator[Any]:
@@ -129,26 +136,27 @@ def _mious(files: list[str], model_id: str, paths: set[str]) -> dict[str, float 
     return out
 
 
-def _confusion_sum(files: list[str], model_id: str, paths: set[str]) -> np.ndarray:
-    total = _zeros()
+def _confusion_sum(files: list[str], model_id: str, paths: set[str], num_classes: int) -> np.ndarray:
+    total = _zeros(num_classes)
     for batch in _batches(files, _CONFUSION_COLUMNS, model_id):
         for path, labelled, cm in zip(batch.column("path").to_pylist(), batch.column("has_labels").to_pylist(),
                                       _written(batch, "confusion"), strict=True):  # fmt: skip
             if labelled and cm is not None and path in paths:
-                total += np.asarray(cm, np.int64).reshape(_CLASSES, _CLASSES)
+                total += np.asarray(cm, np.int64).reshape(num_classes, num_classes)
     return total
 
 
 def compare(infer_out: str, new_model: str, against: str | None = None) -> Comparison:
     """``new_model``'s rows against ``against`` (default: :func:`default_against`). With an explicit
     ``against``, masks that recorded no model (older runs) are taken as ``against``'s."""
-    files = _data_files(infer_out)
+    files, label_set = _table(infer_out)
+    classes = label_set.num_classes
     models = _models(files)
     for model in (new_model, against):
         if model is not None and model not in models:
             raise CompareError(f"model {model!r} has no rows in {infer_out}; the table holds: {', '.join(models) or 'none'}")
     old = against or default_against(infer_out, new_model, files)
-    result = Comparison(new_model, old, None)
+    result = Comparison(new_model, old, None, label_set)
     paths: list[str] = []
     rels: list[str] = []
     recorded: list[str | None] = []
@@ -160,7 +168,7 @@ def compare(infer_out: str, new_model: str, against: str | None = None) -> Compa
                 result.not_compared += 1
                 continue
             result.unknown_previous += model is None
-            result.transitions += np.asarray(counts, np.int64).reshape(_CLASSES, _CLASSES)
+            result.transitions += np.asarray(counts, np.int64).reshape(classes, classes)
             paths.append(path)
             rels.append(rel)
             recorded.append(model)
@@ -170,8 +178,8 @@ def compare(infer_out: str, new_model: str, against: str | None = None) -> Compa
     both = {p for p in compared if miou_new.get(p) is not None and miou_old.get(p) is not None}
     result.labelled = len(both)
     if both:
-        result.confusion_new = _confusion_sum(files, new_model, both)
-        result.confusion_old = _confusion_sum(files, old, both)
+        result.confusion_new = _confusion_sum(files, new_model, both, classes)
+        result.confusion_old = _confusion_sum(files, old, both, classes)
     result.images = images_table(new_model, old, paths, rels, recorded, agreements,
                                  [miou_old.get(p) for p in paths], [miou_new.get(p) for p in paths])  # fmt: skip
     return result
@@ -205,12 +213,13 @@ def images_table(new_model: str, old_model: str, paths: list[str], rels: list[st
     })  # fmt: skip
 
 
-def largest_transitions(transitions: np.ndarray, top: int) -> list[dict[str, Any]]:
+def largest_transitions(transitions: np.ndarray, top: int, class_names: tuple[str, ...] = labels.CLASS_NAMES
+                        ) -> list[dict[str, Any]]:  # fmt: skip
     """The ``top`` largest off-diagonal cells: from class, to class, pixels, fraction of all."""
     total = int(transitions.sum())
     off = transitions.copy()
     np.fill_diagonal(off, 0)
-    cells = [(int(off[i, j]), labels.CLASS_NAMES[i], labels.CLASS_NAMES[j]) for i, j in zip(*np.nonzero(off), strict=True)]
+    cells = [(int(off[i, j]), class_names[i], class_names[j]) for i, j in zip(*np.nonzero(off), strict=True)]
     cells.sort(key=lambda c: (-c[0], c[1], c[2]))
     return [{"from": a, "to": b, "pixels": n, "fraction": n / total} for n, a, b in cells[:top]]
 
@@ -239,14 +248,16 @@ def summary(result: Comparison, top: int = DEFAULT_TOP) -> dict[str, Any]:
         "mean_image_agreement": float(agreements.mean()) if len(agreements) else None,
         "labelled_images": result.labelled,
         "dataset_miou": miou,
-        "largest_transitions": largest_transitions(result.transitions, top),
+        "largest_transitions": largest_transitions(result.transitions, top, result.label_set.class_names),
         "most_changed": most.to_pylist(),
-        "classes": list(labels.CLASS_NAMES),
+        "label_set": result.label_set.name,
+        "classes": list(result.label_set.class_names),
         "transitions": result.transitions.tolist(),
         "definitions": {
             "agreement": "pixels of the same class in both masks / pixels compared, over all compared images",
-            "transitions": "19x19 pixel counts, rows = the old model's trainId, columns = the new model's",
-            "dataset_miou": "Cityscapes mIoU of each model's summed confusion matrix over the compared images "
+            "transitions": "CxC pixel counts (C: the label set's classes), rows = the old model's trainId, "
+            "columns = the new model's",
+            "dataset_miou": "mIoU (Cityscapes definition) of each model's summed confusion matrix over the compared images "
             "both rows have ground truth for (the written masks: CRF-refined where the run used the CRF)",
         },
     }
