@@ -78,7 +78,7 @@ _COUNTS_MESSAGE = "--epochs and --batch-size must be >= 1 and --lr > 0"
 
 class TrainError(OptionsError):
     """A problem the user can fix (bad options, bad prepared dir, incompatible run); raised before
-    training. The CLI shows it with exit status 1."""
+    training. The CLI shows it as a usage error (exit status 2, as for every command)."""
 
 
 @dataclass(frozen=True)
