@@ -105,51 +105,9 @@ class _Clock:
         return self.now
 
 
-def test_a_slower_pace_shortens_the_last_epoch_instead_of_dropping_it(monkeypatch):
-    """Fake clock: the probe planned 4 epochs of 10 steps at 1 s, the first epoch ran at ~2.1 s
-    per step. 79 s are left after it: 3 whole epochs (63 s) and, in the 14 s after them, a last
-    epoch of 6 steps with its validation. The lr decay ends at step 46 and training stops there."""
-    import segops.training.budget as budget
-
-    clock = _Clock()
-    monkeypatch.setattr(budget.time, "monotonic", clock)
-    plan = BudgetPlan(budget_s=110, startup_s=0, reserve_s=10, export_s=5, step_s=1.0, eval_s=2.0, epochs=4,
-                      steps_per_epoch=10, warmup_steps=0)  # fmt: skip
-    run = type("Run", (), {"extra_state": {}, "stopped_early": False, "budget_ended": False})()
-    schedule = WarmupPolyDecay(1e-3, plan.total_steps)
-    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="mse")
-    model.optimizer.build(model.trainable_variables)
-    guard = budget.deadline_guard(budget.Deadline(0.0, plan.budget_s, plan.reserve_s), run, plan, replan=True)
-    guard.set_model(model)
-    guard.set_params({"epochs": 6, "steps": 10})
-    guard.on_train_begin()
-    for step in range(10):
-        clock.now = 2.0 * (step + 1)
-        model.optimizer.iterations.assign(step + 1)
-        guard.on_train_batch_end(step)
-    clock.now = 21.0  # after the validation
-    guard.on_epoch_end(0)
-    assert schedule.total_steps == 46
-    assert run.extra_state["budget_plan"]["epochs"] == 5 and run.extra_state["budget_plan"]["last_step"] == 46
-    recorded = BudgetPlan.from_json(run.extra_state["budget_plan"])
-    assert recorded.total_steps == 46  # what --resume trains to
-    model.optimizer.iterations.assign(45)
-    guard.on_train_batch_end(4)
-    assert not model.stop_training
-    model.optimizer.iterations.assign(46)
-    guard.on_train_batch_end(5)
-    assert model.stop_training
-    older = {k: v for k, v in plan.to_json().items() if k != "last_step"}  # a state.json of before
-    assert BudgetPlan.from_json(older).total_steps == 40
-
-
-def test_a_pace_that_slows_after_the_plan_moves_the_end_again(monkeypatch):
-    """Fake clock, the plan of the test above (4 epochs of 10 steps at 1 s, 110 s budget): the
-    first epoch at 2 s per step plans 3 whole epochs and a shortened one ending at step 46. The
-    second epoch then runs at 4 s per step: at the average pace (31.6 s an epoch, validation
-    included) the 38 s left hold one whole epoch and too little for a shortened one after it,
-    so the run now ends at step 30, after epoch 3."""
+def _guard_after_a_slow_first_epoch(monkeypatch):
+    """A fake clock and the guard of a plan of 4 epochs of 10 steps at 1 s in a 110 s budget,
+    after its first epoch ran at 2 s per step (ending at 21 s, its validation included)."""
     import segops.training.budget as budget
 
     clock = _Clock()
@@ -171,6 +129,35 @@ def test_a_pace_that_slows_after_the_plan_moves_the_end_again(monkeypatch):
         guard.on_train_batch_end(step)
     clock.now = 21.0
     guard.on_epoch_end(0)
+    return clock, plan, run, schedule, model, guard
+
+
+def test_a_slower_pace_shortens_the_last_epoch_instead_of_dropping_it(monkeypatch):
+    """Fake clock: the probe planned 4 epochs of 10 steps at 1 s, the first epoch ran at ~2.1 s
+    per step. 79 s are left after it: 3 whole epochs (63 s) and, in the 14 s after them, a last
+    epoch of 6 steps with its validation. The lr decay ends at step 46 and training stops there."""
+    clock, plan, run, schedule, model, guard = _guard_after_a_slow_first_epoch(monkeypatch)
+    assert schedule.total_steps == 46
+    assert run.extra_state["budget_plan"]["epochs"] == 5 and run.extra_state["budget_plan"]["last_step"] == 46
+    recorded = BudgetPlan.from_json(run.extra_state["budget_plan"])
+    assert recorded.total_steps == 46  # what --resume trains to
+    model.optimizer.iterations.assign(45)
+    guard.on_train_batch_end(4)
+    assert not model.stop_training
+    model.optimizer.iterations.assign(46)
+    guard.on_train_batch_end(5)
+    assert model.stop_training
+    older = {k: v for k, v in plan.to_json().items() if k != "last_step"}  # a state.json of before
+    assert BudgetPlan.from_json(older).total_steps == 40
+
+
+def test_a_pace_that_slows_after_the_plan_moves_the_end_again(monkeypatch):
+    """Fake clock, the plan of the test above (4 epochs of 10 steps at 1 s, 110 s budget): the
+    first epoch at 2 s per step plans 3 whole epochs and a shortened one ending at step 46. The
+    second epoch then runs at 4 s per step: at the average pace (31.6 s an epoch, validation
+    included) the 38 s left hold one whole epoch and too little for a shortened one after it,
+    so the run now ends at step 30, after epoch 3."""
+    clock, plan, run, schedule, model, guard = _guard_after_a_slow_first_epoch(monkeypatch)
     assert schedule.total_steps == 46
     for step in range(10):
         clock.now = 21.0 + 4.0 * (step + 1)

@@ -7,13 +7,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from bad_inputs import bomb_jpeg, bomb_png, png
 from PIL import Image
 from trainutil import synth_val_and_tiny_unet
 
@@ -31,31 +30,10 @@ TILE = (32, 64)  # small tile: the 96x256 image is cut into tiles like a huge fr
 ROOT_READS_ALL = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A header claiming width x height RGB pixels and one tiny IDAT: decoding would allocate it all."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _png_chunk(b"IEND", b"")
-
-
-def bomb_jpeg(width: int, height: int) -> bytes:
-    sof = struct.pack(">BHHB", 8, height, width, 3) + b"\x01\x22\x00\x02\x11\x01\x03\x11\x01"
-    return b"\xff\xd8" + b"\xff\xc0" + struct.pack(">H", len(sof) + 2) + sof + b"\xff\xd9"
-
-
 def pil_bytes(image: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     image.save(buf, fmt, **kw)
     return buf.getvalue()
-
-
-def png(arr: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(arr, cv2.COLOR_RGB2BGR) if arr.ndim == 3 and arr.shape[2] == 3 else arr)
-    assert ok
-    return buf.tobytes()
 
 
 # name -> (stage, words of the reason) for inputs that must be dead-lettered

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from bad_inputs import crc_broken, jpeg, png_chunks
 from conftest import Frame, brute_force_border, make_dataset, tiny_scene, write_frame, write_png
 
 from segops.core import labels
@@ -41,10 +42,8 @@ def _bad_inputs(root: Path) -> dict[str, tuple[str, str, str]]:
     def rewrite(f: Frame, rel: str, data: bytes) -> None:
         (root / rel).write_bytes(data)
 
-    f = frame("000001")  # corrupt: bytes flipped in the middle of the compressed data
-    data = bytearray((root / f.image_rel).read_bytes())
-    data[len(data) // 2 : len(data) // 2 + 8] = bytes(8)
-    rewrite(f, f.image_rel, bytes(data))
+    f = frame("000001")  # corrupt: bytes zeroed in the middle of the compressed data
+    rewrite(f, f.image_rel, crc_broken((root / f.image_rel).read_bytes()))
     expected["corrupt"] = (f.image_rel, "decode", "corrupt image PNG: CRC mismatch")
     f = frame("000002")  # truncated
     rewrite(f, f.image_rel, (root / f.image_rel).read_bytes()[: -200])
@@ -53,7 +52,7 @@ def _bad_inputs(root: Path) -> dict[str, tuple[str, str, str]]:
     rewrite(f, f.image_rel, b"")
     expected["empty"] = (f.image_rel, "decode", "empty file")
     f = frame("000004")  # a JPEG named .png
-    rewrite(f, f.image_rel, cv2.imencode(".jpg", f.image)[1].tobytes())
+    rewrite(f, f.image_rel, jpeg(f.image))
     expected["not png"] = (f.image_rel, "decode", "not a PNG file")
     f = frame("000005", label=np.full((H, W - 4), 7, np.uint8))
     expected["size mismatch"] = (f.label_rel, "label", "size mismatch")
@@ -316,23 +315,13 @@ def test_allocator_tuning_applies_on_glibc():
     assert keep_large_buffers_on_heap() is expected
 
 
-def _png_chunks(data: bytes) -> list[bytes]:
-    """Split a PNG after its signature into whole chunks (length, type, data, CRC)."""
-    out, pos = [], 8
-    while pos < len(data):
-        end = pos + 12 + int.from_bytes(data[pos : pos + 4], "big")
-        out.append(data[pos:end])
-        pos = end
-    return out
-
-
 def test_png_chunk_walk_catches_each_kind_of_damage():
     from segops.core.imageio import BadInput, check_png_chunks
 
     _, buf = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
     data = buf.tobytes()
     check_png_chunks(data)  # intact
-    chunks = _png_chunks(data)
+    chunks = png_chunks(data)
     assert [c[4:8] for c in chunks][0] == b"IHDR" and chunks[-1][4:8] == b"IEND"
     no_idat = data[:8] + b"".join(c for c in chunks if c[4:8] != b"IDAT")
     damaged = bytearray(data)
