@@ -287,14 +287,19 @@ def check_saved_model(path: str) -> None:
     check_graph_ops(graph, path)
 
 
-def _class_names(config: Any) -> set[str]:
-    """Every ``class_name`` in a Keras config, nested layers included."""
+def config_values(config: Any, key: str) -> set[str]:
+    """Every string value of ``key`` (``class_name``, ``module``) in a Keras config, nested
+    layers included."""
     if isinstance(config, dict):
-        names = {config["class_name"]} if isinstance(config.get("class_name"), str) else set()
-        return names.union(*(_class_names(v) for v in config.values()))
+        found = {config[key]} if isinstance(config.get(key), str) else set()
+        return found.union(*(config_values(v, key) for v in config.values()))
     if isinstance(config, list):
-        return set().union(*(_class_names(v) for v in config))
+        return set().union(*(config_values(v, key) for v in config))
     return set()
+
+
+def _class_names(config: Any) -> set[str]:
+    return config_values(config, "class_name")
 
 
 def load_keras_model(model_dir: str) -> Any:

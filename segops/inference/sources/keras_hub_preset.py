@@ -56,12 +56,7 @@ def _read(path: str) -> Any:
 
 def _modules(config: Any) -> set[str]:
     """Every ``module`` a Keras config names (deserialisation imports them)."""
-    if isinstance(config, dict):
-        found = {config["module"]} if isinstance(config.get("module"), str) else set()
-        return found.union(*(_modules(v) for v in config.values()))
-    if isinstance(config, list):
-        return set().union(*(_modules(v) for v in config))
-    return set()
+    return export_dir.config_values(config, "module")
 
 
 def _check_config(path: str, config: Any) -> None:
