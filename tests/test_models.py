@@ -28,6 +28,20 @@ def test_logits_at_input_resolution_for_non_square_inputs(name, hparams):
     assert not np.allclose(logits[0], logits[1])
 
 
+def test_bilinear_unet_traces_in_graph_mode_at_unknown_sizes():
+    # Training and exports trace the model with height and width unknown; Keras'
+    # UpSampling2D(interpolation="bilinear") failed there ("symbolic tf.Tensor as a Python bool").
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    model = build_model("unet", num_classes=5, depth=2, base_filters=4, upsampling="bilinear")
+    call = tf.function(lambda x: model(x, training=True),
+                       input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])  # fmt: skip
+    images = np.random.default_rng(0).uniform(0, 255, (1, 8, 12, 3)).astype("float32")
+    logits = call(tf.constant(images)).numpy()
+    assert logits.shape == (1, 8, 12, 5) and np.isfinite(logits).all()
+
+
 @pytest.mark.parametrize(("name", "hparams"), [CASES[0], CASES[2]])
 def test_keras_round_trip_gives_identical_outputs(tmp_path, name, hparams):
     keras.utils.set_random_seed(1)

@@ -18,6 +18,7 @@ from segops.core.labels import NUM_CLASSES
 from segops.models import NO_BACKBONE, NO_WEIGHTS, UPSAMPLING_MODES
 from segops.models.backbones import encode
 from segops.models.blocks import conv_bn_relu, dilated_block, logits_head, normalize_input
+from segops.models.layers import BilinearUpsampling
 
 
 def build_unet(
@@ -77,7 +78,9 @@ def build_unet(
         if upsampling == "transpose":
             x = layers.Conv2DTranspose(width(level), 2, strides=2, padding="same", name=f"up{level}")(x)
         else:
-            x = layers.UpSampling2D(2, interpolation="bilinear", name=f"up{level}_resize")(x)
+            # segops' layer, not UpSampling2D(interpolation="bilinear"): Keras' cannot be traced in
+            # graph mode at unknown sizes, which is how training and exports run.
+            x = BilinearUpsampling(2, name=f"up{level}_resize")(x)
             x = layers.Conv2D(width(level), 1, padding="same", name=f"up{level}")(x)
         if skips[level] is not None:
             x = layers.Concatenate(name=f"skip{level}")([x, skips[level]])
