@@ -298,10 +298,6 @@ def config_values(config: Any, key: str) -> set[str]:
     return set()
 
 
-def _class_names(config: Any) -> set[str]:
-    return config_values(config, "class_name")
-
-
 def load_keras_model(model_dir: str) -> Any:
     """The export's ``model.keras`` (for fine-tuning or Keras users), loaded in Keras' safe mode
     (:func:`load_keras_file`)."""
@@ -315,7 +311,7 @@ def load_keras_model(model_dir: str) -> Any:
 
 def check_keras_config(config: Any, path: str) -> None:
     """Refuse a Keras config holding a Lambda layer (Python code inside the model file)."""
-    if "Lambda" in _class_names(config):
+    if "Lambda" in config_values(config, "class_name"):
         raise ModelError(f"{path} contains a Lambda layer (Python code in the model file): refusing to load it")
 
 

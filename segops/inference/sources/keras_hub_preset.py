@@ -54,14 +54,10 @@ def _read(path: str) -> Any:
         raise ModelError(f"{path} is not valid JSON ({exc})") from exc
 
 
-def _modules(config: Any) -> set[str]:
-    """Every ``module`` a Keras config names (deserialisation imports them)."""
-    return export_dir.config_values(config, "module")
-
-
 def _check_config(path: str, config: Any) -> None:
     export_dir.check_keras_config(config, path)
-    foreign = sorted(m for m in _modules(config) if m.split(".")[0] not in ALLOWED_MODULES)
+    modules = export_dir.config_values(config, "module")  # deserialisation imports each of them
+    foreign = sorted(m for m in modules if m.split(".")[0] not in ALLOWED_MODULES)
     if foreign:
         raise ModelError(f"{path} names module(s) {', '.join(foreign)}: a keras-hub preset names only keras and "
                          f"keras_hub classes; refusing to load it")  # fmt: skip
