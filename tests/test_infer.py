@@ -12,6 +12,7 @@ import cv2
 import keras
 import numpy as np
 import pytest
+from agreement import assert_labels_agree
 from click.testing import CliRunner
 from conftest import write_png
 
@@ -307,7 +308,7 @@ def test_unlabelled_images_in_any_layout_get_masks_and_confidence_only(model_dir
     report = run_infer(InferOptions(model_dir, str(root), str(out), crf=False))
     assert (report.found, report.processed, report.dead_lettered) == (2, 2, 0)
     train = read_png(out / "masks" / "a_trainIds.png")
-    np.testing.assert_array_equal(train, _probs(serving, rgb_a).argmax(axis=2))  # --no-crf: argmax
+    assert_labels_agree(train, _probs(serving, rgb_a))  # --no-crf: argmax (the pipeline's batch shape may round differently)
     assert (out / "masks" / "sub" / "deeper" / "b_color.png").exists()
     rows = read_metrics(str(out)).to_pylist()
     for row in rows:

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from agreement import assert_labels_agree
 from trainutil import make_scene, write_prepared
 
 from segops.core.imageio import encode_png
@@ -201,4 +202,7 @@ def test_every_model_trains_exports_and_runs_through_infer(case, prepared, archi
         serving = export_dir.load_serving_fn(str(run))
         for stem, rgb in images.items():
             mask = tf.io.decode_png((out / "masks" / f"{stem}_trainIds.png").read_bytes()).numpy()[..., 0]
-            np.testing.assert_array_equal(mask, serving(images=rgb[None])["probabilities"].numpy()[0].argmax(-1))
+            # a barely trained SegNet is near-uniform (most pixels near-ties): the probabilities
+            # were compared above (allclose), the mask need only be one of their argmaxes
+            assert_labels_agree(mask, serving(images=rgb[None])["probabilities"].numpy()[0], err_msg=stem,
+                                max_near_tie_share=None)  # fmt: skip
