@@ -110,15 +110,17 @@ def child_driver_steps(out: str, model_id: str) -> dict:
 
 def child_seed(model: str, archive: str, out: str) -> dict:
     """One row per image, as earlier runs would have written them (for N above --full-max)."""
+    import numpy as np
     import pyarrow as pa
     from deltalake import write_deltalake
 
     from segops.inference import table
-    from segops.inference.rows import metrics_schema
+    from segops.inference.rows import class_pixels, metrics_schema
     from segops.models import export_dir
 
     model_id = export_dir.load_info(model).model_id
     schema = metrics_schema()
+    pixels = class_pixels(np.zeros((H, W), np.uint8))  # class_pixels is non-nullable: an all-road mask
     table.ensure_table(out)
     start = time.perf_counter()
     rows: list[dict] = []
@@ -134,7 +136,7 @@ def child_seed(model: str, archive: str, out: str) -> dict:
             rows.append({"path": str(f), "rel_path": f"{d.name}/{f.name}", "input_size": st.st_size,
                          "input_mtime": st.st_mtime, "height": H, "width": W, "model_id": model_id,
                          "run_id": "seed", "crf": False, "has_labels": False, "inference_ms": 0.0,
-                         "mean_confidence": 0.5, "low_confidence_fraction": 0.0})  # fmt: skip
+                         "mean_confidence": 0.5, "low_confidence_fraction": 0.0, "class_pixels": pixels})  # fmt: skip
             if len(rows) >= 200_000:
                 flush()
     if rows:

@@ -12,13 +12,23 @@ import pyarrow.parquet as pq
 import pytest
 
 from segops.core import labels
+from segops.core.label_sets import BUILTIN_NAMES, load_label_set
 from segops.inference import table
 from segops.inference.discovery import WorkItem
-from segops.inference.rows import COLUMNS, metrics_row, metrics_schema
+from segops.inference.rows import (
+    COLUMNS,
+    STAGES,
+    class_columns,
+    columns_for,
+    columns_markdown,
+    metrics_row,
+    metrics_schema,
+)
 from segops.inference.stage_values import ImageExample, Segmented
 
 ROAD, CAR, IGNORE = 0, 13, 255
 PYTHON_TYPES = {"string": str, "int64": int, "int32": int, "double": float, "bool": bool}
+DOCS = Path(__file__).parents[1] / "docs"
 
 
 def segmented(path: str = "/in/a.png", labelled: bool = True, crf: bool = True, size: int = 100) -> Segmented:
@@ -36,7 +46,8 @@ def test_the_schema_and_the_row_come_from_one_column_list():
     schema = metrics_schema()
     row = metrics_row(segmented(), model_id="unet-1", run_id="r1")
     assert schema.names == [c.name for c in COLUMNS] == list(row)
-    assert len(set(schema.names)) == len(schema.names) == 17 + 2 * (3 + 2 * labels.NUM_CLASSES + 1) + 3
+    assert len(set(schema.names)) == len(schema.names)
+    assert [f.nullable for f in schema] == [c.nullable for c in COLUMNS]
     for column, field in zip(COLUMNS, schema, strict=True):
         value = row[field.name]
         assert pa.array([value], type=field.type).to_pylist() == [value], field.name
@@ -44,6 +55,29 @@ def test_the_schema_and_the_row_come_from_one_column_list():
             assert type(value) is PYTHON_TYPES[column.arrow], field.name
     assert json.loads(schema.metadata[b"segops.classes"]) == list(labels.CLASS_NAMES)
     assert pa.Table.from_pylist([row], schema=schema).num_rows == 1
+
+
+def per_class_columns(label_set) -> list[str]:
+    return [f"{s}_{stage}_{name}" for s in ("iou", "dice") for stage in STAGES for name in class_columns(label_set)]
+
+
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
+def test_only_the_per_class_columns_follow_the_label_set(name):
+    """Two scores per class and stage; every other column is the same whatever the label set."""
+    label_set = load_label_set(name)
+    names = [c.name for c in columns_for(label_set)]
+    per_class = per_class_columns(label_set)
+    assert len(per_class) == 2 * len(STAGES) * label_set.num_classes
+    assert len(set(names)) == len(names) and set(per_class) <= set(names)
+    cityscapes_per_class = set(per_class_columns(load_label_set(None)))
+    assert [n for n in names if n not in per_class] == [c.name for c in COLUMNS if c.name not in cityscapes_per_class]
+
+
+def test_the_columns_table_in_docs_infer_md_is_the_one_COLUMNS_writes():
+    lines = (DOCS / "infer.md").read_text().splitlines()
+    start = lines.index("| column | type | meaning |")
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    assert "\n".join(lines[start:end]) + "\n" == columns_markdown()
 
 
 def test_row_values_match_scores_worked_out_by_hand():

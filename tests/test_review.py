@@ -41,9 +41,10 @@ def _row(i: int, conf: float, change: float | None, miou: float | None, car_pixe
     row = dict.fromkeys(metrics_schema().names)
     counts = [0] * labels.NUM_CLASSES
     counts[CAR.train_id] = car_pixels
-    row.update(path=f"/data/img{i:02d}.png", rel_path=f"img{i:02d}.png", height=H, width=W, model_id=model,
-               has_labels=miou is not None, mean_confidence=conf, crf_changed_fraction=change,
-               mean_iou_after=miou, class_pixels=counts)  # fmt: skip
+    row.update(path=f"/data/img{i:02d}.png", rel_path=f"img{i:02d}.png", input_size=1000 + i, input_mtime=1.7e9,
+               height=H, width=W, model_id=model, run_id="hand", crf=change is not None, has_labels=miou is not None,
+               inference_ms=1.0, mean_confidence=conf, low_confidence_fraction=0.0, crf_changed_fraction=change,
+               mean_iou_after=miou, class_pixels=counts)  # fmt: skip  every non-nullable column set
     return row
 
 

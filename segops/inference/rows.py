@@ -1,8 +1,9 @@
 """The rows of the results table (docs/infer.md): one list of columns, :data:`COLUMNS`, each with
 its name, Arrow type, how its value is computed from one segmented image, whether it may be
-null, and what it means. The Arrow schema (:func:`metrics_schema`) and the row of an image
-(:func:`metrics_row`) are both made from it, so a new column is one entry. Where the rows go (the
-Delta table, staging, the commit) is segops.inference.table.
+null, and what it means. The Arrow schema (:func:`metrics_schema`), the row of an image
+(:func:`metrics_row`) and the table of columns in docs/infer.md (:func:`columns_markdown`) are all
+made from it, so a new column is one entry. Where the rows go (the Delta table, staging, the
+commit) is segops.inference.table.
 
 The per-class columns and the CxC matrices follow the label set of the model
 (:func:`columns_for`); :data:`COLUMNS` are the Cityscapes ones, the default."""
@@ -25,6 +26,7 @@ from segops.inference.previous import PreviousMask
 from segops.inference.stage_values import Segmented
 
 STAGES = ("before", "after")  # the model's argmax, the CRF result
+ANY_STAGE = "{" + ",".join(STAGES) + "}"  # the stages in a column family's name: `mean_iou_{before,after}`
 
 
 def class_columns(label_set: LabelSet) -> tuple[str, ...]:
@@ -79,11 +81,14 @@ class RowSource:
 @dataclass(frozen=True)
 class Column:
     name: str
-    arrow: str  # a key of _ARROW_TYPES (the names docs/infer.md uses)
+    arrow: str  # a type name of _arrow_type (the names docs/infer.md uses)
     value: Callable[[RowSource], Any]
-    # whether the value may be null; the Arrow fields all stay nullable, as in the tables written so far
+    # whether the value may be null: the Arrow field's nullability (see metrics_schema)
     nullable: bool
-    doc: str
+    doc: str  # what it means: the "meaning" cell of its row of the table in docs/infer.md
+    # the name of that row when the column shares it with its siblings of other stages or
+    # classes (`iou_{before,after}_<class>`); "": the column's own name
+    family: str = ""
 
 
 def _arrow_type(pa: Any, name: str) -> Any:
@@ -125,21 +130,25 @@ def _stage_columns(stage: str, label_set: LabelSet) -> tuple[list[Column], list[
     """(summary scores, per-class IoU then Dice, confusion matrix) of one stage."""
     summary = [
         Column(f"pixel_accuracy_{stage}", "double", _scored(stage, lambda s: finite_or_none(metrics.pixel_accuracy(s.confusion))),
-               True, "correct / non-ignored pixels"),
+               True, "correct / non-ignored pixels", f"pixel_accuracy_{ANY_STAGE}"),
         Column(f"mean_iou_{stage}", "double", _scored(stage, lambda s: finite_or_none(metrics.nanmean_or_nan(s.iou))),
-               True, "mean over classes with a score"),
+               True, "mean over classes with a score", f"mean_iou_{ANY_STAGE}"),
         Column(f"mean_dice_{stage}", "double", _scored(stage, lambda s: finite_or_none(metrics.nanmean_or_nan(s.dice))),
-               True, "mean over classes with a score"),
+               True, "mean over classes with a score", f"mean_dice_{ANY_STAGE}"),
     ]  # fmt: skip
-    undefined = "null where the class is in neither prediction nor ground truth"
-    per_class = [
-        Column(f"{scores}_{stage}_{name}", "double", _scored(stage, _per_class(scores, i)), True, f"{scores} of {name}; {undefined}")
-        for scores in ("iou", "dice")
-        for i, name in enumerate(class_columns(label_set))
-    ]  # fmt: skip
+    names = class_columns(label_set)
     c = label_set.num_classes
+    each = (f"{c} classes each (`{names[0]}` ... `{names[-1]}`, spaces as `_`); "
+            "null where the class is in neither prediction nor ground truth")  # fmt: skip
+    per_class = [
+        Column(f"{scores}_{stage}_{name}", "double", _scored(stage, _per_class(scores, i)), True, each,
+               f"{scores}_{ANY_STAGE}_<class>")
+        for scores in ("iou", "dice")
+        for i, name in enumerate(names)
+    ]  # fmt: skip
     confusion = Column(f"confusion_{stage}", "list<int64>", _scored(stage, lambda s: [int(v) for v in s.confusion.ravel()]),
-                       True, f"{c}x{c} = {c * c} counts, row-major, rows = ground truth trainId, columns = prediction")  # fmt: skip
+                       True, f"{c}x{c} = {c * c} counts, row-major, rows = ground truth trainId, columns = prediction",
+                       f"confusion_{ANY_STAGE}")  # fmt: skip
     return summary, per_class, confusion
 
 
@@ -151,21 +160,29 @@ def _columns(label_set: LabelSet) -> tuple[Column, ...]:
         Column("rel_path", "string", lambda r: r.item.rel, False, "path relative to INPUT (the masks mirror it)"),
         Column("label_path", "string", lambda r: r.item.label_path, True, "ground truth used, if any"),
         Column("input_size", "int64", lambda r: r.item.size, False, "the input file's size in bytes when it was processed"),
-        Column("input_mtime", "double", lambda r: r.item.mtime, False, "its modification time (epoch seconds)"),
-        Column("height", "int32", lambda r: int(r.seg.pred_before.shape[0]), False, "image height"),
-        Column("width", "int32", lambda r: int(r.seg.pred_before.shape[1]), False, "image width"),
-        Column("model_id", "string", lambda r: r.model_id, False, "architecture + digest of the weights"),
-        Column("run_id", "string", lambda r: r.run_id, False, "the run that wrote the row"),
+        Column("input_mtime", "double", lambda r: r.item.mtime, False,
+               "its modification time (epoch seconds); with `input_size` the fingerprint that tells a changed image from a done one"),
+        Column("height", "int32", lambda r: int(r.seg.pred_before.shape[0]), False, "image size"),
+        Column("width", "int32", lambda r: int(r.seg.pred_before.shape[1]), False, "image size"),
+        Column("model_id", "string", lambda r: r.model_id, False, "`ModelInfo.model_id` (architecture + digest of the weights)"),
+        Column("run_id", "string", lambda r: r.run_id, False,
+               "the run that wrote the row (its commit carries the same id: `segops.run_id`)"),
         Column("crf", "bool", lambda r: r.seg.pred_after is not None, False, "whether the masks are CRF-refined"),
-        Column("has_labels", "bool", lambda r: r.seg.example.gt is not None, False, "whether ground truth was found"),
-        Column("inference_ms", "double", lambda r: float(r.seg.inference_ms), False, "this image's share of its batch's model time"),
-        Column("crf_ms", "double", lambda r: None if r.seg.crf_ms is None else float(r.seg.crf_ms), True, "CRF time"),
-        Column("mean_confidence", "double", lambda r: float(r.seg.mean_confidence), False, "mean top softmax probability"),
+        Column("has_labels", "bool", lambda r: r.seg.example.gt is not None, False,
+               "whether ground truth was found (metrics are null otherwise)"),
+        Column("inference_ms", "double", lambda r: float(r.seg.inference_ms), False,
+               "this image's share (by pixels) of its batch's model time"),
+        Column("crf_ms", "double", lambda r: None if r.seg.crf_ms is None else float(r.seg.crf_ms), True,
+               "CRF time (null with `--no-crf`)"),
+        Column("mean_confidence", "double", lambda r: float(r.seg.mean_confidence), False,
+               "mean over pixels of the top softmax probability"),
         Column("low_confidence_fraction", "double", lambda r: float(r.seg.low_confidence_fraction), False,
                "fraction of pixels whose top probability is < 0.5"),
-        Column("crf_changed_fraction", "double", _crf_changed_fraction, True, "fraction of pixels the CRF relabelled"),
+        Column("crf_changed_fraction", "double", _crf_changed_fraction, True, "fraction of pixels whose label the CRF changed"),
         Column("class_pixels", "list<int64>", lambda r: class_pixels(r.written_mask, c), False,
-               f"pixels per trainId in the written mask ({c})"),
+               f"{c} counts: pixels per trainId in the written mask (after the CRF when it ran); which classes an "
+               "unlabelled image shows (`segops review select --class`). A table written before this column gains "
+               "it on the next run's MERGE (null in older rows)"),
     ]  # fmt: skip
     stages = [_stage_columns(stage, label_set) for stage in STAGES]
     # the order of the tables written so far: summaries of both stages, per-class scores, confusions
@@ -186,11 +203,14 @@ def _previous_columns(c: int) -> list[Column]:
     """The comparison with the mask the written one replaced (segops.inference.previous)."""
     return [
         Column("previous_model_id", "string", _previous(lambda p: p.model_id), True,
-               "the model whose trainIds mask this row's mask replaced; null: none, or its model unknown"),
+               "the model whose trainIds mask this row's mask replaced; null when none was replaced, or its mask "
+               "(from an older segops) named no model"),
         Column("agreement_with_previous", "double", _previous(lambda p: p.agreement), True,
-               "fraction of pixels whose class the replaced mask had too; null: no mask replaced"),
+               "fraction of pixels whose class the replaced mask had too; null when no mask was replaced (none, "
+               "another size, unreadable, or this model's own: [A new model](scheduled.md#a-new-model))"),
         Column("transitions_from_previous", "list<int64>", _previous(lambda p: [int(v) for v in p.transitions.ravel()]),
-               True, f"{c}x{c} = {c * c} counts, row-major, rows = the replaced mask's trainId, columns = this mask's"),
+               True, f"{c}x{c} = {c * c} counts, row-major, rows = the replaced mask's trainId, columns = this mask's "
+               "(metadata `segops.transitions`)"),
     ]  # fmt: skip
 
 
@@ -204,11 +224,40 @@ COLUMNS: tuple[Column, ...] = columns_for()
 
 def metrics_schema(label_set: LabelSet | None = None) -> Any:
     """The results table's Arrow schema for ``label_set`` (Cityscapes when None), with the class
-    names in its metadata."""
+    names in its metadata; a field is nullable where its column is.
+
+    Tables written before the fields carried their nullability are all-nullable; delta-rs
+    (1.6) MERGEs rows of this schema into them (``merge_schema=True`` keeps their nullable
+    fields, and a column a MERGE adds is nullable, null in the older rows), and pyarrow reads
+    their nulls through it (:func:`segops.inference.table.rows_dataset`). A table created with
+    it refuses a null in a non-nullable column at the commit: a column that may be null says so."""
     import pyarrow as pa
 
     ls = label_set or cityscapes()
-    return pa.schema([(c.name, _arrow_type(pa, c.arrow)) for c in columns_for(ls)], metadata=schema_metadata(ls))
+    fields = [pa.field(c.name, _arrow_type(pa, c.arrow), nullable=c.nullable) for c in columns_for(ls)]
+    return pa.schema(fields, metadata=schema_metadata(ls))
+
+
+def columns_markdown(label_set: LabelSet | None = None) -> str:
+    """The table of the columns in docs/infer.md (a test keeps the two equal): a row per column
+    or per family of columns (:attr:`Column.family`), and one row for neighbours with the same type
+    and meaning (`height`, `width`)."""
+    families: dict[str, Column] = {}
+    for col in columns_for(label_set):
+        first = families.setdefault(col.family or col.name, col)
+        if (first.arrow, first.nullable, first.doc) != (col.arrow, col.nullable, col.doc):
+            raise ValueError(f"column {col.name} differs from {first.name}, the first of its family {col.family}")
+    rows: list[tuple[list[str], Column]] = []
+    for name, col in families.items():
+        if rows and (rows[-1][1].arrow, rows[-1][1].nullable, rows[-1][1].doc) == (col.arrow, col.nullable, col.doc):
+            rows[-1][0].append(name)
+        else:
+            rows.append(([name], col))
+    lines = ["| column | type | meaning |", "| --- | --- | --- |"]
+    for names, col in rows:
+        kind = f"{col.arrow}, null" if col.nullable else col.arrow
+        lines.append(f"| {', '.join(f'`{n}`' for n in names)} | {kind} | {col.doc.replace('|', '&#124;')} |")
+    return "\n".join(lines) + "\n"
 
 
 def stage_scores(gt: np.ndarray | None, pred: np.ndarray | None, num_classes: int) -> StageScores | None:
