@@ -77,9 +77,6 @@ TRAIN_LABELS: tuple[Label, ...] = tuple(
 NUM_CLASSES: int = len(TRAIN_LABELS)  # 19
 CLASS_NAMES: tuple[str, ...] = tuple(lb.name for lb in TRAIN_LABELS)
 
-# Largest labelId that can appear in a labelIds PNG (license plate, id -1, is never rasterised).
-MAX_LABEL_ID: int = max(lb.id for lb in LABELS)
-
 
 def _label_to_train_lut() -> np.ndarray:
     lut = np.full(256, IGNORE_ID, dtype=np.uint8)

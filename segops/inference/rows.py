@@ -46,10 +46,6 @@ def schema_metadata(label_set: LabelSet) -> dict[str, str]:
     return meta
 
 
-CLASS_COLUMNS = class_columns(cityscapes())
-SCHEMA_METADATA = schema_metadata(cityscapes())
-
-
 @dataclass(frozen=True)
 class StageScores:
     """One stage's confusion matrix and per-class scores, computed once per row."""

@@ -34,8 +34,7 @@ from segops.core.labels import NUM_CLASSES
 from segops.models.blocks import BN_MOMENTUM, logits_head, normalize_input
 from segops.models.layers import BroadcastLike, UpsampleLike
 
-STRIDE = 8  # the head runs at 1/8; the coarser branches join maps of any size (UpsampleLike)
-HIGH_STRIDE = 8  # the high-resolution branch and the head
+HIGH_STRIDE = 8  # the high-resolution branch and the head; coarser branches join any size (UpsampleLike)
 DAPPM_POOLS = ((5, 2), (9, 4), (17, 8))  # (kernel, stride) of the pooled DAPPM branches
 
 
