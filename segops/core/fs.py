@@ -1,6 +1,7 @@
 """File access for every stage, through Beam's ``FileSystems`` so the same code reads and writes
 local paths, ``gs://`` or ``s3://``: joining, matching, whole-file reads, and atomic writes of
-bytes and JSON (a temporary sibling renamed into place, so readers never see half a file)."""
+bytes and JSON (a temporary sibling renamed into place, so readers never see half a file).
+Object-storage credentials and endpoints come from :mod:`segops.core.storage`, configured once."""
 
 from __future__ import annotations
 
@@ -13,12 +14,22 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from segops.core import storage
 from segops.core.layout import ATOMIC_TMP_INFIX, BEAM_TEMP_PREFIX
 
 # errors that say the output cannot be written (space, quota, permissions, read-only), as opposed
 # to a bad input: they fail a run with a message naming the path instead of a dead letter per record
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
                           errno.ENOTDIR})  # fmt: skip
+
+
+def filesystems() -> Any:
+    """Beam's ``FileSystems``, configured (:func:`segops.core.storage.ensure_configured`): without
+    options its S3 filesystem cannot even list."""
+    from apache_beam.io.filesystems import FileSystems
+
+    storage.ensure_configured()
+    return FileSystems
 
 
 def has_scheme(path: str) -> bool:
@@ -31,21 +42,15 @@ def normalise(path: str) -> str:
 
 
 def join(base: str, *parts: str) -> str:
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.join(base.rstrip("/") or base, *parts)
+    return filesystems().join(base.rstrip("/") or base, *parts)
 
 
 def split(path: str) -> tuple[str, str]:
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.split(path)
+    return filesystems().split(path)
 
 
 def exists(path: str) -> bool:
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.exists(path)
+    return filesystems().exists(path)
 
 
 def relpath(path: str, root: str) -> str:
@@ -63,9 +68,7 @@ def is_glob(path: str) -> bool:
 def match_metadata(pattern: str) -> list[Any]:
     """Beam ``FileMetadata`` (path, size_in_bytes, last_updated_in_seconds) of the files matching
     ``pattern``."""
-    from apache_beam.io.filesystems import FileSystems
-
-    (result,) = FileSystems.match([pattern])
+    (result,) = filesystems().match([pattern])
     return list(result.metadata_list)
 
 
@@ -81,16 +84,20 @@ def match(pattern: str) -> list[str]:
 
 
 def delete(paths: list[str]) -> None:
-    from apache_beam.io.filesystems import FileSystems
+    filesystems().delete(paths)
 
-    FileSystems.delete(paths)
+
+def remove_tree(directory: str) -> None:
+    """Remove ``directory`` and everything under it; nothing when it is absent. On an object
+    store a "directory" is a key prefix: Beam deletes a tree only for a path ending in '/'."""
+    target = directory.rstrip("/") + "/" if has_scheme(directory) else directory
+    with contextlib.suppress(OSError):  # absent, or removed concurrently
+        delete([target])
 
 
 def read_bytes(path: str) -> bytes:
     """Whole file contents (local, GCS, S3, HDFS...)."""
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path, compression_type="uncompressed") as f:
+    with filesystems().open(path, compression_type="uncompressed") as f:
         return f.read()
 
 
@@ -101,8 +108,7 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
     temporary and raises OSError naming ``path``; only a killed worker leaves a ``.tmp-*`` file,
     which :func:`remove_temporaries` clears on the next run.
     """
-    from apache_beam.io.filesystems import FileSystems
-
+    FileSystems = filesystems()  # noqa: N806 - Beam's class, configured
     parent = FileSystems.split(path)[0]
     if parent and not FileSystems.exists(parent):
         with contextlib.suppress(OSError):  # created concurrently by another worker
@@ -125,9 +131,11 @@ def check_writable(directory: str) -> None:
     """Fail early, before a stage reads any input, when ``directory`` cannot be written: raises
     OSError naming it when a file is in the way, or it (or the nearest existing parent it would be
     created in) is not writable or on a read-only filesystem; an existing directory also gets a
-    probe file written and removed (catches a full disk). Creates nothing. Local paths only (an
-    object store has no permissions to read ahead; its first write fails instead)."""
+    probe file written and removed (catches a full disk). Creates nothing. On an object store a
+    probe object is written and removed: :class:`segops.core.storage.StorageError` names what to
+    set when there are no credentials, no bucket, no permission or no endpoint."""
     if has_scheme(directory):
+        storage.check_access(directory, write=True)
         return
     existing = os.path.abspath(directory)
     while not os.path.exists(existing) and os.path.dirname(existing) != existing:
@@ -138,11 +146,9 @@ def check_writable(directory: str) -> None:
         code = errno.EROFS if os.statvfs(existing).f_flag & os.ST_RDONLY else errno.EACCES
         raise OSError(code, os.strerror(code), directory)
     if existing == os.path.abspath(directory):
-        from apache_beam.io.filesystems import FileSystems
-
         probe = join(directory, f".segops-write-probe{ATOMIC_TMP_INFIX}{uuid.uuid4().hex}")
         write_bytes_atomic(probe, b"probe")
-        FileSystems.delete([probe])
+        delete([probe])
 
 
 def write_error(exc: BaseException) -> OSError | None:
@@ -162,24 +168,30 @@ def write_error(exc: BaseException) -> OSError | None:
     return None
 
 
-def _temporary_paths(directory: str) -> Iterator[str]:
-    yield from match(join(directory, f"*{ATOMIC_TMP_INFIX}*"))
+def _temporary_paths(directory: str) -> Iterator[tuple[str, bool]]:
+    """(path, is a directory) of leftover files and Beam temp directories, listed through
+    FileSystems (an object store has no directories to glob: a prefix exists while a key has it)."""
+    yield from ((path, False) for path in match(join(directory, f"*{ATOMIC_TMP_INFIX}*")))
     for path in match(join(directory, f"{BEAM_TEMP_PREFIX}*", "*")):
-        yield split(path)[0]
+        yield split(path)[0], True
     if not has_scheme(directory):  # local: an empty Beam temp directory lists no files
         import glob
 
-        yield from glob.glob(os.path.join(directory, f"{BEAM_TEMP_PREFIX}*"))
+        yield from ((d, True) for d in glob.glob(os.path.join(directory, f"{BEAM_TEMP_PREFIX}*")))
 
 
 def remove_temporaries(directories: list[str]) -> list[str]:
     """Remove what killed writers left in ``directories`` (each may be a glob): ``*.tmp-*`` files
     of :func:`write_bytes_atomic` and Beam sinks' ``beam-temp-*`` directories. Only for a stage
     whose output no other run is writing at the same time; returns the paths removed, sorted."""
-    found = sorted({path for d in directories for path in _temporary_paths(d)})
-    if found:
-        delete(found)
-    return found
+    found = sorted({entry for d in directories for entry in _temporary_paths(d)})
+    for path, is_directory in found:
+        if is_directory:
+            remove_tree(path)
+        else:
+            with contextlib.suppress(OSError):
+                delete([path])
+    return sorted({path for path, _ in found})
 
 
 def dump_json(data: Any, indent: int | str | None = 2, newline: bool = True) -> bytes:

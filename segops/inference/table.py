@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from segops.core import fs, layout
+from segops.core import fs, layout, storage
 from segops.core.label_sets import LabelSet, LabelSetError, cityscapes, recorded_label_set
 from segops.inference.rows import metrics_schema
 
@@ -69,10 +69,11 @@ def model_filter(model_id: str) -> Any:
 def rows_dataset(data_files: list[str], label_set: LabelSet | None = None) -> Any:
     """A pyarrow dataset over the table's data files read with :func:`metrics_schema` of the
     table's ``label_set`` (delta-rs writes strings as string_view, which pyarrow's filter kernels
-    do not take)."""
+    do not take), local or on object storage (:func:`segops.core.storage.arrow_paths`)."""
     import pyarrow.dataset as ds
 
-    return ds.dataset(data_files, format="parquet", schema=metrics_schema(label_set))
+    filesystem, paths = storage.arrow_paths(data_files)
+    return ds.dataset(paths, format="parquet", schema=metrics_schema(label_set), filesystem=filesystem)
 
 
 def table_label_set(dt: Any) -> LabelSet:
@@ -114,6 +115,19 @@ def _storage_uri(output: str) -> str:
     return uri if fs.has_scheme(uri) else fs.normalise(uri)
 
 
+def _delta_table(uri: str, version: int | None = None) -> Any:
+    """``deltalake.DeltaTable`` at ``uri`` with the storage options of :mod:`segops.core.storage`."""
+    from deltalake import DeltaTable
+
+    return DeltaTable(uri, version=version, storage_options=storage.delta_storage_options(uri))
+
+
+def _is_table(uri: str) -> bool:
+    from deltalake import DeltaTable
+
+    return DeltaTable.is_deltatable(uri, storage_options=storage.delta_storage_options(uri))
+
+
 def ensure_table(output: str, label_set: LabelSet | None = None) -> int:
     """Create the (empty) results table of ``label_set``'s classes (Cityscapes when None) if
     there is none; returns its current version."""
@@ -124,24 +138,22 @@ def ensure_table(output: str, label_set: LabelSet | None = None) -> int:
     ls = label_set or cityscapes()
     description = json.dumps({LABEL_SET_KEY: ls.to_json()}, separators=(",", ":"))
     for _ in range(COMMIT_ATTEMPTS):
-        if DeltaTable.is_deltatable(uri):
-            return DeltaTable(uri).version()
+        if _is_table(uri):
+            return _delta_table(uri).version()
         with contextlib.suppress(CommitFailedError, DeltaError):  # created concurrently: read it
             DeltaTable.create(uri, schema=metrics_schema(ls), mode="ignore", name="segops_results",
-                              description=description)  # fmt: skip
-    return DeltaTable(uri).version()
+                              description=description, storage_options=storage.delta_storage_options(uri))  # fmt: skip
+    return _delta_table(uri).version()
 
 
 def open_table(output: str, version: int | None = None, run_id: str | None = None,
                as_of: datetime.datetime | str | None = None) -> Any:  # fmt: skip
     """The results table (``deltalake.DeltaTable``): the latest version, or as of a ``version``,
     the version a ``run_id`` committed, or a point in time ``as_of`` (time travel)."""
-    from deltalake import DeltaTable
-
     uri = _storage_uri(output)
-    if not DeltaTable.is_deltatable(uri):
+    if not _is_table(uri):
         raise TableError(f"{output} has no results table ({layout.RESULTS_TABLE}/): run `segops infer` first")
-    dt = DeltaTable(uri)
+    dt = _delta_table(uri)
     if run_id is not None:
         version = version_of_run(dt, run_id)
     if version is not None:
@@ -162,13 +174,11 @@ def version_of_run(dt: Any, run_id: str) -> int:
 def read_metrics(output: str, columns: list[str] | None = None, model_id: str | None = None) -> Any:
     """The rows (optionally of one model) as a pyarrow Table; empty (with the schema) when there
     is no table yet. Loads them all: for archive-sized tables scan :func:`open_table` instead."""
-    from deltalake import DeltaTable
-
     uri = _storage_uri(output)
-    if not DeltaTable.is_deltatable(uri):
+    if not _is_table(uri):
         schema = metrics_schema()
         return schema.empty_table() if columns is None else schema.empty_table().select(columns)
-    dt = DeltaTable(uri)
+    dt = _delta_table(uri)
     dataset = rows_dataset(dt.file_uris(), table_label_set(dt))
     wanted = model_filter(model_id) if model_id is not None else None
     return dataset.to_table(columns=columns, filter=wanted)
@@ -180,9 +190,7 @@ def read_metrics(output: str, columns: list[str] | None = None, model_id: str | 
 
 def index_files(output: str, version: int) -> list[str]:
     """Data files of the table at ``version`` (runs on a worker: reads only the log)."""
-    from deltalake import DeltaTable
-
-    return list(DeltaTable(_storage_uri(output), version=version).file_uris())
+    return list(_delta_table(_storage_uri(output), version=version).file_uris())
 
 
 def read_index(data_file: str, model_id: str) -> list[tuple[str, tuple[int | None, float | None]]]:
@@ -205,6 +213,7 @@ def begin_run(output: str, run_id: str, label_set: LabelSet | None = None) -> in
     returns the table version the run plans against. TableError, before anything is written,
     when the table holds another label set's rows."""
     _check_layout(output)
+    storage.check_safe_commits(output)  # on S3: conditional writes or a locking provider, else refused
     ls = label_set or cityscapes()
     version = ensure_table(output, ls)
     check_label_set(output, ls)
@@ -215,9 +224,7 @@ def begin_run(output: str, run_id: str, label_set: LabelSet | None = None) -> in
 
 def check_label_set(output: str, label_set: LabelSet) -> None:
     """TableError when OUT's results table records another label set than ``label_set``."""
-    from deltalake import DeltaTable
-
-    found = table_label_set(DeltaTable(_storage_uri(output)))
+    found = table_label_set(_delta_table(_storage_uri(output)))
     if found.digest != label_set.digest:
         raise TableError(
             f"{output}: its results table holds rows of label set {found.name!r} ({found.num_classes} classes, "
@@ -245,16 +252,14 @@ def commit_run(output: str, run_id: str, model_id: str, label_set: LabelSet | No
 
 
 def _staged_rows(output: str, run_id: str, label_set: LabelSet | None) -> Any:
-    import pyarrow.dataset as ds
-
     files = [p for p in fs.match(fs.join(staging_dir(output, run_id), "**")) if p.endswith(".parquet")]
     if not files:
         return metrics_schema(label_set).empty_table()
-    return ds.dataset(files, format="parquet", schema=metrics_schema(label_set)).to_table()
+    return rows_dataset(files, label_set).to_table()
 
 
 def _merge_staged(output: str, run_id: str, model_id: str, label_set: LabelSet | None) -> CommitResult:
-    from deltalake import CommitProperties, DeltaTable
+    from deltalake import CommitProperties
     from deltalake.exceptions import CommitFailedError
 
     rows = _staged_rows(output, run_id, label_set)
@@ -266,7 +271,7 @@ def _merge_staged(output: str, run_id: str, model_id: str, label_set: LabelSet |
     uri = _storage_uri(output)
     props = CommitProperties(custom_metadata={RUN_ID_PROPERTY: run_id, "segops.model_id": model_id})
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
-        dt = DeltaTable(uri)
+        dt = _delta_table(uri)
         try:
             stats = (
                 dt.merge(rows, predicate=MERGE_PREDICATE, source_alias="s", target_alias="t",
@@ -280,7 +285,7 @@ def _merge_staged(output: str, run_id: str, model_id: str, label_set: LabelSet |
             LOG.info("commit of run %s conflicted (%s); retrying on the new version", run_id, exc)
             time.sleep(min(0.2 * attempt, 2.0))
             continue
-        dt = DeltaTable(uri)
+        dt = _delta_table(uri)
         return CommitResult(dt.version(), rows.num_rows, int(stats.get("num_target_rows_updated", 0)), attempt)
     raise TableError(f"could not commit run {run_id} after {COMMIT_ATTEMPTS} attempts (other runs kept "
                      f"committing into {output}); its masks are written: rerun to commit its rows")  # fmt: skip
@@ -322,11 +327,9 @@ def remove_stale_staging(output: str, max_age_s: float = STALE_STAGING_SECONDS) 
                     seen(directory, os.stat(directory).st_mtime)
     stale = sorted(d for d, t in newest.items() if time.time() - t > max_age_s)
     for directory in stale:
-        with contextlib.suppress(OSError):
-            fs.delete([directory])
+        fs.remove_tree(directory)
     return stale
 
 
 def _remove_staging(output: str, run_id: str) -> None:
-    with contextlib.suppress(OSError):  # FileSystems.delete removes a directory recursively
-        fs.delete([staging_dir(output, run_id)])
+    fs.remove_tree(staging_dir(output, run_id))

@@ -11,6 +11,7 @@ interface (:class:`~segops.inference.sources.base.ModelSource`: id, classes, str
     *.keras file                        Keras safe mode, + card (tf_models)
     directory holding one .onnx or      that file, its card beside it or card.json
       .keras file
+    s3://... or gs://... of any above   copied to a worker-local cache, then as above (RemoteSource)
 
 Preprocessing comes from the model's own config (model.json, the preset's converter), else from
 its card (:mod:`segops.inference.sources.card`). Every check runs in :func:`open_source`, before
@@ -20,6 +21,8 @@ anything is written; each failure is one :class:`~segops.models.export_dir.Model
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Any
 
 from segops.core.layout import MODEL_JSON
 from segops.inference.sources.base import ModelSource
@@ -39,12 +42,46 @@ def _open_file(path: str) -> ModelSource:
     return KerasFileSource.open(path)
 
 
+@dataclass(frozen=True)
+class RemoteSource(ModelSource):
+    """A model on object storage: ``path`` is its URI, ``local`` the source opened from a copy in
+    the local cache. Beam ships it to workers that share no disk with the launcher: :meth:`load`
+    copies the model into the worker's own cache when the launcher's copy is not there."""
+
+    local: ModelSource
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return self.local.kind
+
+    def load(self, threads: int = 0) -> Any:
+        local = self.local if os.path.exists(self.local.path) else _open_remote(self.path).local
+        return local.load(threads)
+
+
+def _open_remote(uri: str) -> RemoteSource:
+    from segops.core import storage
+    from segops.inference.sources.card import CARD_FILE, CARD_SUFFIX
+
+    try:
+        local = storage.local_copy(uri, companions=("+" + CARD_SUFFIX, CARD_FILE))
+    except FileNotFoundError:
+        raise ModelError(f"{uri}: no model there (no object, nor objects under it)") from None
+    except OSError as exc:
+        raise ModelError(f"{uri}: cannot copy the model from object storage: {exc}") from exc
+    source = open_source(local)
+    return RemoteSource(path=uri, info=source.info, local=source)
+
+
 def open_source(path: str) -> ModelSource:
-    """The model at ``path``, described and checked (nothing loaded that could run code)."""
+    """The model at ``path``, described and checked (nothing loaded that could run code); a path
+    on object storage is opened from a local copy (:class:`RemoteSource`)."""
     from segops.core import fs
     from segops.inference.sources import keras_hub_preset, tf_models
 
-    if fs.has_scheme(path) or os.path.isfile(os.path.join(path, MODEL_JSON)):
+    if fs.has_scheme(path):
+        return _open_remote(path)
+    if os.path.isfile(os.path.join(path, MODEL_JSON)):
         return tf_models.SegopsExport.open(path)
     if os.path.isfile(path):
         if not path.endswith(FILE_SUFFIXES):
@@ -65,4 +102,4 @@ def open_source(path: str) -> ModelSource:
     return tf_models.SegopsExport.open(path)  # the export's own message: no model.json at ...
 
 
-__all__ = ["ModelError", "ModelSource", "open_source"]
+__all__ = ["ModelError", "ModelSource", "RemoteSource", "open_source"]
