@@ -258,7 +258,19 @@ def _builtin(name: str) -> LabelSet:
 
 
 def load_label_set(name_or_path: str | None) -> LabelSet:
-    """A built-in by name (None = Cityscapes), else a label-set JSON file."""
+    """A built-in by name (None = Cityscapes), else a label-set JSON file.
+
+    Example:
+        >>> camvid = load_label_set("camvid11")
+        >>> camvid.num_classes, camvid.class_names[:3]
+        (11, ('Sky', 'Building', 'Pole'))
+        >>> load_label_set(None) is cityscapes() and cityscapes().num_classes == 19
+        True
+        >>> load_label_set("nope")
+        Traceback (most recent call last):
+        ...
+        segops.core.label_sets.LabelSetError: label set 'nope' is neither a built-in (cityscapes, camvid11, ade20k150) nor a file
+    """
     if name_or_path in (None, "", DEFAULT_LABEL_SET):
         return cityscapes()
     if name_or_path in BUILTIN_FILES:

@@ -23,6 +23,16 @@ def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int = NUM_CL
     Ground-truth pixels equal to ``IGNORE_ID`` (or any id >= num_classes) are skipped, and so
     are predictions outside 0..num_classes-1 (a mapped model's unmapped classes, written as
     ignore: no class can be credited or blamed for them).
+
+    Example:
+        >>> gt = np.array([[0, 0, 1], [1, 1, IGNORE_ID]])
+        >>> pred = np.array([[0, 1, 1], [1, 0, 0]])
+        >>> cm = confusion_matrix(gt, pred, num_classes=2)  # the ignored pixel is not counted
+        >>> cm
+        array([[1, 1],
+               [1, 2]])
+        >>> iou_per_class(cm), pixel_accuracy(cm)
+        (array([0.33333333, 0.5       ]), 0.6)
     """
     gt = np.asarray(gt).ravel()
     pred = np.asarray(pred).ravel()

@@ -10,17 +10,16 @@ permutohedral lattice (pydensecrf2, import name ``pydensecrf``):
 * a bilateral (appearance) kernel over positions and RGB, ``sxy=80, srgb=13, compat=10`` (the
   values of pydensecrf's own example, ``examples/inference.py``, after Krähenbühl & Koltun),
   ``sxy`` in pixels of a 1024-row frame and scaled with the image height
-  (:meth:`CRFParams.for_height`: a fixed 80 px over-smoothed 360x480 CamVid frames, 0.5314 ->
-  0.5666 mIoU when scaled, docs/infer.md);
+  (:meth:`CRFParams.for_height`; why: docs/infer.md, "Dense CRF");
 * Potts compatibility, diagonal kernels, symmetric normalisation (pydensecrf's defaults);
   5 mean-field iterations.
 
 :func:`dense_crf_reference` runs exactly that at full resolution over all classes: the baseline.
 
-Where the time goes (one core, 1024x2048, 19 classes; ``bench/bench_crf.py``): building the
-unary (``-log`` of 40 M floats, transposed) ~5 %, building the two lattices ~25 %, and the five
-mean-field iterations ~70 %, whose cost is (pixels x classes x iterations). Nothing there depends
-on the probability values, so the only levers are fewer pixels and fewer classes.
+Where the time goes (``bench/bench_crf.py``): building the unary (``-log`` of every probability),
+building the two lattices, and, most of it, the five mean-field iterations, whose cost is
+(pixels x classes x iterations). Nothing there depends on the probability values, so the only
+levers are fewer pixels and fewer classes.
 :func:`refine` (the fast path) therefore
 
 1. **drops classes without probability mass** (max probability over the image below
@@ -39,14 +38,15 @@ on the probability values, so the only levers are fewer pixels and fewer classes
    around it (spatial sigma of one cell, colour sigma ``srgb`` between the pixel and each cell:
    the CRF's own appearance kernel), adds its own full-resolution ``log p`` and takes argmax.
    Plain bilinear upsampling of the marginals instead puts boundaries on the cell grid, missing
-   the colour edges the full-resolution CRF snaps to (98.8 % agreement at s = 4 on a synthetic
-   scene). The update is computed only where the four cells disagree on their label (a band
-   along boundaries, a few % of a 1024x2048 frame); elsewhere the pixel takes its cell's label.
+   the colour edges the full-resolution CRF snaps to. The update is computed only where the four
+   cells disagree on their label (a band along boundaries); elsewhere the pixel takes its cell's
+   label.
 
-On realistic probabilities this agrees with the full-resolution baseline on more than 99 % of
-pixels at about a tenth of its time; ``bench/bench_crf.py`` measures it, docs/infer.md and the
-infer section of docs/benchmarks.md record the numbers. ``CRFParams(scale=1,
-min_class_prob=0)`` (:func:`full_resolution`) is the exact baseline.
+How closely this agrees with the full-resolution baseline, and at what cost, is measured by
+``bench/bench_crf.py``. ``CRFParams(scale=1, min_class_prob=0)`` (:func:`full_resolution`) is
+the exact baseline.
+
+Measurements: docs/benchmarks.md, "Dense CRF" and "Measurements formerly in docstrings".
 """
 
 from __future__ import annotations
@@ -258,7 +258,21 @@ def refine(
     ``runner(fn, *args)`` runs the native mean field (pydensecrf); infer passes
     ``segops.core.isolation.call`` so a crash there costs one image. Its inputs are the
     reduced CRF grid (at most ~``target_pixels`` x classes floats), so crossing into the
-    isolated process is cheap.
+    isolated process is cheap. The example (it needs pydensecrf and OpenCV, so the tests do not
+    run it): two classes, left and right, on an image with an edge between them; the image is
+    small enough for the full-resolution grid (``scale`` 1).
+
+    Example:
+        >>> import numpy as np  # doctest: +SKIP
+        >>> probs = np.full((64, 128, 19), 0.01, np.float32)  # doctest: +SKIP
+        >>> probs[:, :64, 0] = probs[:, 64:, 13] = 0.82  # doctest: +SKIP
+        >>> image = np.zeros((64, 128, 3), np.uint8)  # doctest: +SKIP
+        >>> image[:, 64:] = 200  # doctest: +SKIP
+        >>> result = refine(probs, image)  # doctest: +SKIP
+        >>> np.unique(result.labels), result.labels.shape  # doctest: +SKIP
+        (array([ 0, 13], dtype=uint8), (64, 128))
+        >>> result.scale  # doctest: +SKIP
+        1
     """
     params = (params or CRFParams()).for_height(probs.shape[0])
     _check_inputs(probs, image)

@@ -264,7 +264,26 @@ def stage_scores(gt: np.ndarray | None, pred: np.ndarray | None, num_classes: in
 
 
 def metrics_row(seg: Segmented, *, model_id: str, run_id: str, label_set: LabelSet | None = None) -> dict[str, Any]:
-    """The row of one segmented image, in schema order; per-class scores null where undefined."""
+    """The row of one segmented image, in schema order; per-class scores null where undefined.
+    The example: a 2x2 image (road, road / car, ignored) whose model calls one road pixel car.
+
+    Example:
+        >>> from segops.inference.discovery import WorkItem
+        >>> from segops.inference.stage_values import ImageExample, Segmented
+        >>> gt = np.array([[0, 0], [13, 255]], np.uint8)
+        >>> pred = np.array([[0, 13], [13, 13]], np.uint8)
+        >>> item = WorkItem("/in/a.png", "a.png", "/gt/a.png", size=100, mtime=1.7e9)
+        >>> example = ImageExample(item, np.zeros((2, 2, 3), np.uint8), gt)
+        >>> seg = Segmented(example, pred, None, mean_confidence=0.9, low_confidence_fraction=0.0,
+        ...                 inference_ms=12.5, crf_ms=None)
+        >>> row = metrics_row(seg, model_id="unet-1", run_id="r1")
+        >>> row["pixel_accuracy_before"], row["iou_before_road"], row["iou_before_car"]
+        (0.6666666666666666, 0.5, 0.5)
+        >>> row["crf"], row["mean_iou_after"]  # no CRF: every "after" score is null
+        (False, None)
+        >>> list(row) == [c.name for c in COLUMNS]
+        True
+    """
     ls = label_set or cityscapes()
     gt, c = seg.example.gt, ls.num_classes
     scores = {"before": stage_scores(gt, seg.pred_before, c), "after": stage_scores(gt, seg.pred_after, c)}

@@ -117,7 +117,22 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def build_model(name: str, **hparams: Any) -> Any:
-    """Build model ``name`` (a :data:`MODEL_NAMES` entry) with the builder's keyword hyper-parameters."""
+    """Build model ``name`` (a :data:`MODEL_NAMES` entry) with the builder's keyword hyper-parameters.
+
+    The model takes float images in 0..255 (N, H, W, 3), H and W multiples of
+    :func:`model_stride`, and returns per-class logits at input resolution. ``input_downsample``
+    (> 1) runs it on average-pooled images (:meth:`ModelSpec.build`). Imports Keras and the
+    builder's module on first use, so the example is not run by the tests.
+
+    Example:
+        >>> import numpy as np  # doctest: +SKIP
+        >>> from segops.models import build_model, model_stride  # doctest: +SKIP
+        >>> model = build_model("unet", depth=3, base_filters=16)  # doctest: +SKIP
+        >>> model_stride("unet", depth=3)  # doctest: +SKIP
+        8
+        >>> model.predict(np.zeros((1, 64, 128, 3), "float32"), verbose=0).shape  # doctest: +SKIP
+        (1, 64, 128, 19)
+    """
     return get_spec(name).build(**hparams)
 
 

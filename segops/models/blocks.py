@@ -10,9 +10,8 @@ from keras import layers
 
 # Moving-average momentum of BatchNormalization: 0.9 (PyTorch's default) instead of Keras' 0.99.
 # 0.99 averages the batch statistics over ~100 steps, so in short CPU runs the statistics used at
-# validation and export lag the weights: the demo's U-Net reached val mIoU 0.07/0.15/0.19 after
-# epochs 1-3 with 0.9 against 0.003/0.045/0.10 with 0.99, and 0.36 vs 0.33 after 17 epochs
-# (docs/benchmarks.md, "Demo recipe").
+# validation and export lag the weights.
+# Measurements: docs/benchmarks.md, "Demo recipe" and "Measurements formerly in docstrings".
 BN_MOMENTUM = 0.9
 
 

@@ -40,8 +40,7 @@ PARTIAL_EPOCH = 0.25  # a shortened last epoch under a budget trains at least th
 CHECKPOINT_S = 2.0  # writing a checkpoint and state.json after each validation
 # Export: the float32 copy, model.keras and one SavedModel (best = final when the last epoch is
 # the best; otherwise a second export): this many times the traced first step, at least EXPORT_MIN_S.
-# 2.0: a 5-minute Fast-SCNN run on CamVid (2 vCPUs) kept 1x (~19 s), its export took ~40 s and
-# the command ended at 328 s.
+# Why 2.0: docs/benchmarks.md, "Measurements formerly in docstrings".
 EXPORT_TRACES = 2.0
 EXPORT_MIN_S = 5.0
 
@@ -101,7 +100,17 @@ class BudgetPlan:
 def plan_budget(budget_s: float, elapsed_s: float, probe: Probe, warmup: float, export: bool = True) -> BudgetPlan:
     """Fit training into ``budget_s`` seconds of which ``elapsed_s`` are gone: reserve the
     real model's tracing and the export, give validation :data:`EVAL_SHARE` of the training
-    time (at least two passes when they fit, else one, at the end), and train for the rest."""
+    time (at least two passes when they fit, else one, at the end), and train for the rest.
+    The example: 10 minutes, 30 s gone; the probe took 0.5 s a step, 8 s for the first (traced).
+
+    Example:
+        >>> probe = Probe(step_s=0.5, first_step_s=8.0, eval_batch_s=0.2, eval_first_s=3.0, val_batches=10)
+        >>> plan = plan_budget(600, 30, probe, warmup=0.05)
+        >>> plan.epochs, plan.steps_per_epoch, plan.total_steps, plan.warmup_steps
+        (10, 100, 1000, 50)
+        >>> print(plan.describe())
+        budget 10 min: ~1000 steps of 0.50 s, validation every 100 steps (10 x 4 s), warm-up 50 steps; start-up and probe took 30 s, 26 s kept for tracing and export
+    """
     trace_s = max(probe.first_step_s - probe.step_s, 0.0) + max(probe.eval_first_s - probe.eval_batch_s, 0.0)
     export_s = max(EXPORT_MIN_S, EXPORT_TRACES * probe.first_step_s) if export else 0.0  # --no-export: none
     reserve = trace_s + export_s
@@ -194,7 +203,8 @@ def deadline_guard(deadline: Deadline, run: Any, plan: BudgetPlan, replan: bool)
             left = deadline.left() - deadline.reserve_s
             at_end = self.stop_at is not None and int(self.model.optimizer.iterations.numpy()) >= self.stop_at
             # Re-planned after every epoch, a shortened last epoch already planned included: the
-            # pace can still slow down after it was planned (a 5-minute CamVid run ended 21 s late).
+            # pace can still slow down after it was planned (docs/benchmarks.md, "Measurements
+            # formerly in docstrings").
             if replan and not at_end:
                 # Whole epochs that still fit, then a shortened one for the rest of the time
                 # (its validation included) when it holds at least PARTIAL_EPOCH of an epoch: a

@@ -289,7 +289,21 @@ def train(opts: TrainOptions, extra_callbacks: list[Any] | None = None, started:
     input or options before anything is trained (options are checked when ``opts`` is made).
     ``extra_callbacks`` run after the built-in ones (so after each epoch's checkpoint is written).
     With ``--time-budget``, ``started`` is when the budget began (``time.monotonic()``; default:
-    this process's start) and ``on_plan`` receives the plan's one-line description."""
+    this process's start) and ``on_plan`` receives the plan's one-line description.
+    The example trains on a ``segops prepare`` directory ``data/prepared`` (so the tests do not run it).
+
+    Example:
+        >>> import os  # doctest: +SKIP
+        >>> from segops.training.loop import train  # doctest: +SKIP
+        >>> from segops.training.options import TrainOptions  # doctest: +SKIP
+        >>> opts = TrainOptions.from_flat(prepared="data/prepared", out="runs/unet", model="unet",
+        ...                               depth=3, base_filters=16, epochs=2)  # doctest: +SKIP
+        >>> result = train(opts)  # doctest: +SKIP
+        >>> result.epochs_trained, result.out  # doctest: +SKIP
+        (2, 'runs/unet')
+        >>> sorted(os.listdir("runs/unet"))  # doctest: +SKIP
+        ['best', 'checkpoints', 'final', 'history.csv', 'history.json', 'logs', 'model.json']
+    """
     started = process_started() if started is None else started
     # MultiWorkerMirroredStrategy must exist before TensorFlow runs anything.
     strategy = select_strategy()

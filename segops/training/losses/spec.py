@@ -162,6 +162,18 @@ def parse_loss(spec: str) -> tuple[tuple[str, float], ...]:
     Terms are joined by ``+``; a term is a registered name with an optional positive weight after
     ``*`` (``0.5*ce`` is accepted too). Names are case-insensitive, spaces are ignored, a term may
     appear once. Raises :class:`LossSpecError` saying what is wrong.
+
+    Example:
+        >>> parse_loss("ce*0.5+lovasz")
+        (('ce', 0.5), ('lovasz', 1.0))
+        >>> parse_loss("0.5 * CE + Dice")
+        (('ce', 0.5), ('dice', 1.0))
+        >>> format_loss(parse_loss("ce*1+dice*0.25"))
+        'ce+dice*0.25'
+        >>> parse_loss("ce+ce")
+        Traceback (most recent call last):
+        ...
+        segops.training.losses.spec.LossSpecError: --loss 'ce+ce': ce appears twice
     """
     names_known = registry()
     terms: dict[str, float] = {}
