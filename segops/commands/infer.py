@@ -94,6 +94,11 @@ def command(model_dir: str, input_path: str, out: str, beam_args: tuple[str, ...
 
     options = build_options(InferOptions.from_flat, model_dir=model_dir, input=input_path, output=out,
                             **{**kw, "run_id": kw["run_id"] or new_run_id()})
+    from segops.core import storage
+
+    for readable in (input_path, kw["labels"]):  # a missing bucket or credentials: one line, exit 2
+        if readable and storage.scheme_of(readable):
+            storage.check_access(readable.split("*", 1)[0].rsplit("/", 1)[0] if "*" in readable else readable, write=False)
     try:
         with output_errors(options.output):
             report = run_infer(options, args)

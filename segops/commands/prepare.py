@@ -20,9 +20,13 @@ def _names(values: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _check_input(path: str) -> None:
-    # Local paths only: object stores have no directories to check; an empty listing there
-    # fails later with its own message.
-    if not has_scheme(path) and not os.path.isdir(path):
+    # An object store has no directories: its bucket and credentials are checked (one line, exit
+    # 2); an empty listing there fails later with its own message.
+    if has_scheme(path):
+        from segops.core import storage
+
+        storage.check_access(path, write=False)
+    elif not os.path.isdir(path):
         raise click.UsageError(f"input directory {path!r} does not exist")
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import tempfile
@@ -232,17 +233,57 @@ def _make_dirs(path: str) -> str:
 # checks that turn a misconfiguration into one line
 
 
+def s3_client(quick: bool = False) -> Any:
+    """A boto3 S3 client configured as Beam's is; ``quick``: a few seconds to connect and no
+    retries (a check must fail at once on a wrong endpoint, where Beam's client retries for minutes)."""
+    import boto3
+    from botocore.config import Config
+
+    options = current_options()
+    config = Config(connect_timeout=5, read_timeout=20, retries={"max_attempts": 1}) if quick else None
+    return boto3.session.Session().client(
+        "s3", endpoint_url=_endpoint(options), region_name=options.get("s3_region_name"),
+        aws_access_key_id=options.get("s3_access_key_id"), aws_secret_access_key=options.get("s3_secret_access_key"),
+        aws_session_token=options.get("s3_session_token"), verify=options.get("s3_verify"), config=config,
+    )  # fmt: skip
+
+
+def _bucket_key(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.split("://", 1)[1].partition("/")
+    return bucket, key.rstrip("/")
+
+
+def _probe_key(prefix: str, what: str) -> str:
+    return f"{prefix}/.segops-{what}-probe-{hashlib.sha1(os.urandom(8)).hexdigest()[:12]}".lstrip("/")
+
+
 def check_access(uri: str, write: bool) -> None:
     """StorageError naming ``uri`` and what to set when its bucket cannot be listed (or, with
-    ``write``, written): no credentials, no such bucket, no permission, a wrong endpoint. Nothing
-    is left behind. Local paths are not checked here."""
+    ``write``, written): no credentials, no such bucket, no permission, a wrong endpoint. Fails in
+    seconds; leaves nothing behind. Local paths are not checked here."""
     scheme = scheme_of(uri)
     if not scheme:
         return
+    if scheme != "s3":
+        return _check_access_through_beam(uri, write)
+    bucket, prefix = _bucket_key(uri)
+    client = s3_client(quick=True)
+    try:
+        client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        if write:
+            key = _probe_key(prefix, "write")
+            client.put_object(Bucket=bucket, Key=key, Body=b"probe")
+            client.delete_object(Bucket=bucket, Key=key)
+    except Exception as exc:  # botocore's ClientError, NoCredentialsError, EndpointConnectionError...
+        raise StorageError(explain(uri, exc)) from exc
+
+
+def _check_access_through_beam(uri: str, write: bool) -> None:
     from apache_beam.io.filesystems import FileSystems
 
     ensure_configured()
-    probe = uri.rstrip("/") + f"/.segops-access-probe-{os.getpid()}-{hashlib.sha1(os.urandom(8)).hexdigest()[:8]}"
+    probe = _probe_key(uri.rstrip("/"), "write")
+    logging.disable(logging.ERROR)  # Beam's clients log a traceback before raising; we say it in one line
     try:
         FileSystems.match([uri.rstrip("/") + "/*"])
         if write:
@@ -251,6 +292,8 @@ def check_access(uri: str, write: bool) -> None:
             FileSystems.delete([probe])
     except Exception as exc:  # Beam wraps the client's error in BeamIOError with its text
         raise StorageError(explain(uri, exc)) from exc
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def explain(uri: str, exc: BaseException) -> str:
@@ -283,17 +326,11 @@ def check_safe_commits(uri: str) -> None:
     probe object, then removed)."""
     if scheme_of(uri) != "s3" or os.environ.get(LOCKING_PROVIDER_VARIABLE):
         return
-    import boto3
     from botocore.exceptions import ClientError
 
-    options = current_options()
-    client = boto3.session.Session().client(
-        "s3", endpoint_url=_endpoint(options), region_name=options.get("s3_region_name"),
-        aws_access_key_id=options.get("s3_access_key_id"), aws_secret_access_key=options.get("s3_secret_access_key"),
-        aws_session_token=options.get("s3_session_token"),
-    )  # fmt: skip
-    bucket, _, prefix = uri[len("s3://") :].partition("/")
-    key = f"{prefix.rstrip('/')}/.segops-conditional-put-probe-{hashlib.sha1(os.urandom(8)).hexdigest()[:12]}".lstrip("/")
+    client = s3_client(quick=True)
+    bucket, prefix = _bucket_key(uri)
+    key = _probe_key(prefix, "conditional-put")
     try:
         client.put_object(Bucket=bucket, Key=key, Body=b"1", IfNoneMatch="*")
         try:

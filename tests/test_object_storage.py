@@ -1,0 +1,171 @@
+"""Every stage on object storage, against a real S3 API server on loopback (moto's server mode,
+tests/s3server.py): `segops prepare` and `segops infer` with INPUT, OUT and the model in a bucket,
+configured only by Beam's S3 options after ``--`` (or the standard AWS variables), give what a
+local run gives; a rerun does nothing new; two overlapping runs leave one row per image; train
+reads PREP from the bucket; what a user can fix (no bucket, no endpoint) is one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+from conftest import subprocess_env
+from s3server import environment, running_s3_server
+from trainutil import synth_val_and_tiny_unet
+
+from segops.cli import cli
+
+pytestmark = pytest.mark.slow
+H, W = 32, 64
+BUCKET = "segops-test"
+# run-specific values: every other column of a row must equal the local run's
+RUN_COLUMNS = {"run_id", "path", "input_mtime", "inference_ms", "crf_ms", "processed_at", "decode_ms", "total_ms"}
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("moto")
+    with running_s3_server(logs) as server:
+        server.create_bucket(BUCKET)
+        # the standard variables carry only the credentials: the endpoint reaches segops through
+        # Beam's options after `--` (the CLI tests) or AWS_ENDPOINT_URL where a test sets it
+        with environment({k: v for k, v in server.env.items() if k != "AWS_ENDPOINT_URL"} |
+                         {"SEGOPS_CACHE_DIR": str(logs / "cache")}):  # fmt: skip
+            yield server
+
+
+@pytest.fixture(scope="module")
+def archive(s3, tmp_path_factory):
+    """A tiny exported U-Net and 3 labelled val images, locally and in the bucket."""
+    root = tmp_path_factory.mktemp("archive")
+    model, data = synth_val_and_tiny_unet(root, 3, H, W, data_seed=5, model_seed=6)
+    s3.upload_tree(model, f"s3://{BUCKET}/model")
+    s3.upload_tree(data, f"s3://{BUCKET}/data")
+    return model, data
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def rows_without_run_columns(table) -> list[dict]:
+    rows = [{k: v for k, v in r.items() if k not in RUN_COLUMNS | {"label_path"}}
+            | {"image": r["path"].split("/val/", 1)[1], "label": r["label_path"].split("/val/", 1)[1]}
+            for r in table.to_pylist()]  # fmt: skip
+    return sorted(rows, key=lambda r: r["image"])
+
+
+def summary_without_run_fields(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k not in ("run_id", "table_version")}
+
+
+def test_prepare_on_s3_writes_what_a_local_prepare_writes(s3, archive, tmp_path):
+    _, data = archive
+    local = tmp_path / "prep"
+    assert run("prepare", str(data), str(local)).exit_code == 0
+    result = run("prepare", f"s3://{BUCKET}/data", f"s3://{BUCKET}/prep", "--", *s3.beam_args)
+    assert result.exit_code == 0, result.output
+    remote = s3.objects(f"s3://{BUCKET}/prep")
+    written = {str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()}
+    assert set(remote) == written  # no temporaries or probes left behind
+    for name in ("stats.json", "class_weights.json"):
+        assert json.loads(remote[name]) == json.loads((local / name).read_bytes())
+    for name in written:
+        if name.endswith(".tfrecord"):
+            assert remote[name] == (local / name).read_bytes(), name
+    assert remote["dead_letter.jsonl"] == b""  # an empty object: Beam's S3 writer alone cannot write one
+
+
+def test_train_reads_prepared_records_from_the_bucket(s3, tmp_path):
+    """PREP on s3:// (copied to the local cache: TensorFlow 2.21 has no S3 filesystem); a train OUT
+    on object storage is refused in one line before any work."""
+    from trainutil import write_prepared
+
+    write_prepared(str(tmp_path / "prep"), {"train": 2, "val": 1}, height=H, width=W)
+    s3.upload_tree(tmp_path / "prep", f"s3://{BUCKET}/prep-train")
+    flags = ["--model", "unet", "--depth", "2", "--base-filters", "4", "--epochs", "1", "--batch-size", "2",
+             "--crop", f"{H}x{W}", "--no-progress", "--no-export", "--class-weights", "none"]  # fmt: skip
+    with environment({"AWS_ENDPOINT_URL": s3.endpoint}):
+        refused = run("train", f"s3://{BUCKET}/prep-train", f"s3://{BUCKET}/run", *flags)
+        result = run("train", f"s3://{BUCKET}/prep-train", str(tmp_path / "run"), *flags)
+    assert refused.exit_code == 2 and "is on object storage" in refused.output
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "checkpoints" / "epoch-0001.keras").exists()
+
+
+def test_infer_on_s3_equals_a_local_run_and_a_rerun_does_nothing(s3, archive, tmp_path):
+    from segops.inference.table import read_metrics
+
+    model, data = archive
+    local = tmp_path / "out"
+    assert run("infer", str(model), str(data), str(local), "--split", "val").exit_code == 0
+    out = f"s3://{BUCKET}/out"
+    args = ["infer", f"s3://{BUCKET}/model", f"s3://{BUCKET}/data", out, "--split", "val", "--", *s3.beam_args]
+    first = run(*args)
+    assert first.exit_code == 0, first.output
+    assert "processed 3, skipped (already done) 0, dead-lettered 0" in first.output
+    remote = s3.objects(out)
+    local_masks = {str(p.relative_to(local)): p.read_bytes() for p in (local / "masks").rglob("*.png")}
+    assert {k: v for k, v in remote.items() if k.startswith("masks/")} == local_masks  # byte for byte
+    assert summary_without_run_fields(json.loads(remote["summary.json"])) == \
+        summary_without_run_fields(json.loads((local / "summary.json").read_bytes()))  # fmt: skip
+    with environment({"AWS_ENDPOINT_URL": s3.endpoint}):  # read back as a user would, variables only
+        remote_rows = read_metrics(out)
+    assert rows_without_run_columns(remote_rows) == rows_without_run_columns(read_metrics(str(local)))
+
+    again = run(*args)
+    assert again.exit_code == 0, again.output
+    assert "processed 0, skipped (already done) 3, dead-lettered 0" in again.output
+    leftovers = [k for k in s3.objects(out) if ".staging/" in k or "beam-temp" in k or ".tmp-" in k or "probe" in k]
+    assert leftovers == []
+
+
+def test_two_overlapping_runs_into_one_s3_out_leave_one_row_per_image(s3, archive, tmp_path):
+    from segops.inference.table import open_table, read_metrics
+
+    out = f"s3://{BUCKET}/overlap"
+    cmd = [sys.executable, "-m", "segops.cli", "infer", f"s3://{BUCKET}/model", f"s3://{BUCKET}/data", out,
+           "--split", "val", "--no-crf"]  # fmt: skip
+    env = subprocess_env() | s3.env
+    procs = []
+    for k in (1, 2):
+        procs.append(subprocess.Popen([*cmd, "--run-id", f"cron-{k}", "--", *s3.beam_args], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
+        time.sleep(0.5)
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs
+    with environment({"AWS_ENDPOINT_URL": s3.endpoint}):
+        table = read_metrics(out, ["path", "model_id"])
+        keys = list(zip(table.column("path").to_pylist(), table.column("model_id").to_pylist(), strict=True))
+        merges = [h for h in open_table(out).history() if h.get("operation") == "MERGE"]
+    assert len(keys) == len(set(keys)) == 3
+    assert {h["segops.run_id"] for h in merges} <= {"cron-1", "cron-2"} and merges
+
+
+@pytest.mark.parametrize(
+    ("where", "words"),
+    [("s3://no-such-bucket/out", "the bucket does not exist"), ("endpoint", "the endpoint cannot be reached")],
+)
+def test_storage_a_user_can_fix_is_one_line_with_exit_status_2(s3, archive, where, words):
+    if where == "endpoint":
+        beam_args, out = ["--s3_endpoint_url=http://127.0.0.1:1", f"--s3_region_name={'us-east-1'}"], f"s3://{BUCKET}/x"
+    else:
+        beam_args, out = s3.beam_args, where
+    start = time.perf_counter()
+    result = run("prepare", f"s3://{BUCKET}/data", out, "--", *beam_args)
+    assert result.exit_code == 2, result.output
+    assert words in result.output and "AWS_ENDPOINT_URL" in result.output
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
+    assert time.perf_counter() - start < 60  # not Beam's minutes of retries
+    assert not [k for k in s3.objects(f"s3://{BUCKET}/x")]
+
+
+def test_a_model_that_is_not_in_the_bucket_is_one_line(s3, archive):
+    result = run("infer", f"s3://{BUCKET}/no-model", f"s3://{BUCKET}/data", f"s3://{BUCKET}/out-none", "--split",
+                 "val", "--", *s3.beam_args)  # fmt: skip
+    assert result.exit_code == 1 and "no model there" in result.output
+    assert s3.objects(f"s3://{BUCKET}/out-none") == {}
