@@ -97,31 +97,59 @@ def test_train_reads_prepared_records_from_the_bucket(s3, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "epoch-0001.keras").exists()
 
 
-def test_infer_on_s3_equals_a_local_run_and_a_rerun_does_nothing(s3, archive, tmp_path):
+INFER_OUT = f"s3://{BUCKET}/out"
+
+
+def infer_args(s3) -> list[str]:
+    return ["infer", f"s3://{BUCKET}/model", f"s3://{BUCKET}/data", INFER_OUT, "--split", "val", "--", *s3.beam_args]
+
+
+@pytest.fixture(scope="module")
+def s3_infer(s3, archive):
+    """The first run into INFER_OUT, everything in the bucket, configured by Beam's options only."""
+    result = run(*infer_args(s3))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_infer_on_s3_equals_a_local_run(s3, archive, s3_infer, tmp_path):
     from segops.inference.table import read_metrics
 
     model, data = archive
     local = tmp_path / "out"
     assert run("infer", str(model), str(data), str(local), "--split", "val").exit_code == 0
-    out = f"s3://{BUCKET}/out"
-    args = ["infer", f"s3://{BUCKET}/model", f"s3://{BUCKET}/data", out, "--split", "val", "--", *s3.beam_args]
-    first = run(*args)
-    assert first.exit_code == 0, first.output
-    assert "processed 3, skipped (already done) 0, dead-lettered 0" in first.output
-    remote = s3.objects(out)
+    assert "processed 3, skipped (already done) 0, dead-lettered 0" in s3_infer
+    remote = s3.objects(INFER_OUT)
     local_masks = {str(p.relative_to(local)): p.read_bytes() for p in (local / "masks").rglob("*.png")}
     assert {k: v for k, v in remote.items() if k.startswith("masks/")} == local_masks  # byte for byte
     assert summary_without_run_fields(json.loads(remote["summary.json"])) == \
         summary_without_run_fields(json.loads((local / "summary.json").read_bytes()))  # fmt: skip
     with environment({"AWS_ENDPOINT_URL": s3.endpoint}):  # read back as a user would, variables only
-        remote_rows = read_metrics(out)
+        remote_rows = read_metrics(INFER_OUT)
     assert rows_without_run_columns(remote_rows) == rows_without_run_columns(read_metrics(str(local)))
 
-    again = run(*args)
+
+def test_a_rerun_on_s3_does_nothing_new_and_leaves_nothing_behind(s3, s3_infer):
+    again = run(*infer_args(s3))
     assert again.exit_code == 0, again.output
     assert "processed 0, skipped (already done) 3, dead-lettered 0" in again.output
-    leftovers = [k for k in s3.objects(out) if ".staging/" in k or "beam-temp" in k or ".tmp-" in k or "probe" in k]
+    leftovers = [k for k in s3.objects(INFER_OUT) if ".staging/" in k or "beam-temp" in k or ".tmp-" in k or "probe" in k]
     assert leftovers == []
+
+
+def test_review_and_report_read_an_s3_out(s3, s3_infer, tmp_path):
+    """With the standard variables only (these commands take no Beam options)."""
+    with environment({"AWS_ENDPOINT_URL": s3.endpoint}):
+        selected = run("review", "select", INFER_OUT, "--random", "2")
+        exported = run("review", "export", INFER_OUT)
+        report = run("report", "--infer", INFER_OUT, "--model", f"s3://{BUCKET}/model", str(tmp_path / "run"))
+    assert selected.exit_code == 0 and "2 image(s) selected" in selected.output, selected.output
+    assert exported.exit_code == 0, exported.output
+    review = s3.objects(f"{INFER_OUT}/review")
+    tasks = json.loads(review["label_studio_tasks.json"])
+    assert len(tasks) == 2 and len(json.loads(review["coco_rle.json"])["images"]) == 2
+    assert report.exit_code == 0, report.output
+    assert "gallery_worst.png" in report.output and (tmp_path / "run" / "report" / "report.html").stat().st_size > 0
 
 
 def test_two_overlapping_runs_into_one_s3_out_leave_one_row_per_image(s3, archive, tmp_path):
@@ -169,3 +197,26 @@ def test_a_model_that_is_not_in_the_bucket_is_one_line(s3, archive):
                  "val", "--", *s3.beam_args)  # fmt: skip
     assert result.exit_code == 1 and "no model there" in result.output
     assert s3.objects(f"s3://{BUCKET}/out-none") == {}
+
+
+def test_a_run_killed_with_sigkill_on_s3_then_rerun_holds_every_image_once(s3, s3_infer, tmp_path):
+    import signal
+
+    from segops.inference.table import read_metrics
+
+    out = f"s3://{BUCKET}/killed"
+    cmd = [sys.executable, "-m", "segops.cli", *infer_args(s3)]
+    cmd[cmd.index(INFER_OUT)] = out
+    proc = subprocess.Popen(cmd, env=subprocess_env() | s3.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not any(k.endswith("_color.png") for k in s3.objects(out)):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)  # mid-run: masks written, nothing committed
+    proc.wait()
+    rerun = run(*[out if a == INFER_OUT else a for a in infer_args(s3)])
+    assert rerun.exit_code == 0, rerun.output
+    with environment({"AWS_ENDPOINT_URL": s3.endpoint}):
+        paths = read_metrics(out, ["path"]).column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == 3
+    masks = {k: v for k, v in s3.objects(out).items() if k.startswith("masks/")}
+    assert masks == {k: v for k, v in s3.objects(INFER_OUT).items() if k.startswith("masks/")}
