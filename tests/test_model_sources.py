@@ -306,3 +306,22 @@ def test_the_report_predictor_recomputes_an_onnx_models_masks(archive, onnx_file
     rgb = next(iter(images.values()))
     assert_labels_agree(predictor(rgb), softmax(model.predict(rgb[None].astype(np.float32), verbose=0))[0])
     assert Predictor("onnx-0000", [str(onnx_file)], PredictOptions()).reason.startswith("model onnx-0000 not found")
+
+
+def test_every_source_kind_declares_the_whole_contract(archive, onnx_file, tmp_path):
+    """Each kind of SOURCES is concrete (claims, open, load) and claims the paths its docstring
+    lists; a path none claims is refused naming the files segops runs."""
+    from segops.inference.sources import FILE_SUFFIXES, SOURCES, RemoteSource
+    from segops.inference.sources.onnx_model import OnnxSource
+    from segops.inference.sources.tf_models import SegopsExport
+    from segops.models.export_dir import ModelError
+
+    _, _, export, _, _ = archive
+    assert all(not kind.__abstractmethods__ for kind in SOURCES)
+    claimed = lambda path: [kind for kind in SOURCES if kind.claims(str(path))]  # noqa: E731
+    assert claimed(onnx_file) == [OnnxSource] and claimed("s3://bucket/model.onnx") == [RemoteSource]
+    assert claimed(export) == [SegopsExport] and claimed(tmp_path) == []
+    stray = tmp_path / "model.pt"
+    stray.write_bytes(b"x")
+    with pytest.raises(ModelError, match=f"is not a model file segops runs \\({' or '.join(FILE_SUFFIXES)};"):
+        open_source(str(stray))

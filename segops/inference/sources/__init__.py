@@ -1,17 +1,18 @@
 """Model sources: every kind of model `segops infer`, `report` and `review` run, behind one
-interface (:class:`~segops.inference.sources.base.ModelSource`: id, classes, stride, and
-``load()`` -> ``predict(uint8 [N,H,W,3]) -> float32 probabilities [N,H,W,C]``), chosen by
-:func:`open_source` from what the model path is:
+interface (:class:`~segops.inference.sources.base.ModelSource`: which paths a kind claims, how it
+opens one, and ``load()`` -> ``predict(uint8 [N,H,W,3]) -> float32 probabilities [N,H,W,C]``).
+:func:`open_source` asks the kinds of :data:`SOURCES`, in order, which one claims the path:
 
+    s3://... or gs://... of any below   copied to a worker-local cache, then as below (RemoteSource)
     directory with model.json           a segops export or train run (tf_models.SegopsExport)
     directory with metadata.json +      a keras-hub ImageSegmenter preset (keras_hub_preset)
       task.json
     directory with saved_model.pb       a TensorFlow SavedModel + card.json (tf_models)
     *.onnx file                         run by onnxruntime, + card (onnx_model)
     *.keras file                        Keras safe mode, + card (tf_models)
-    directory holding one .onnx or      that file, its card beside it or card.json
-      .keras file
-    s3://... or gs://... of any above   copied to a worker-local cache, then as above (RemoteSource)
+
+and a directory holding one file a kind claims by its suffix is that file. A new kind is one
+module with its class, and its entry in :data:`SOURCES`.
 
 Preprocessing comes from the model's own config (model.json, the preset's converter), else from
 its card (:mod:`segops.inference.sources.card`). Every check runs in :func:`open_source`, before
@@ -24,22 +25,13 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from segops.core.layout import MODEL_JSON
+from segops.core import fs
 from segops.inference.sources.base import ModelSource
+from segops.inference.sources.keras_hub_preset import KerasHubPreset
+from segops.inference.sources.onnx_model import OnnxSource
+from segops.inference.sources.tf_models import KerasFileSource, SavedModelSource, SegopsExport
 from segops.models import export_dir
 from segops.models.export_dir import ModelError
-
-FILE_SUFFIXES = (".onnx", ".keras")
-
-
-def _open_file(path: str) -> ModelSource:
-    if path.endswith(".onnx"):
-        from segops.inference.sources.onnx_model import OnnxSource
-
-        return OnnxSource.open(path)
-    from segops.inference.sources.tf_models import KerasFileSource
-
-    return KerasFileSource.open(path)
 
 
 @dataclass(frozen=True)
@@ -53,6 +45,14 @@ class RemoteSource(ModelSource):
     @property
     def kind(self) -> str:  # type: ignore[override]
         return self.local.kind
+
+    @classmethod
+    def claims(cls, path: str) -> bool:
+        return fs.has_scheme(path)
+
+    @classmethod
+    def open(cls, path: str) -> RemoteSource:
+        return _open_remote(path)
 
     def load(self, threads: int = 0) -> Any:
         local = self.local if os.path.exists(self.local.path) else _open_remote(self.path).local
@@ -73,33 +73,36 @@ def _open_remote(uri: str) -> RemoteSource:
     return RemoteSource(path=uri, info=source.info, local=source)
 
 
+# Asked in order; the first kind that claims a path opens it (a segops export's directory may
+# also hold a SavedModel: model.json decides first).
+SOURCES: tuple[type[ModelSource], ...] = (
+    RemoteSource,
+    SegopsExport,
+    KerasHubPreset,
+    SavedModelSource,
+    OnnxSource,
+    KerasFileSource,
+)
+FILE_SUFFIXES: tuple[str, ...] = tuple(s for kind in SOURCES for s in kind.suffixes)
+
+
 def open_source(path: str) -> ModelSource:
     """The model at ``path``, described and checked (nothing loaded that could run code); a path
     on object storage is opened from a local copy (:class:`RemoteSource`)."""
-    from segops.core import fs
-    from segops.inference.sources import keras_hub_preset, tf_models
-
-    if fs.has_scheme(path):
-        return _open_remote(path)
-    if os.path.isfile(os.path.join(path, MODEL_JSON)):
-        return tf_models.SegopsExport.open(path)
+    for kind in SOURCES:
+        if kind.claims(path):
+            return kind.open(path)
     if os.path.isfile(path):
-        if not path.endswith(FILE_SUFFIXES):
-            raise ModelError(f"{path} is not a model file segops runs (.onnx or .keras; or pass a model directory)")
-        return _open_file(path)
+        raise ModelError(f"{path} is not a model file segops runs ({' or '.join(FILE_SUFFIXES)}; or pass a model directory)")
     if os.path.isdir(path):
-        if keras_hub_preset.is_preset_dir(path):
-            return keras_hub_preset.KerasHubPreset.open(path)
-        if tf_models.is_saved_model_dir(path):
-            return tf_models.SavedModelSource.open(path)
-        model_files = sorted(name for name in os.listdir(path) if name.endswith(FILE_SUFFIXES))
+        model_files = sorted(n for n in os.listdir(path) if n.endswith(FILE_SUFFIXES) and os.path.isfile(os.path.join(path, n)))
         if len(model_files) == 1:
             model_file = os.path.join(path, model_files[0])
             export_dir.check_inside(path, model_file)
-            return _open_file(model_file)
+            return open_source(model_file)
         if len(model_files) > 1:
             raise ModelError(f"{path} holds several model files ({', '.join(model_files)}): pass the one to run")
-    return tf_models.SegopsExport.open(path)  # the export's own message: no model.json at ...
+    return SegopsExport.open(path)  # the export's own message: no model.json at ...
 
 
-__all__ = ["ModelError", "ModelSource", "RemoteSource", "open_source"]
+__all__ = ["FILE_SUFFIXES", "SOURCES", "ModelError", "ModelSource", "RemoteSource", "open_source"]

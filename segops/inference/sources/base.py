@@ -130,13 +130,29 @@ class PreparedModel:
 
 @dataclass(frozen=True)
 class ModelSource(ABC):
-    """One model `segops infer` can run. ``path``: the file or directory; ``info``: its id,
-    classes and stride (what the pipeline and the results table need). Subclasses set ``kind``
-    and implement :meth:`load`."""
+    """One kind of model `segops infer` can run, and one model of that kind. ``path``: the file
+    or directory; ``info``: its id, classes and stride (what the pipeline and the results table
+    need). A kind is a class that says which paths it :meth:`claims`, how it opens one
+    (:meth:`open`: every check that needs no model code) and loads it on a worker
+    (:meth:`load`); ``kind`` prefixes its model ids, ``suffixes`` name its files (a directory
+    holding one such file is that file)."""
 
     kind: ClassVar[str] = ""
+    suffixes: ClassVar[tuple[str, ...]] = ()
     path: str
     info: ModelInfo
+
+    @classmethod
+    def claims(cls, path: str) -> bool:
+        """Is ``path`` a model of this kind? Cheap: a name or a marker file, nothing parsed.
+        By default: a file named with one of ``suffixes``."""
+        return bool(cls.suffixes) and path.endswith(cls.suffixes) and os.path.isfile(path)
+
+    @classmethod
+    @abstractmethod
+    def open(cls, path: str) -> ModelSource:
+        """The model at ``path`` (one this kind claims), described and checked without running
+        anything of it; raises ModelError (one line)."""
 
     @abstractmethod
     def load(self, threads: int = 0) -> Any:

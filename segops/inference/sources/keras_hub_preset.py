@@ -40,10 +40,6 @@ UNSIZED_STRIDE = 32  # a converter without a fixed size: SegFormer's and DeepLab
 PRESET_CARD_FIELDS = ("card_version", "name", "classes", "label_set", "class_map")
 
 
-def is_preset_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, METADATA)) and os.path.isfile(os.path.join(path, TASK))
-
-
 def _read(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
@@ -99,6 +95,10 @@ def preset_preprocessing(directory: str) -> Preprocessing:
 class KerasHubPreset(ModelSource):
     kind: ClassVar[str] = "keras-hub"
     preprocessing: Preprocessing | None = None
+
+    @classmethod
+    def claims(cls, path: str) -> bool:
+        return os.path.isfile(os.path.join(path, METADATA)) and os.path.isfile(os.path.join(path, TASK))
 
     @classmethod
     def open(cls, directory: str) -> KerasHubPreset:

@@ -57,6 +57,7 @@ def _dim(value: Any) -> int | None:
 @dataclass(frozen=True)
 class OnnxSource(ModelSource):
     kind: ClassVar[str] = "onnx"
+    suffixes: ClassVar[tuple[str, ...]] = (".onnx",)
     card: cards.ModelCard | None = None
     input_name: str = ""
     output_name: str = ""

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from segops.core.layout import SAVED_MODEL_PB
+from segops.core.layout import MODEL_JSON, SAVED_MODEL_PB
 from segops.inference.sources import card as cards
 from segops.inference.sources.base import (
     ModelSource,
@@ -50,16 +50,16 @@ class SegopsExport(ModelSource):
     kind: ClassVar[str] = "segops-export"
 
     @classmethod
+    def claims(cls, path: str) -> bool:
+        return os.path.isfile(os.path.join(path, MODEL_JSON))
+
+    @classmethod
     def open(cls, model_dir: str) -> SegopsExport:
         info = export_dir.load_info(model_dir)
         return cls(export_dir.resolve_export_dir(model_dir), info)
 
     def load(self, threads: int = 0) -> ServingModel:
         return ServingModel(self.path, threads)
-
-
-def is_saved_model_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, SAVED_MODEL_PB))
 
 
 def _dims(tensor_info: Any) -> list[int] | None:
@@ -76,6 +76,10 @@ class SavedModelSource(ModelSource):
     input_name: str = ""
     output_name: str = ""
     uint8_input: bool = False
+
+    @classmethod
+    def claims(cls, path: str) -> bool:
+        return os.path.isfile(os.path.join(path, SAVED_MODEL_PB))
 
     @classmethod
     def open(cls, directory: str) -> SavedModelSource:
@@ -137,6 +141,7 @@ class KerasFileSource(ModelSource):
     deserialisation)."""
 
     kind: ClassVar[str] = "keras"
+    suffixes: ClassVar[tuple[str, ...]] = (".keras",)
     card: cards.ModelCard | None = None
 
     @classmethod
