@@ -1,4 +1,4 @@
-"""What the click commands share: HxW and MIN,MAX option callbacks (parsed by
+"""What the click commands share: an HxW option callback (parsed by
 :mod:`segops.core.options`), turning OptionsError into a usage error, checking the Beam
 arguments after ``--``, an output that cannot be written (full disk, permissions) shown as one
 line naming the path, and the context settings every command uses."""
@@ -12,41 +12,23 @@ from typing import Any
 
 import click
 
-from segops.core.options import OptionsError, parse_hw
+from segops.core.options import OptionsError, read_hw
 
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
-def hw_callback(min_side: int = 1, max_pixels: int | None = None, optional: bool = False
-                ) -> Callable[[click.Context, click.Parameter, str | None], tuple[int, int] | None]:  # fmt: skip
-    """A click callback parsing 'HxW' into (H, W), sides >= ``min_side``, area <= ``max_pixels``."""
+def hw_callback(min_side: int = 1, max_pixels: int | None = None
+                ) -> Callable[[click.Context, click.Parameter, str], tuple[int, int]]:  # fmt: skip
+    """A click callback parsing 'HxW' into (H, W), sides >= ``min_side``, area <= ``max_pixels``
+    (for a size that is not one options field, e.g. synth's --size)."""
 
-    def callback(_ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
-        if value is None and optional:
-            return None
+    def callback(_ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
         try:
-            h, w = parse_hw(str(value), what=param.opts[0] if param.opts else "size")
+            return read_hw(value, min_side, max_pixels)
         except OptionsError as exc:
-            raise click.BadParameter(f"{value!r} is not HxW, e.g. 256x512 or 1024x2048", param=param) from exc
-        if h < min_side or w < min_side:
-            raise click.BadParameter(f"{value!r} is too small: height and width must be at least {min_side}",
-                                     param=param)  # fmt: skip
-        if max_pixels is not None and h * w > max_pixels:
-            raise click.BadParameter(f"{value!r} is too large: at most {max_pixels} pixels", param=param)
-        return h, w
+            raise click.BadParameter(str(exc), param=param) from exc
 
     return callback
-
-
-def range_callback(_ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, float]:
-    """'MIN,MAX' -> (MIN, MAX) with 0 < MIN <= MAX."""
-    try:
-        lo, hi = (float(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not MIN,MAX (e.g. 0.5,2.0)", param=param) from None
-    if not 0 < lo <= hi:
-        raise click.BadParameter(f"{value!r}: need 0 < MIN <= MAX", param=param)
-    return lo, hi
 
 
 def check_beam_args(beam_args: tuple[str, ...]) -> list[str]:

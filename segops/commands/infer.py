@@ -1,4 +1,5 @@
-"""`segops infer MODEL_DIR INPUT OUT [options] [-- beam options]`."""
+"""`segops infer MODEL_DIR INPUT OUT [options] [-- beam options]`: flags (generated from
+:class:`~segops.inference.options.InferOptions`) -> the pipeline (workflows.infer), then the summary."""
 
 from __future__ import annotations
 
@@ -7,13 +8,9 @@ from typing import Any
 import click
 
 from segops.commands.common import CONTEXT_SETTINGS, build_options, check_beam_args, output_errors
+from segops.commands.flags import options_from
 from segops.core.formatting import fmt_score
-from segops.core.options import default_of
-from segops.inference.crf import CRFParams
-from segops.inference.options import DEFAULT_TILE, TTA_CHOICES, InferOptions, PredictOptions
-
-CRF = CRFParams()
-PREDICT = PredictOptions()
+from segops.inference.options import InferOptions
 
 
 def _fmt(value: float | None) -> str:
@@ -55,29 +52,7 @@ def format_summary(report: Any) -> str:
 @click.argument("model_dir")
 @click.argument("input_path", metavar="INPUT")
 @click.argument("out")
-@click.option("--labels", default=None, help="Root of labelIds PNGs mirroring INPUT (default: the gtFine mirror of a Cityscapes leftImg8bit tree).")
-@click.option("--split", default=None, help="INPUT is a Cityscapes root: use INPUT/leftImg8bit/SPLIT.")
-@click.option("--crf/--no-crf", default=True, show_default=True, help="Dense-CRF refinement of the masks.")
-@click.option("--crf-iterations", default=CRF.iterations, show_default=True, type=int, help="Mean-field iterations of the CRF.")
-@click.option("--crf-gaussian-sxy", default=CRF.gaussian_sxy, show_default=True, type=float, help="Smoothness kernel: spatial std-dev in pixels.")
-@click.option("--crf-gaussian-compat", default=CRF.gaussian_compat, show_default=True, type=float, help="Smoothness kernel: weight (Potts).")
-@click.option("--crf-bilateral-sxy", default=CRF.bilateral_sxy, show_default=True, type=float, help="Appearance kernel: spatial std-dev in pixels of an image --crf-bilateral-reference-height rows tall.")
-@click.option("--crf-bilateral-reference-height", default=CRF.bilateral_reference_height, show_default=True, type=int, help="--crf-bilateral-sxy scales with image height / this (the kernel spans the same share of the scene); 0 = pixels at every size.")
-@click.option("--crf-bilateral-srgb", default=CRF.bilateral_srgb, show_default=True, type=float, help="Appearance kernel: colour std-dev (0..255).")
-@click.option("--crf-bilateral-compat", default=CRF.bilateral_compat, show_default=True, type=float, help="Appearance kernel: weight (Potts).")
-@click.option("--crf-scale", default=CRF.scale, show_default=True, type=int, help="CRF grid downsampling factor; 0 = auto (~131k CRF pixels), 1 = full resolution.")
-@click.option("--crf-min-class-prob", default=CRF.min_class_prob, show_default=True, type=float, help="Classes whose max probability is below this skip the CRF.")
-@click.option("--overwrite", is_flag=True, help="Reprocess images whose outputs already exist.")
-@click.option("--overlay", is_flag=True, help="Also write an overlay JPEG per image.")
-@click.option("--max-pixels", default=default_of(InferOptions, "max_pixels"), show_default=True, type=int, help="Refuse larger images (from the header).")
-@click.option("--batch-size", default=PREDICT.batch_size, show_default=True, type=int, help="Images per RunInference batch (their probabilities are held together).")
-@click.option("--max-batch-pixels", default=PREDICT.max_batch_pixels, show_default=True, type=int, help="Pixels per model call (bounds activation memory; default one 1024x2048 frame).")
-@click.option("--tile", default=DEFAULT_TILE, show_default=True, help="Images larger than this (HxW) run as overlapping tiles; 0 = always whole images.")
-@click.option("--tile-overlap", default=PREDICT.tile_overlap, show_default=True, type=int, help="Minimum overlap of neighbouring tiles, in pixels.")
-@click.option("--tta", type=click.Choice(TTA_CHOICES), default=PREDICT.tta, show_default=True, help="Test-time augmentation: flip averages the probabilities of each image and its mirror image before the CRF (2x the model time).")
-@click.option("--tf-threads", default=PREDICT.tf_threads, show_default=True, type=int, help="TensorFlow intra-op threads per worker (0 = default).")
-@click.option("--share-model-across-processes", is_flag=True, help="One model per machine instead of per worker process.")
-@click.option("--run-id", default=None, help="Name of this run in the results table's history (default: UTC time + random).")
+@options_from(InferOptions)
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- BEAM_OPTIONS...]")
 def command(model_dir: str, input_path: str, out: str, beam_args: tuple[str, ...], **kw: Any) -> None:
     """Batch inference with dense-CRF refinement over a directory, glob or Cityscapes split.
@@ -88,7 +63,7 @@ def command(model_dir: str, input_path: str, out: str, beam_args: tuple[str, ...
     `-- --direct_num_workers=2 --direct_running_mode=multi_processing`.
     """
     args = check_beam_args(beam_args)
-    from segops.inference.options import InferOptions, new_run_id
+    from segops.inference.options import new_run_id
     from segops.models.export_dir import ModelError
     from workflows.infer import run_infer
 

@@ -61,7 +61,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from segops.core.options import OptionsError
+from segops.core.options import NOT_ON_CLI, OptionsError, flag
 from segops.inference.probabilities import TopK
 
 UNARY_CLIP = 1e-5  # as pydensecrf.utils.unary_from_softmax: -log(1e-5) ~ 11.5 at most
@@ -73,19 +73,24 @@ _JBU_CHUNK = 1 << 16  # pixels per vectorised step of the band update (bounds it
 class CRFParams:
     """Dense-CRF settings; the defaults are the literature values cited in the module docstring."""
 
-    iterations: int = 5
-    gaussian_sxy: float = 3.0
-    gaussian_compat: float = 3.0
-    bilateral_sxy: float = 80.0
-    bilateral_srgb: float = 13.0
-    bilateral_compat: float = 10.0
+    iterations: int = field(default=5, metadata=flag("Mean-field iterations of the CRF."))
+    gaussian_sxy: float = field(default=3.0, metadata=flag("Smoothness kernel: spatial std-dev in pixels."))
+    gaussian_compat: float = field(default=3.0, metadata=flag("Smoothness kernel: weight (Potts)."))
+    bilateral_sxy: float = field(default=80.0, metadata=flag(
+        "Appearance kernel: spatial std-dev in pixels of an image --crf-bilateral-reference-height rows tall."))
+    bilateral_srgb: float = field(default=13.0, metadata=flag("Appearance kernel: colour std-dev (0..255)."))
+    bilateral_compat: float = field(default=10.0, metadata=flag("Appearance kernel: weight (Potts)."))
     # bilateral_sxy is in pixels of an image this many rows tall and scales with the image's
     # height (the kernel then spans the same share of the scene); 0 = pixels at every size
-    bilateral_reference_height: int = 1024
+    bilateral_reference_height: int = field(default=1024, metadata=flag(
+        "--crf-bilateral-sxy scales with image height / this (the kernel spans the same share of the scene); "
+        "0 = pixels at every size."))
     # fast path
-    scale: int = 0  # downsampling factor for the CRF grid; 0 = auto from target_pixels, 1 = full res
-    target_pixels: int = 1 << 17
-    min_class_prob: float = 1e-3  # classes whose max probability is below this are dropped
+    scale: int = field(default=0, metadata=flag(
+        "CRF grid downsampling factor; 0 = auto (~131k CRF pixels), 1 = full resolution."))
+    target_pixels: int = field(default=1 << 17, metadata=NOT_ON_CLI)  # the grid of scale 0 (auto)
+    min_class_prob: float = field(default=1e-3, metadata=flag(
+        "Classes whose max probability is below this skip the CRF."))
 
     def __post_init__(self) -> None:
         if self.iterations < 1:

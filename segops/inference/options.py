@@ -13,7 +13,7 @@ from typing import Any
 
 from segops.core import fs, layout
 from segops.core.imageio import INFER_MAX_PIXELS
-from segops.core.options import FLAG_PREFIX, FlatOptions, OptionsError, parse_hw
+from segops.core.options import FLAG_PREFIX, FlatOptions, OptionsError, Text, flag, parse_hw
 from segops.inference.crf import CRFParams
 
 DEFAULT_TILE = "1024x2048"
@@ -38,17 +38,28 @@ def parse_tile(tile: str | int | tuple[int, int] | list[int] | None) -> tuple[in
     return int(tile[0]), int(tile[1])
 
 
+# --tile: its text goes to PredictOptions as given (parse_tile reads it, "0" too)
+TILE_TEXT = Text(str, lambda tile: f"{tile[0]}x{tile[1]}" if tile else "0")
+
+
 @dataclass(frozen=True)
 class PredictOptions:
     """How images go through the model: batching, tiling, threads."""
 
-    batch_size: int = 2  # images per RunInference batch (same-size images share a model call)
-    max_batch_pixels: int = 1 << 21  # pixels per model call (bounds activation memory): one 1024x2048 frame
-    tile: tuple[int, int] | None = parse_tile(DEFAULT_TILE)  # sliding window for larger images; None = whole
-    tile_overlap: int = 64
-    tf_threads: int = 0  # intra-op threads per worker; 0 = TensorFlow's default
-    share_model_across_processes: bool = False
-    tta: str = TTA_NONE  # test-time augmentation: none | flip (probabilities of image and mirror averaged)
+    batch_size: int = field(default=2, metadata=flag(
+        "Images per RunInference batch (their probabilities are held together)."))
+    max_batch_pixels: int = field(default=1 << 21, metadata=flag(
+        "Pixels per model call (bounds activation memory; default one 1024x2048 frame)."))
+    # sliding window for larger images; None = whole; the flag passes its text to parse_tile
+    tile: tuple[int, int] | None = field(default=parse_tile(DEFAULT_TILE), metadata=flag(
+        "Images larger than this (HxW) run as overlapping tiles; 0 = always whole images.", text=TILE_TEXT))
+    tile_overlap: int = field(default=64, metadata=flag("Minimum overlap of neighbouring tiles, in pixels."))
+    tf_threads: int = field(default=0, metadata=flag("TensorFlow intra-op threads per worker (0 = default)."))
+    share_model_across_processes: bool = field(default=False, metadata=flag(
+        "One model per machine instead of per worker process.", negatable=False))
+    tta: str = field(default=TTA_NONE, metadata=flag(
+        "Test-time augmentation: flip averages the probabilities of each image and its mirror image before the "
+        "CRF (2x the model time).", choices=TTA_CHOICES))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tile", parse_tile(self.tile))
@@ -78,15 +89,19 @@ class InferOptions(FlatOptions):
     model_dir: str
     input: str
     output: str
-    labels: str | None = None  # root of labelIds mirroring the input; default: the gtFine mirror
-    split: str | None = None  # INPUT is a Cityscapes root; use INPUT/leftImg8bit/<split>
-    crf: bool = True
+    labels: str | None = field(default=None, metadata=flag(
+        "Root of labelIds PNGs mirroring INPUT (default: the gtFine mirror of a Cityscapes leftImg8bit tree)."))
+    split: str | None = field(default=None, metadata=flag("INPUT is a Cityscapes root: use INPUT/leftImg8bit/SPLIT."))
+    crf: bool = field(default=True, metadata=flag("Dense-CRF refinement of the masks."))
     crf_params: CRFParams = field(default_factory=CRFParams, metadata={FLAG_PREFIX: "crf_"})  # --crf-iterations ...
     predict: PredictOptions = field(default_factory=PredictOptions)
-    overwrite: bool = False
-    overlay: bool = False
-    max_pixels: int = INFER_MAX_PIXELS
-    run_id: str = field(default_factory=new_run_id)
+    overwrite: bool = field(default=False, metadata=flag(
+        "Reprocess images whose outputs already exist.", negatable=False))
+    overlay: bool = field(default=False, metadata=flag("Also write an overlay JPEG per image.", negatable=False))
+    max_pixels: int = field(default=INFER_MAX_PIXELS, metadata=flag("Refuse larger images (from the header)."))
+    # the command's default is None, for a new id per run
+    run_id: str = field(default_factory=new_run_id, metadata=flag(
+        "Name of this run in the results table's history (default: UTC time + random)."))
 
     def __post_init__(self) -> None:
         if self.max_pixels < 1:

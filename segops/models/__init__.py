@@ -15,6 +15,7 @@ a builder's module is imported on the first build, so option checks and ``--help
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,6 +109,18 @@ REGISTRY: dict[str, ModelSpec] = {
     )
 }  # fmt: skip
 MODEL_NAMES = tuple(REGISTRY)
+
+
+def strides_text() -> str:
+    """Every registered model with its stride at its stride function's defaults and why (``--model``'s
+    help, so a new registry entry shows there), e.g. ``unet 16 (2**depth with --depth 4, 32 with a backbone)``."""
+    parts = []
+    for spec in REGISTRY.values():
+        defaults = {name: p.default for name, p in inspect.signature(spec.stride_fn).parameters.items()
+                    if p.default is not inspect.Parameter.empty}  # fmt: skip
+        rule = spec.stride_rule.format(**defaults)
+        parts.append(f"{spec.name} {spec.stride()}" + ("" if rule == ModelSpec.stride_rule else f" ({rule})"))
+    return "; ".join(parts)
 
 
 def get_spec(name: str) -> ModelSpec:

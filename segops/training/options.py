@@ -20,8 +20,18 @@ from typing import Any
 
 from segops.core import layout
 from segops.core.labels import NUM_CLASSES
-from segops.core.options import FLAG, FlatOptions, OptionsError
+from segops.core.options import (
+    FLAG,
+    NAMES_TEXT,
+    NOT_ON_CLI,
+    RANGE_TEXT,
+    FlatOptions,
+    OptionsError,
+    flag,
+    hw_text,
+)
 from segops.models import (
+    BACKBONE_NAMES,
     IMAGENET,
     MODEL_NAMES,
     NO_BACKBONE,
@@ -29,6 +39,7 @@ from segops.models import (
     OUTPUT_STRIDES,
     UPSAMPLING_MODES,
     get_spec,
+    strides_text,
 )
 from segops.prepare.class_weights import SCHEMES
 from segops.training.losses.spec import (
@@ -88,17 +99,30 @@ class ModelOptions:
     ``backbone_weights``: ``none``, ``imagenet`` or a weights file of the backbone;
     ``freeze_backbone_epochs``: the pretrained encoder is frozen for this many first epochs."""
 
-    name: str = field(default="fast_scnn", metadata={FLAG: "model"})
-    depth: int = 4  # U-Net / SegNet-Basic levels
-    base_filters: int = 32
-    upsampling: str = "transpose"  # U-Net decoder
-    dilated: bool = False
-    dropout: float = 0.0
-    backbone: str = NO_BACKBONE
-    backbone_weights: str = NO_WEIGHTS
-    output_stride: int = 16  # DeepLabV3+
-    freeze_backbone_epochs: int = 0
-    input_downsample: int = 1  # run the network on images average-pooled by this factor
+    name: str = field(default="fast_scnn", metadata=flag(
+        f"Architecture. Crops must be multiples of its stride, times --input-downsample: {strides_text()}.",
+        name="model", choices=MODEL_NAMES))
+    depth: int = field(default=4, metadata=flag("U-Net levels.", low=1, high=8))  # U-Net / SegNet-Basic levels
+    base_filters: int = field(default=32, metadata=flag(
+        "Channels of the first level (doubling per level; FCN-8s: VGG widths x base/64).", low=1))
+    upsampling: str = field(default="transpose", metadata=flag("U-Net decoder upsampling.", choices=UPSAMPLING_MODES))
+    dilated: bool = field(default=False, metadata=flag("Atrous block (rates 1,2,4,8) in the U-Net bottleneck / FCN fc6."))
+    dropout: float = field(default=0.0, metadata=flag(
+        "Dropout at the bottleneck (U-Net) / after fc6, fc7 (FCN-8s).", low=0, high=1, high_open=True))
+    backbone: str = field(default=NO_BACKBONE, metadata=flag(
+        "Pretrained keras.applications encoder (unet, fcn8s, deeplabv3plus; segnet: vgg16).",
+        choices=(NO_BACKBONE, *BACKBONE_NAMES)))
+    backbone_weights: str = field(default=NO_WEIGHTS, metadata=flag(
+        "Encoder weights: random, ImageNet (Keras downloads them once) or a weights file of that encoder "
+        "(.h5 / .weights.h5).", metavar="none|imagenet|PATH"))
+    output_stride: int = field(default=16, metadata=flag(
+        "DeepLabV3+ encoder output stride (ASPP rates 6,12,18 at 16, doubled at 8).", choices=OUTPUT_STRIDES))
+    freeze_backbone_epochs: int = field(default=0, metadata=flag(
+        "Train with the pretrained encoder frozen for this many first epochs, then fine-tune it.", low=0))
+    # run the network on images average-pooled by this factor
+    input_downsample: int = field(default=1, metadata=flag(
+        "Run the network on images average-pooled by this factor (its logits upsampled back): factor**2 fewer "
+        "pixels per step; exports still take full-size images.", choices=INPUT_DOWNSAMPLES))
 
     def __post_init__(self) -> None:
         if self.name not in MODEL_NAMES:
@@ -156,12 +180,15 @@ class ModelOptions:
 
 
 # One field per hyper-parameter of the registered loss terms (focal_gamma, ohem_fraction, ...),
-# with the term's default; OptimOptions validates them with the ranges of their HParam.
+# with the term's default and its flag; OptimOptions validates them with the ranges of their HParam.
 LossHyperParameters = dataclasses.make_dataclass(
     "LossHyperParameters",
-    [(hp.name, float if hp.default is not None else float | None, field(default=hp.default)) for hp in LOSS_HPARAMS],
+    [(hp.name, float if hp.default is not None else float | None,
+      field(default=hp.default, metadata=flag(hp.help, metavar=hp.metavar, low=hp.low, high=hp.high,
+                                              low_open=hp.low_open, high_open=hp.high_open)))
+     for hp in LOSS_HPARAMS],
     frozen=True,
-)
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -169,18 +196,33 @@ class OptimOptions(LossHyperParameters):
     """What is minimised, how and for how long; the loss terms' hyper-parameters are the fields
     of its base (see :attr:`loss_hparams`)."""
 
-    epochs: int = 20
-    steps_per_epoch: int | None = None  # None: train records // batch size
-    lr: float = 2e-3
-    optimizer: str = "adam"  # adam | sgd (momentum SGD_MOMENTUM)
-    lr_schedule: str = "poly"  # poly | constant
-    loss: str = "ce"  # a LOSS_SYNTAX spec, e.g. ce, ce+dice, ce+lovasz, focal*0.5+dice; stored canonical
+    epochs: int = field(default=20, metadata=flag("Epochs to train.", low=1))
+    steps_per_epoch: int | None = field(default=None, metadata=flag(
+        "Default: training records // batch size.", low=1))
+    lr: float = field(default=2e-3, metadata=flag("Initial learning rate.", low=0, low_open=True))
+    optimizer: str = field(default="adam", metadata=flag("Adam, or SGD with momentum 0.9.", choices=OPTIMIZERS))
+    lr_schedule: str = field(default="poly", metadata=flag(
+        "poly: lr * (1 - step/total)^0.9, the usual segmentation schedule.", choices=LR_SCHEDULES))
+    # stored canonical
+    loss: str = field(default="ce", metadata=flag(
+        f"Sum of loss terms, each optionally weighted: {', '.join(LOSS_TERMS)} (e.g. ce+dice, ce+lovasz, "
+        "focal*0.5+jaccard). ce: weighted cross-entropy; focal: focal loss; ohem: CE over the hardest pixels; "
+        "dice / jaccard: soft Dice / IoU; lovasz: Lovász-softmax (optimises IoU). Class weights and weight maps "
+        "apply to ce, focal and ohem only.", metavar="TERM[*W][+TERM[*W]...]"))
     # ENet's 1/ln(1.02 + p): on CamVid 0.338 val mIoU in 7 minutes against 0.281 unweighted; median
     # frequency over-predicted the rare classes (docs/train.md, "Recipe on real images").
-    class_weights: str = "enet"  # none | default (class_weights.json's default_scheme) | a scheme of it
-    early_stopping: int | None = None  # patience in epochs on val mIoU
-    time_budget: float | None = None  # minutes for the whole command; None: --epochs of fixed work
-    warmup: float = 0.05  # poly schedule: share of all steps spent warming the lr up linearly
+    class_weights: str = field(default="enet", metadata=flag(
+        "Per-class CE weights from PREPARED/class_weights.json ('default': its default_scheme).",
+        choices=CLASS_WEIGHT_CHOICES))
+    early_stopping: int | None = field(default=None, metadata=flag(
+        "Stop after PATIENCE epochs without a better val mIoU.", low=1, metavar="PATIENCE"))
+    time_budget: float | None = field(default=None, metadata=flag(
+        "Fit the whole command (start-up, training, validation, export) in this wall-clock time: the step time "
+        "is measured first and the steps, validation cadence and lr schedule planned over the budget (--epochs "
+        "and --steps-per-epoch are then ignored).", low=0, low_open=True, metavar="MINUTES"))
+    warmup: float = field(default=0.05, metadata=flag(
+        "poly schedule: share of all steps over which the lr rises linearly from lr/10 to lr.",
+        low=0, high=1, high_open=True))
 
     def __post_init__(self) -> None:
         # Canonical spec (" CE + Lovasz*1" -> "ce+lovasz"): --resume compares the recorded string.
@@ -225,10 +267,14 @@ class AugmentConfig:
     jitter, whose strengths are ``brightness`` (a fraction of 255), ``contrast`` and
     ``saturation`` (+- factors around 1; 0 disables each)."""
 
-    crop: tuple[int, int] | None = None  # None ("auto"): the prepared image size (auto_crop)
-    scale_range: tuple[float, float] = (0.75, 1.5)
-    flip: bool = True
-    jitter: bool = True
+    crop: tuple[int, int] | None = field(default=None, metadata=flag(  # None ("auto"): auto_crop
+        "Training crop HxW (after random scaling); auto: the prepared image size, at most 512x1024, rounded "
+        "down to the model's stride. A crop larger than a scaled image is padded with ignore pixels.",
+        text=hw_text(auto="auto")))
+    scale_range: tuple[float, float] = field(default=(0.75, 1.5), metadata=flag(
+        "Random scale MIN,MAX applied before the crop (1,1 disables).", text=RANGE_TEXT))
+    flip: bool = field(default=True, metadata=flag("Random horizontal flips."))
+    jitter: bool = field(default=True, metadata=flag("Random brightness, contrast and saturation."))
     brightness: float = field(default=0.125, metadata={FLAG: None})
     contrast: float = field(default=0.25, metadata={FLAG: None})
     saturation: float = field(default=0.25, metadata={FLAG: None})
@@ -255,15 +301,22 @@ class AugmentConfig:
 class PipelineConfig:
     """What training reads and how: splits, batch sizes, and the tf.data reading parameters."""
 
-    batch_size: int = 8  # global (split over replicas)
-    weight_maps: bool = False  # read the records' U-Net weight maps (packed targets) and weight the CE
-    train_split: str = "train"
-    val_split: str = "val"
-    val_size: tuple[int, int] | None = None  # None: the prepared size
-    val_batch_size: int | None = None  # None: batch_size
-    shuffle_buffer: int = 64  # records of a shard shuffled together (before decoding; see ShardReader)
-    cycle_length: int = 4  # shards read in parallel
-    data_threads: int | None = None  # private tf.data thread pool size (None: TF's default)
+    batch_size: int = field(default=8, metadata=flag("Global batch size (split over GPUs / workers).", low=1))
+    # read the records' U-Net weight maps (packed targets) and weight the CE
+    weight_maps: bool = field(default=False, metadata=flag(
+        "Multiply the CE by the records' U-Net weight maps (they already include the prepare-time class "
+        "weights, so usually combine with --class-weights none)."))
+    train_split: str = field(default="train", metadata=flag("Split to train on."))
+    val_split: str = field(default="val", metadata=flag("Split to validate on (best model, early stop)."))
+    val_size: tuple[int, int] | None = field(default=None, metadata=flag(
+        "Resize validation images to HxW (default: the prepared size).", metavar="HxW", text=hw_text()))
+    val_batch_size: int | None = field(default=None, metadata=flag("Default: --batch-size.", low=1))
+    # records of a shard shuffled together (before decoding; see ShardReader)
+    shuffle_buffer: int = field(default=64, metadata=NOT_ON_CLI)
+    cycle_length: int = field(default=4, metadata=NOT_ON_CLI)  # shards read in parallel
+    # private tf.data thread pool size (None: TF's default)
+    data_threads: int | None = field(default=None, metadata=flag(
+        "Threads of the input pipeline (default: TensorFlow's choice).", low=1))
     num_parallel_calls: int = field(default=AUTOTUNE, metadata={FLAG: None})  # parallel decode + augment
 
     def __post_init__(self) -> None:
@@ -284,9 +337,15 @@ class AnnotationMix:
     ``coarse_epochs`` epochs, which read coarse records only (coarse first, then fine).
     Validation always reads the fine val split."""
 
-    coarse_ratio: float = 0.0
-    coarse_epochs: int = 0
-    coarse_splits: tuple[str, ...] = ("train", layout.TRAIN_EXTRA_SPLIT)  # those of them that were prepared
+    coarse_ratio: float = field(default=0.0, metadata=flag(
+        "Share of training examples drawn from the coarse annotations (prepare --annotations fine+coarse); "
+        "0: fine only, 1: coarse only.", low=0, high=1))
+    coarse_epochs: int = field(default=0, metadata=flag(
+        "Train the first N epochs on coarse annotations only, then on the --coarse-ratio mix.", low=0))
+    # those of them that were prepared
+    coarse_splits: tuple[str, ...] = field(default=("train", layout.TRAIN_EXTRA_SPLIT), metadata=flag(
+        "Coarse parts to train on (PREPARED/coarse/<split>/; those found). Validation is always on the fine "
+        "--val-split.", text=NAMES_TEXT))
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.coarse_ratio <= 1.0:  # also refuses NaN
@@ -327,12 +386,19 @@ class TrainOptions(FlatOptions):
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     data: PipelineConfig = field(default_factory=PipelineConfig)
     annotations: AnnotationMix = field(default_factory=AnnotationMix)
-    seed: int = 0  # initialisation, data order, augmentation
-    precision: str = "auto"
-    xla: bool | None = None  # None: Keras' "auto" (XLA on a single GPU, off on CPU, where it measured no faster)
-    resume: bool = False
-    verbose: int = 1  # Keras progress bar (0 silent, 1 bar, 2 one line per epoch)
-    export: bool = True  # write OUT/best, OUT/final, OUT/model.json at the end (off: checkpoints only)
+    seed: int = field(default=0, metadata=flag("Seeds initialisation, data order and augmentation."))
+    precision: str = field(default="auto", metadata=flag(
+        "auto: mixed_bfloat16 on Ampere+ GPUs, mixed_float16 on Volta/Turing, float32 on CPU.", choices=PRECISIONS))
+    # None: Keras' "auto" (XLA on a single GPU, off on CPU, where it measured no faster)
+    xla: bool | None = field(default=None, metadata=flag(
+        "Compile train/eval steps with XLA. Default: on a single GPU, off on CPU (with oneDNN kernels XLA "
+        "measured no faster there) and under multi-device strategies."))
+    resume: bool = field(default=False, metadata=flag(
+        "Continue from OUT/checkpoints (same options; same result as an uninterrupted run).", negatable=False))
+    # Keras progress bar (0 silent, 1 bar, 2 one line per epoch): the command's --progress
+    verbose: int = field(default=1, metadata=NOT_ON_CLI)
+    export: bool = field(default=True, metadata=flag(
+        "Export OUT/best and OUT/final at the end (--no-export: checkpoints and history only)."))
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
