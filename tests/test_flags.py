@@ -49,6 +49,10 @@ def options_class(name: str) -> type:
 COMMANDS = [
     ("train", ["PREP", "OUT"], {"prepared": "PREP", "out": "OUT"}),
     ("infer", ["MODEL", "IN", "OUT"], {"model_dir": "MODEL", "input": "IN", "output": "OUT", "run_id": "r1"}),
+    ("prepare", ["IN", "OUT"], {"input": "IN", "output": "OUT"}),
+    ("synth", ["OUT"], {}),
+    ("review select", ["INFER_OUT"], {"lowest_confidence": 1}),  # at least one rule is required
+    ("review export", ["INFER_OUT"], {}),
 ]
 
 
@@ -106,3 +110,11 @@ def test_a_field_without_a_declared_flag_is_refused() -> None:
     with pytest.raises(TypeError, match="Undeclared.forgotten"):
         flag_fields(Undeclared)
     assert "knob" not in {ff.name for ff in flag_fields(Hidden)}
+
+
+def test_model_help_lists_every_registered_model() -> None:
+    from segops.models import REGISTRY
+
+    (model,) = [p for p in leaf("train").params if p.name == "model"]
+    for name in REGISTRY:
+        assert name in str(model.help), name

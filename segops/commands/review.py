@@ -1,4 +1,5 @@
-"""`segops review select | export | import`: the relabeling loop (segops.review, docs/review.md)."""
+"""`segops review select | export | import`: the relabeling loop (segops.review, docs/review.md);
+select's and export's flags are generated from SelectOptions and ExportOptions."""
 
 from __future__ import annotations
 
@@ -7,17 +8,11 @@ from typing import Any
 import click
 
 from segops.commands.common import CONTEXT_SETTINGS, build_options
-from segops.core.options import default_of
+from segops.commands.flags import options_from
 from segops.review import ReviewError
-from segops.review.export import FORMATS as EXPORT_FORMATS
-from segops.review.export import LOCAL_FILES_PREFIX, ExportOptions
+from segops.review.export import ExportOptions
 from segops.review.importer import FORMATS as IMPORT_FORMATS
 from segops.review.select import SelectOptions
-
-
-def _count(name: str, help_: str) -> Any:
-    return click.option(f"--{name.replace('_', '-')}", name, type=click.IntRange(min=0), metavar="N",
-                        default=default_of(SelectOptions, name), show_default=True, help=help_)  # fmt: skip
 
 
 @click.group(name="review", context_settings=CONTEXT_SETTINGS)
@@ -31,22 +26,7 @@ def command() -> None:
 
 @command.command(name="select", context_settings=CONTEXT_SETTINGS)
 @click.argument("infer_out", metavar="INFER_OUT")
-@_count("ranked", "The images with the highest score in the --ranking FILE (e.g. the most changed).")
-@click.option("--ranking", default=None, metavar="FILE",
-              help="A Parquet with path and score columns, e.g. `segops compare`'s compare_OLD_NEW.parquet "
-                   "(its model is the default --model-id).")  # fmt: skip
-@_count("lowest_confidence", "Images with the lowest mean confidence (top softmax probability).")
-@_count("largest_crf_change", "Images where the CRF relabelled the largest fraction of pixels.")
-@_count("rare_classes", "Images showing the most pixels of a --class (in the written mask).")
-@click.option("--class", "classes", multiple=True, metavar="NAME", help="A class for --rare-classes (repeatable), e.g. --class train.")
-@click.option("--min-class-pixels", type=click.IntRange(min=1), default=default_of(SelectOptions, "min_class_pixels"),
-              show_default=True, help="Pixels of a --class an image needs to count as showing it.")  # fmt: skip
-@_count("lowest_miou", "Images with the lowest per-image mIoU (those with ground truth).")
-@_count("random", "A random audit sample of the images no other rule picked (seeded).")
-@click.option("--cap", type=click.IntRange(min=1), default=default_of(SelectOptions, "cap"), show_default=True,
-              help="At most this many images in all (rules fill it in the order above).")  # fmt: skip
-@click.option("--seed", type=int, default=default_of(SelectOptions, "seed"), show_default=True, help="Seed of --random.")
-@click.option("--model-id", default=None, help="The model whose rows to use (needed when the table holds several).")
+@options_from(SelectOptions)
 @click.option("--out", default=None, metavar="FILE", help="Selection Parquet file. Default: INFER_OUT/review/selection.parquet.")
 def select_command(infer_out: str, out: str | None, **kw: Any) -> None:
     """Pick images to check from the results table of INFER_OUT; print and save the selection."""
@@ -67,21 +47,15 @@ def select_command(infer_out: str, out: str | None, **kw: Any) -> None:
 @command.command(name="export", context_settings=CONTEXT_SETTINGS)
 @click.argument("infer_out", metavar="INFER_OUT")
 @click.option("--selection", default=None, metavar="FILE", help="Default: INFER_OUT/review/selection.parquet.")
-@click.option("--format", "formats", multiple=True, type=click.Choice(EXPORT_FORMATS), default=EXPORT_FORMATS,
-              show_default=True, help="Files to write (repeatable).")  # fmt: skip
 @click.option("--out", default=None, metavar="DIR", help="Default: INFER_OUT/review.")
-@click.option("--image-root", default=None, metavar="DIR",
-              help="Image paths in the files are relative to this (default: the INPUT of the infer run).")  # fmt: skip
-@click.option("--image-url-prefix", default=LOCAL_FILES_PREFIX, show_default=True,
-              help="Label Studio task image URL = this + the relative path (local-files storage by default).")  # fmt: skip
-def export_command(infer_out: str, selection: str | None, formats: tuple[str, ...], out: str | None,
-                   image_root: str | None, image_url_prefix: str) -> None:  # fmt: skip
+@options_from(ExportOptions)
+def export_command(infer_out: str, selection: str | None, out: str | None, **kw: Any) -> None:
     """Write the selection with the predicted masks as Label Studio tasks and COCO RLE."""
     from segops.core import fs, layout
     from segops.review.export import export_selection
     from segops.review.select import read_selection, selection_path
 
-    options = build_options(ExportOptions.from_flat, formats=formats, image_root=image_root, image_url_prefix=image_url_prefix)
+    options = build_options(ExportOptions.from_flat, **kw)
     try:
         rows = read_selection(selection or selection_path(infer_out))
         written = export_selection(infer_out, rows, out or fs.join(infer_out, layout.REVIEW_DIR), options)

@@ -1,4 +1,6 @@
-"""`segops synth OUT`: write the built-in synthetic street-scene dataset (Cityscapes layout)."""
+"""`segops synth OUT`: write the built-in synthetic street-scene dataset (Cityscapes layout). The
+flags of SynthOptions' own fields are generated from them; the per-split counts and --size, which
+fill its ``counts``, ``height`` and ``width``, are this command's."""
 
 from __future__ import annotations
 
@@ -8,8 +10,8 @@ import time
 import click
 
 from segops.commands.common import CONTEXT_SETTINGS, build_options, hw_callback
+from segops.commands.flags import options_from
 from segops.core.layout import TRAIN_EXTRA_SPLIT
-from segops.core.options import default_of
 from segops.datasets.synth import (
     CITIES,
     DEFAULT_COUNTS,
@@ -37,17 +39,12 @@ from segops.datasets.synth import (
               help="Number of val images.")
 @click.option("--test", "n_test", type=click.IntRange(min=0), default=DEFAULT_COUNTS["test"], show_default=True,
               help="Number of test images (gtFine files carry only void ids, as in real Cityscapes).")
-@click.option("--coarse/--no-coarse", default=default_of(SynthOptions, "coarse"), show_default=True,
-              help="Also write gtCoarse/ (coarse polygons, more void) for train and val, as Cityscapes ships.")
 @click.option("--train-extra", "n_extra", type=click.IntRange(min=0), default=0, show_default=True,
               help="Number of train_extra images: gtCoarse labels only, no gtFine (implies --coarse).")
 @click.option("--size", default=f"{DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]}", show_default=True, metavar="HxW",
               callback=hw_callback(min_side=MIN_SIDE, max_pixels=MAX_PIXELS),
               help="Image size HEIGHTxWIDTH; real Cityscapes is 1024x2048.")
-@click.option("--seed", type=int, default=default_of(SynthOptions, "seed"), show_default=True,
-              help="Random seed; each image depends only on (seed, split, index).")
-@click.option("--workers", type=click.IntRange(min=1), default=default_of(SynthOptions, "workers"),
-              show_default=True, help="Processes generating images in parallel.")
+@options_from(SynthOptions)
 @click.option("-q", "--quiet", is_flag=True, help="Print only the final summary line.")
 def command(out: str, n_train: int, n_val: int, n_test: int, coarse: bool, n_extra: int, size: tuple[int, int],
             seed: int, workers: int, quiet: bool) -> None:

@@ -7,13 +7,13 @@ from __future__ import annotations
 import functools
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from segops.core.imageio import DEFAULT_MAX_PIXELS
 from segops.core.label_sets import DEFAULT_LABEL_SET, LabelSet, LabelSetError, load_label_set
 from segops.core.layout import COARSE, FINE
-from segops.core.options import FlatOptions, OptionsError
+from segops.core.options import NAMES_TEXT, FlatOptions, OptionsError, flag
 from segops.datasets.cityscapes import DEFAULT_UNLABELED_SPLITS
 from segops.prepare.class_weights import DEFAULT_SCHEME, SCHEMES
 
@@ -31,18 +31,36 @@ class PrepareOptions(FlatOptions):
 
     input: str
     output: str
-    splits: tuple[str, ...] = ()  # empty: every usable split found
-    unlabeled_splits: tuple[str, ...] = DEFAULT_UNLABELED_SPLITS
-    shards: int | None = None  # per split; None: one per SHARD_TARGET_BYTES of input images
-    weight_maps: bool = True
-    weight_scheme: str = DEFAULT_SCHEME
-    weights_split: str | None = None  # None: train if prepared, else the first labelled split
-    w0: float = 10.0
-    sigma: float = 5.0
-    sigma_reference_height: int | None = None  # scale sigma by height / this; None: pixels as given
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    annotations: str = FINE  # fine | coarse | fine+coarse: which of gtFine/, gtCoarse/ to write
-    label_set: str = DEFAULT_LABEL_SET  # the taxonomy of the labelIds: a built-in's name or a label-set file
+    splits: tuple[str, ...] = field(default=(), metadata=flag(  # empty: every usable split found
+        "Splits to prepare, comma-separated (default: all usable ones found).", multiple=True, text=NAMES_TEXT))
+    unlabeled_splits: tuple[str, ...] = field(default=DEFAULT_UNLABELED_SPLITS, metadata=flag(
+        "Splits without usable labels: written image-only (all-ignore label), left out of statistics. '' to "
+        "treat every split as labelled.", text=NAMES_TEXT))
+    # per split; None: one per SHARD_TARGET_BYTES of input images
+    shards: int | None = field(default=None, metadata=flag(
+        "Shards per split (default: one per ~128 MiB of input images).", low=1, high=MAX_SHARDS))
+    weight_maps: bool = field(default=True, metadata=flag(
+        "Write U-Net per-pixel weight maps (class weight + border term)."))
+    weight_scheme: str = field(default=DEFAULT_SCHEME, metadata=flag(
+        "Class-weight scheme used in the weight maps (all are written to class_weights.json).", choices=SCHEMES))
+    # None: train if prepared, else the first labelled split
+    weights_split: str | None = field(default=None, metadata=flag(
+        "Split the class weights come from (default: train)."))
+    w0: float = field(default=10.0, metadata=flag("U-Net border weight w0."))
+    sigma: float = field(default=5.0, metadata=flag("U-Net border sigma, in pixels."))
+    # scale sigma by height / this; None: pixels as given
+    sigma_reference_height: int | None = field(default=None, metadata=flag(
+        "Scale sigma with image size: sigma * height / this (e.g. 1024 for Cityscapes)."))
+    max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata=flag(
+        "Refuse images over this many pixels (read from the PNG header, before decoding).", low=1))
+    # which of gtFine/, gtCoarse/ to write
+    annotations: str = field(default=FINE, metadata=flag(
+        "Labels to write: gtFine/ (fine), gtCoarse/ (coarse, to OUT/coarse/<split>/) or both; with coarse, each "
+        "record says its kind (label/annotation).", choices=ANNOTATION_CHOICES))
+    # the taxonomy of the labelIds: a built-in's name or a label-set file
+    label_set: str = field(default=DEFAULT_LABEL_SET, metadata=flag(
+        "Taxonomy of the labelIds PNGs: a built-in (cityscapes, camvid11, ade20k150) or a label-set JSON file "
+        "(docs/labels.md); recorded in the manifest for train and infer."))
 
     def __post_init__(self) -> None:
         if not self.input:

@@ -16,7 +16,7 @@ class ids in COCO are its labelIds, names and colours its own.
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
@@ -25,7 +25,7 @@ import numpy as np
 from segops import __version__
 from segops.core import fs, imageio, layout
 from segops.core.label_sets import LabelSet, cityscapes
-from segops.core.options import FlatOptions
+from segops.core.options import FlatOptions, flag
 from segops.inference.discovery import WorkItem
 from segops.inference.masks import mask_paths
 from segops.review import ReviewError, brush
@@ -42,9 +42,12 @@ class ExportOptions(FlatOptions):
     """Which files to write, and how the tool finds the images: ``image_url_prefix`` + the path
     relative to ``image_root`` (None: the root the infer run listed)."""
 
-    formats: tuple[str, ...] = FORMATS
-    image_root: str | None = None
-    image_url_prefix: str = LOCAL_FILES_PREFIX
+    formats: tuple[str, ...] = field(default=FORMATS, metadata=flag(
+        "Files to write (repeatable).", opt="--format", choices=FORMATS, multiple=True))
+    image_root: str | None = field(default=None, metadata=flag(
+        "Image paths in the files are relative to this (default: the INPUT of the infer run).", metavar="DIR"))
+    image_url_prefix: str = field(default=LOCAL_FILES_PREFIX, metadata=flag(
+        "Label Studio task image URL = this + the relative path (local-files storage by default)."))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "formats", tuple(self.formats))

@@ -14,13 +14,13 @@ reads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from segops.core import fs, labels, layout
-from segops.core.options import FlatOptions, OptionsError
+from segops.core.options import FlatOptions, OptionsError, flag
 from segops.inference import table
 from segops.review import ReviewError
 
@@ -28,6 +28,11 @@ RULES = ("ranked", "lowest_confidence", "largest_crf_change", "rare_classes", "l
 DEFAULT_CAP = 100
 SCORE_COLUMNS = ("mean_confidence", "crf_changed_fraction", "mean_iou_before", "mean_iou_after")
 READ_COLUMNS = ("path", "rel_path", "label_path", "height", "width", "model_id", "has_labels", *SCORE_COLUMNS)
+
+
+def _count(help: str) -> dict[str, Any]:
+    """The flag of a rule: how many images it proposes (0: off)."""
+    return flag(help, low=0, metavar="N")
 
 
 class SelectError(ReviewError, OptionsError):
@@ -39,18 +44,30 @@ class SelectOptions(FlatOptions):
     """How many images each rule proposes (0 = rule off), the classes of ``rare_classes``, the
     overall cap and the seed of the random sample."""
 
-    ranked: int = 0  # highest ``score`` of the ``ranking`` file
-    ranking: str | None = None  # a Parquet with ``path`` and ``score`` (e.g. `segops compare`'s)
-    lowest_confidence: int = 0  # lowest mean top-softmax probability
-    largest_crf_change: int = 0  # largest fraction of pixels the CRF relabelled
-    rare_classes: int = 0  # most pixels of any class in ``classes`` in the written mask
-    classes: tuple[str, ...] = ()
-    min_class_pixels: int = 1  # an image shows a class when its mask has at least this many
-    lowest_miou: int = 0  # lowest per-image mIoU (images with ground truth only)
-    random: int = 0  # uniform audit sample of the rows no other rule picked
-    cap: int = DEFAULT_CAP
-    seed: int = 0
-    model_id: str | None = None  # None: the table's only model
+    ranked: int = field(default=0, metadata=_count(
+        "The images with the highest score in the --ranking FILE (e.g. the most changed)."))
+    ranking: str | None = field(default=None, metadata=flag(  # a Parquet with ``path`` and ``score``
+        "A Parquet with path and score columns, e.g. `segops compare`'s compare_OLD_NEW.parquet (its model is "
+        "the default --model-id).", metavar="FILE"))
+    lowest_confidence: int = field(default=0, metadata=_count(
+        "Images with the lowest mean confidence (top softmax probability)."))
+    largest_crf_change: int = field(default=0, metadata=_count(
+        "Images where the CRF relabelled the largest fraction of pixels."))
+    rare_classes: int = field(default=0, metadata=_count(
+        "Images showing the most pixels of a --class (in the written mask)."))
+    classes: tuple[str, ...] = field(default=(), metadata=flag(
+        "A class for --rare-classes (repeatable), e.g. --class train.", opt="--class", metavar="NAME", multiple=True))
+    min_class_pixels: int = field(default=1, metadata=flag(
+        "Pixels of a --class an image needs to count as showing it.", low=1))
+    lowest_miou: int = field(default=0, metadata=_count(
+        "Images with the lowest per-image mIoU (those with ground truth)."))
+    random: int = field(default=0, metadata=_count(
+        "A random audit sample of the images no other rule picked (seeded)."))
+    cap: int = field(default=DEFAULT_CAP, metadata=flag(
+        "At most this many images in all (rules fill it in the order above).", low=1))
+    seed: int = field(default=0, metadata=flag("Seed of --random."))
+    model_id: str | None = field(default=None, metadata=flag(  # None: the table's only model
+        "The model whose rows to use (needed when the table holds several)."))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))

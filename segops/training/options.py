@@ -7,8 +7,11 @@ Keras here: the CLI imports this module for its choices and defaults.
 The *flat* form is the CLI's flag names (``--batch-size`` -> ``batch_size``):
 :meth:`TrainOptions.from_flat` builds the options from it and :meth:`TrainOptions.to_json` writes
 it, in the key order of :data:`JSON_KEYS`, into ``checkpoints/state.json`` and ``model.json``,
-where ``--resume`` compares it with the interrupted run's. A field whose flag name differs from
-its own says so in its metadata (``{FLAG: "model"}``; ``{FLAG: None}``: not a flag).
+where ``--resume`` compares it with the interrupted run's. Each field declares its ``segops train``
+flag in its metadata (:func:`~segops.core.options.flag`: help, range, choices; ``name="model"``
+where the flag name differs from the field's), :data:`~segops.core.options.NOT_ON_CLI` for a
+flat option without a flag, ``{FLAG: None}`` for a field outside the flat form. The module passes
+400 lines because those flags' help texts live here, on their fields (the command has none).
 """
 
 from __future__ import annotations

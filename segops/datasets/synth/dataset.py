@@ -16,7 +16,7 @@ from segops.core import layout
 from segops.core.fs import dump_json, join, match_sized, write_bytes_atomic
 from segops.core.imageio import encode_mask_png, encode_png
 from segops.core.labels import LABEL_ID_TO_COLOR
-from segops.core.options import FlatOptions, OptionsError
+from segops.core.options import NOT_ON_CLI, FlatOptions, OptionsError, flag
 from segops.datasets.synth.coarse import coarsen
 from segops.datasets.synth.compose import build_scene
 from segops.datasets.synth.render import Rendered, render
@@ -70,12 +70,15 @@ class SynthOptions(FlatOptions):
     """What a synthetic dataset is made with; the manifest records all of it but ``workers``,
     which never changes a byte of the output."""
 
-    counts: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_COUNTS))  # split -> images
-    height: int = DEFAULT_SIZE[0]
-    width: int = DEFAULT_SIZE[1]
-    seed: int = 0  # each image depends only on (seed, split, index)
-    workers: int = 1  # processes generating images in parallel
-    coarse: bool = False  # also write gtCoarse/ for train, val (and train_extra)
+    # split -> images, and the size: the command's per-split counts (--train, ...) and --size HxW
+    counts: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_COUNTS), metadata=NOT_ON_CLI)
+    height: int = field(default=DEFAULT_SIZE[0], metadata=NOT_ON_CLI)
+    width: int = field(default=DEFAULT_SIZE[1], metadata=NOT_ON_CLI)
+    seed: int = field(default=0, metadata=flag("Random seed; each image depends only on (seed, split, index)."))
+    workers: int = field(default=1, metadata=flag("Processes generating images in parallel.", low=1))
+    # also write gtCoarse/ for train, val (and train_extra)
+    coarse: bool = field(default=False, metadata=flag(
+        "Also write gtCoarse/ (coarse polygons, more void) for train and val, as Cityscapes ships."))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "counts", _check_counts(self.counts))
