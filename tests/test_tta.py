@@ -40,3 +40,22 @@ def test_flip_tta_averages_the_mirror_images_probabilities():
 def test_unknown_tta_is_an_options_error():
     with pytest.raises(OptionsError, match="--tta"):
         PredictOptions(tta="rotate")
+
+
+class SlopeModel:
+    """Two classes whose probabilities depend on the column alone: class 1 is 0.75 at the left
+    edge and 0.25 at the right, so an image and its mirror average to an exact 0.5 / 0.5 tie."""
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        w = batch.shape[2]
+        p1 = np.broadcast_to(0.75 - 0.5 * np.arange(w, dtype=np.float32) / (w - 1), batch.shape[:3])
+        return np.stack([1 - p1, p1], axis=-1).astype(np.float32)
+
+
+def test_an_exact_flip_tie_breaks_as_the_image_alone_would():
+    image = np.zeros((2, 3, 3), np.uint8)
+    plain = predict_probabilities(SlopeModel(), [image], 1, PredictOptions(tile=0))[0]
+    tta = predict_probabilities(SlopeModel(), [image], 1, PredictOptions(tile=0, tta="flip"))[0]
+    np.testing.assert_allclose(tta, 0.5, atol=1e-6)  # every pixel ties
+    assert plain.argmax(axis=-1).tolist() == [[1, 0, 0], [1, 0, 0]]  # the middle ties without TTA too
+    np.testing.assert_array_equal(tta.argmax(axis=-1), plain.argmax(axis=-1))

@@ -68,7 +68,8 @@ def owned_spans(starts: list[int], t: int, size: int) -> list[tuple[int, int]]:
 class FlipAveraged:
     """Horizontal-flip test-time augmentation around a model: each call runs the images and
     their mirror images in one batch and returns the mean of the two probability maps (the
-    mirror's flipped back), so everything downstream (tiles, TopK, the CRF) sees one map."""
+    mirror's flipped back), so everything downstream (tiles, TopK, the CRF) sees one map. Where
+    the mean ties, the tie breaks as the image alone would (:func:`break_ties_like`)."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
@@ -76,7 +77,24 @@ class FlipAveraged:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         probs = self.model.predict(np.concatenate([batch, batch[:, :, ::-1]]))
         n = len(batch)
-        return (probs[:n] + probs[n:, :, ::-1]) * np.float32(0.5)
+        return break_ties_like((probs[:n] + probs[n:, :, ::-1]) * np.float32(0.5), probs[:n])
+
+
+def break_ties_like(mean: np.ndarray, plain: np.ndarray) -> np.ndarray:
+    """``mean`` [..., C] probabilities where the top classes tie exactly (a binary model's 0.6
+    and 0.4 mirrored give 0.5 and 0.5) raised by one float step at the tied class that ``plain``
+    (the prediction without TTA) ranks highest: the argmax then picks what the run without TTA
+    picks, not the lowest class index. Elsewhere ``mean`` unchanged."""
+    tied = mean == mean.max(axis=-1, keepdims=True)
+    at = tied.sum(axis=-1) > 1
+    if not at.any():
+        return mean
+    rows = mean[at]
+    winner = np.where(tied[at], plain[at], -np.inf).argmax(axis=-1)
+    pick = (np.arange(len(rows)), winner)
+    rows[pick] = np.nextafter(rows[pick], np.float32(2))
+    mean[at] = rows
+    return mean
 
 
 def _predict_tiled(model: Any, img: np.ndarray, stride: int, tile: tuple[int, int], overlap: int, per_call: int) -> TopK:

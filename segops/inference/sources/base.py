@@ -1,7 +1,7 @@
-"""What every model source shares: :class:`ModelSource` (a model file or directory, described,
-checked, not yet loaded), :class:`Preprocessing` (how uint8 RGB images become the model's input
-and its output becomes probabilities at input resolution) and :class:`PreparedModel` (a loaded
-network behind the numpy ``predict`` that :mod:`segops.inference.tiling` calls).
+"""What every model source shares: :class:`ModelSource` (a kind of model and one model of it:
+which paths it claims, described, checked, not yet loaded) and :class:`PreparedModel` (a loaded
+network behind the numpy ``predict`` that :mod:`segops.inference.tiling` calls, with its
+:class:`~segops.inference.sources.preprocessing.Preprocessing` applied).
 
 A source is picklable and cheap: Beam ships it to every worker inside the RunInference handler,
 and each worker calls :meth:`ModelSource.load` once.
@@ -20,111 +20,37 @@ from typing import Any, ClassVar
 import numpy as np
 
 from segops.core import labels
+from segops.inference.sources.preprocessing import Preprocessing
 from segops.models import export_dir
 from segops.models.export_dir import ModelError, ModelInfo
 
 LOG = logging.getLogger(__name__)
 
-CHANNEL_ORDERS = ("RGB", "BGR")
-LAYOUTS = ("NHWC", "NCHW")
-OUTPUT_KINDS = ("logits", "probabilities")
 DIGEST_CHARS = 16
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """The model's input and output conventions. Input: images resized to ``size`` (H, W) when
-    set (else padded to a multiple of ``stride`` by the tiler), channels in ``channels`` order,
-    normalised as ``(x - mean) / std`` (0..255 units) or, for keras-hub converters, ``x * scale +
-    offset``, laid out as ``layout``. Output: ``output_kind`` per class, laid out as
-    ``output_layout``, at any resolution (resized back to the input's)."""
-
-    channels: str = "RGB"
-    layout: str = "NHWC"
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    scale: tuple[float, ...] | None = None
-    offset: tuple[float, ...] | None = None
-    size: tuple[int, int] | None = None
-    stride: int = 1
-    interpolation: str = "bilinear"
-    antialias: bool = False
-    output_kind: str = "logits"
-    output_layout: str = "NHWC"
-    # a card's class_map: per model class, the label-set train id it adds to (-1: unmapped), and
-    # the label set's class count; None: the model's classes are the label set's
-    class_map: tuple[int, ...] | None = None
-    mapped_classes: int = 0
-
-    def model_input(self, images: np.ndarray) -> np.ndarray:
-        """uint8 [N, H, W, 3] RGB -> the float32 tensor the network takes."""
-        x = images.astype(np.float32)
-        if self.size is not None and tuple(x.shape[1:3]) != self.size:
-            x = resize(x, self.size, self.interpolation, self.antialias)
-        if self.channels == "BGR":
-            x = x[..., ::-1]
-        if self.mean is not None:
-            x = x - np.asarray(self.mean, np.float32)
-        if self.std is not None:
-            x = x / np.asarray(self.std, np.float32)
-        if self.scale is not None:
-            x = x * np.asarray(self.scale, np.float32)
-        if self.offset is not None:
-            x = x + np.asarray(self.offset, np.float32)
-        if self.layout == "NCHW":
-            x = x.transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(x, dtype=np.float32)
-
-    def probabilities(self, output: np.ndarray, height: int, width: int) -> np.ndarray:
-        """The network's output -> float32 [N, height, width, C] probabilities."""
-        out = np.asarray(output, dtype=np.float32)
-        if self.output_layout == "NCHW":
-            out = out.transpose(0, 2, 3, 1)
-        if self.output_kind == "logits":
-            out = softmax(out)
-        if self.class_map is not None:  # before resizing: fewer channels, and both are linear
-            out = out @ class_map_matrix(self.class_map, self.mapped_classes)
-        if out.shape[1:3] != (height, width):
-            # probabilities, not logits, are interpolated: a convex mix of distributions sums to 1
-            out = resize(out, (height, width), "bilinear", False)
-        return np.ascontiguousarray(out, dtype=np.float32)
-
-
-def class_map_matrix(class_map: tuple[int, ...], mapped_classes: int) -> np.ndarray:
-    """[model classes, label-set classes (+1 when some are unmapped)] 0/1 matrix: probabilities
-    @ it sums the model classes mapped onto each label-set class; the extra last column collects
-    the unmapped ones (its argmax is written as ignore)."""
-    unmapped = any(t < 0 for t in class_map)
-    m = np.zeros((len(class_map), mapped_classes + unmapped), np.float32)
-    for source, target in enumerate(class_map):
-        m[source, target if target >= 0 else mapped_classes] = 1.0
-    return m
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def resize(x: np.ndarray, size: tuple[int, int], interpolation: str, antialias: bool) -> np.ndarray:
-    """[N, H, W, C] float32 resized to ``size`` by TensorFlow's image resize (the op Keras'
-    resizing layers and keras-hub's image converters use, half-pixel centres)."""
-    import tensorflow as tf
-
-    return tf.image.resize(x, size, method=interpolation, antialias=antialias).numpy()
 
 
 class PreparedModel:
     """A loaded network ``call`` (float32 input -> output, numpy) behind ``predict``: uint8
-    [N, H, W, 3] RGB -> float32 [N, H, W, C] probabilities, with ``preprocessing`` applied."""
+    [N, H, W, 3] RGB -> float32 [N, H, W, C] probabilities, with ``preprocessing`` applied. A
+    network with a fixed batch (``preprocessing.batch``) is called on batches of exactly that
+    size, the last one filled with copies of its last image."""
 
     def __init__(self, call: Callable[[np.ndarray], np.ndarray], preprocessing: Preprocessing) -> None:
         self._call = call
         self.preprocessing = preprocessing
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        out = self._call(self.preprocessing.model_input(images))
+        x = self.preprocessing.model_input(images)
+        fixed = self.preprocessing.batch
+        if not fixed or len(x) == fixed:
+            out = self._call(x)
+        else:
+            parts = []
+            for start in range(0, len(x), fixed):
+                chunk = x[start : start + fixed]
+                filled = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - len(chunk), axis=0)])
+                parts.append(np.asarray(self._call(filled))[: len(chunk)])
+            out = np.concatenate(parts)
         return self.preprocessing.probabilities(out, images.shape[1], images.shape[2])
 
 

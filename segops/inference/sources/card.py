@@ -7,7 +7,12 @@
                "std": [58.395, 57.12, 57.375], "size": [1024, 2048], "stride": 32},
      "output": {"kind": "logits", "layout": "NCHW"}}
 
-``classes`` is ``"cityscapes"`` or the list of the model's output classes, in order.
+``classes`` is ``"cityscapes"`` or the list of the model's output classes, in order; under
+``output.kind: "sigmoid"`` (or ``"sigmoid_logits"``) each output channel is one class's own
+probability, and ``classes`` lists the background first, then one class per channel (a class is
+present where its probability exceeds ``output.threshold``, 0.5 by default). ``input.range``,
+``input.resize`` and ``input.fit`` say how the model was trained to see images (value range,
+resize convention, stretch or letterbox).
 ``label_set`` (default ``"cityscapes"``: a built-in's name or a label-set file, relative to the
 card) is what segops evaluates and writes; without ``class_map`` the classes must be the label
 set's, in train-id order. ``class_map`` ({"model class": "label-set class", ...}) relabels the
@@ -15,27 +20,43 @@ model's classes into the label set: many-to-one sums their probabilities, an unm
 class becomes ignore (255) in the masks (docs/labels.md). A file model's card
 is ``<file>.card.json``, else ``card.json`` in its directory; a directory's is ``card.json`` in
 it. Every mistake is one ModelError line naming the card and the field (docs/models.md).
+:class:`CardSource` is what every source run with a card holds (the card, which tensors, the
+fixed batch).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+import numpy as np
 
 from segops.core import labels
 from segops.core.label_sets import BUILTIN_NAMES, LabelSet, LabelSetError, load_label_set
-from segops.inference.sources.base import CHANNEL_ORDERS, LAYOUTS, OUTPUT_KINDS, Preprocessing
-from segops.models.export_dir import ModelError
+from segops.inference.sources.base import ModelSource, PreparedModel, digest, refuse_class_count
+from segops.inference.sources.preprocessing import (
+    CHANNEL_ORDERS,
+    FITS,
+    LAYOUTS,
+    OUTPUT_KINDS,
+    RESIZES,
+    SIGMOID,
+    SIGMOID_KINDS,
+    VALUE_RANGES,
+    Preprocessing,
+)
+from segops.models.export_dir import ModelError, ModelInfo
 
 CARD_VERSION = 1
 CARD_SUFFIX = ".card.json"
 CARD_FILE = "card.json"
 CITYSCAPES = "cityscapes"
 TOP_FIELDS = ("card_version", "name", "classes", "label_set", "class_map", "input", "output", "signature")
-INPUT_FIELDS = ("channels", "layout", "mean", "std", "size", "stride", "name")
-OUTPUT_FIELDS = ("kind", "layout", "name")
+INPUT_FIELDS = ("channels", "layout", "range", "mean", "std", "size", "resize", "fit", "stride", "name")
+OUTPUT_FIELDS = ("kind", "layout", "threshold", "name")
 
 
 @dataclass(frozen=True)
@@ -49,11 +70,56 @@ class ModelCard:
     input_name: str | None = None  # the input / output to use when the model has several
     output_name: str | None = None
 
+    @property
+    def sigmoid(self) -> bool:
+        return self.preprocessing.output_kind in SIGMOID_KINDS
+
+    @property
+    def output_channels(self) -> int:
+        """The channels the model's output has: one per class, the background's none under sigmoid."""
+        return len(self.class_names) - self.sigmoid
+
+    def refuse_channels(self, model_path: str, what: str, count: Any) -> None:
+        """Refuse a model whose output has a known number of channels (``what``: "output 'x'
+        has") that this card cannot read; None or a negative count: known when it runs."""
+        if not isinstance(count, int) or count < 0 or count == self.output_channels:
+            return
+        kind = self.preprocessing.output_kind
+        if count == 1 and not self.sigmoid:
+            raise ModelError(f"{model_path}: {what} one channel; its card lists {len(self.class_names)} classes under "
+                             f"output.kind {kind!r}: if the channel is a probability, write \"output\": {{\"kind\": "
+                             f"\"sigmoid\"}} with the background first in classes")  # fmt: skip
+        if self.sigmoid:
+            raise ModelError(f"{model_path}: {what} {count} channels; its card reads {self.output_channels} under "
+                             f"output.kind {kind!r} (classes: the background, then one per channel)")  # fmt: skip
+        refuse_class_count(model_path, what, count, self.output_channels)
 
     def info_fields(self) -> dict[str, Any]:
         """The ModelInfo fields of the classes segops evaluates (the label set's)."""
         ls = self.label_set
         return {"num_classes": ls.num_classes, "class_names": list(ls.class_names), "label_set": ls.to_json()}
+
+    def model_info(self, kind: str, hashed: list[str], root: str) -> ModelInfo:
+        """A model of ``kind`` read with this card; its id names the ``hashed`` files (the
+        model's and this card) relative to ``root``."""
+        prep = self.preprocessing
+        return ModelInfo(architecture=self.name or kind, input_size=prep.size or (0, 0), stride=prep.stride,
+                         **self.info_fields(), model_id=f"{kind}-{digest(hashed, root)}")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CardSource(ModelSource):
+    """A model run with its card's preprocessing: the card, the input and output tensors it
+    uses, and the network's fixed batch (0: any), which :meth:`prepared` applies."""
+
+    card: ModelCard | None = None
+    input_name: str = ""
+    output_name: str = ""
+    batch: int = 0
+
+    def prepared(self, call: Callable[[np.ndarray], np.ndarray]) -> PreparedModel:
+        assert self.card is not None
+        return PreparedModel(call, replace(self.card.preprocessing, batch=self.batch))
 
 
 def card_path(model_path: str) -> str | None:
@@ -114,6 +180,12 @@ class _Fields:
             self.fail(field, f"is {value!r}; expected {count} {'positive ' if positive else ''}numbers")
         return tuple(float(v) for v in value)
 
+    def fraction(self, field: str, default: float) -> float:
+        value = self.data.get(field, default)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < 1:
+            self.fail(field, f"is {value!r}; expected a number between 0 and 1")
+        return float(value)
+
     def positive_int(self, field: str, default: int) -> int:
         value = self.data.get(field, default)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -168,6 +240,20 @@ def class_map_of(path: str, value: Any, classes: tuple[str, ...], label_set: Lab
     return tuple(label_set.class_names.index(value[c]) if c in value else -1 for c in classes)
 
 
+def _refuse_one_class(path: str, classes: tuple[str, ...], kind: str) -> None:
+    """One class cannot be read under a softmax (it is 1 everywhere) nor under a sigmoid (no
+    background): either way the card means a sigmoid with the background listed first."""
+    if len(classes) != 1:
+        return
+    example = json.dumps(["background", classes[0]])
+    if kind in SIGMOID_KINDS:
+        raise ModelError(f"card {path}: classes lists one class under output.kind {kind!r}: list the background "
+                         f"first, then one class per output channel: \"classes\": {example}")  # fmt: skip
+    raise ModelError(f"card {path}: classes lists one class under output.kind {kind!r}, where classes compete "
+                     f"and one class wins every pixel: for a one-channel probability write \"output\": {{\"kind\": \"{SIGMOID}\"}} "
+                     f"and \"classes\": {example}")  # fmt: skip
+
+
 def read_card(path: str, allowed: tuple[str, ...] = TOP_FIELDS) -> ModelCard:
     """Parse and check the card at ``path``; ``allowed``: the top-level fields this kind of model
     takes (a keras-hub preset's card may only name its classes)."""
@@ -185,23 +271,33 @@ def read_card(path: str, allowed: tuple[str, ...] = TOP_FIELDS) -> ModelCard:
     if "classes" not in data:
         top.fail("classes", f"is missing; write \"classes\": {json.dumps(CITYSCAPES)} for the 19 Cityscapes trainIds")
     classes = class_names_of(path, data["classes"])
-    label_set = label_set_of(path, data.get("label_set"))
-    class_map = class_map_of(path, data.get("class_map"), classes, label_set)
     inputs = _Fields(path, data.get("input", {}), "input", INPUT_FIELDS)
     outputs = _Fields(path, data.get("output", {}), "output", OUTPUT_FIELDS)
+    kind = outputs.choice("kind", OUTPUT_KINDS, "logits")
+    _refuse_one_class(path, classes, kind)
+    label_set = label_set_of(path, data.get("label_set"))
+    class_map = class_map_of(path, data.get("class_map"), classes, label_set)
     layout = inputs.choice("layout", LAYOUTS, "NHWC")
     size = inputs.numbers("size", 2, positive=True)
     if size is not None and not all(v == int(v) for v in size):
         inputs.fail("size", f"is {list(size)!r}; expected [height, width] in pixels")
+    fit = inputs.choice("fit", FITS, "stretch")
+    if fit == "letterbox" and size is None:
+        inputs.fail("fit", "is 'letterbox'; a letterbox needs input.size, the network's [height, width]")
     preprocessing = Preprocessing(
         channels=inputs.choice("channels", CHANNEL_ORDERS, "RGB"),
         layout=layout,
+        value_range=inputs.choice("range", tuple(VALUE_RANGES), "0..255"),
         mean=inputs.numbers("mean", 3),
         std=inputs.numbers("std", 3, positive=True),
         size=(int(size[0]), int(size[1])) if size is not None else None,
+        resize=inputs.choice("resize", RESIZES, "half_pixel"),
+        fit=fit,
         stride=inputs.positive_int("stride", 1),
-        output_kind=outputs.choice("kind", OUTPUT_KINDS, "logits"),
+        output_kind=kind,
         output_layout=outputs.choice("layout", LAYOUTS, layout),
+        output_channels=len(classes) - (kind in SIGMOID_KINDS),
+        threshold=outputs.fraction("threshold", 0.5),
         class_map=class_map,
         mapped_classes=label_set.num_classes,
     )

@@ -23,12 +23,12 @@ from segops.inference.sources import card as cards
 from segops.inference.sources.base import (
     ModelSource,
     PreparedModel,
-    Preprocessing,
     digest,
     files_inside,
     refuse_class_count,
     set_tf_threads,
 )
+from segops.inference.sources.preprocessing import Preprocessing
 from segops.models import export_dir
 from segops.models.export_dir import ModelError, ModelInfo
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from segops.inference.sources import card as cards
-from segops.inference.sources.base import ModelSource, PreparedModel, digest, pick_tensor, refuse_class_count
+from segops.inference.sources.base import PreparedModel, pick_tensor
 from segops.models import export_dir
-from segops.models.export_dir import ModelError, ModelInfo
+from segops.models.export_dir import ModelError
 
 # the standard domains and onnxruntime's contrib ops: any other domain is a custom-op library
 KNOWN_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"})
@@ -55,12 +55,9 @@ def _dim(value: Any) -> int | None:
 
 
 @dataclass(frozen=True)
-class OnnxSource(ModelSource):
+class OnnxSource(cards.CardSource):
     kind: ClassVar[str] = "onnx"
     suffixes: ClassVar[tuple[str, ...]] = (".onnx",)
-    card: cards.ModelCard | None = None
-    input_name: str = ""
-    output_name: str = ""
 
     @classmethod
     def open(cls, path: str) -> OnnxSource:
@@ -91,13 +88,10 @@ class OnnxSource(ModelSource):
         out_dims = [_dim(d) for d in outputs[output_name].type.tensor_type.shape.dim]
         if len(out_dims) != 4:
             raise ModelError(f"{path}: output {output_name!r} is not a 4-d tensor (shape {out_dims})")
-        refuse_class_count(path, f"output {output_name!r} has", out_dims[3 if prep.output_layout == "NHWC" else 1], len(card.class_names))
+        card.refuse_channels(path, f"output {output_name!r} has", out_dims[3 if prep.output_layout == "NHWC" else 1])
         root = os.path.dirname(os.path.abspath(path))
         hashed = [os.path.abspath(path), *external, os.path.abspath(card.path)]
-        info = ModelInfo(architecture=card.name or cls.kind, input_size=prep.size or (0, 0),
-                         stride=prep.stride, **card.info_fields(),
-                         model_id=f"{cls.kind}-{digest(hashed, root)}")  # fmt: skip
-        return cls(path, info, card, input_name, output_name)
+        return cls(path, card.model_info(cls.kind, hashed, root), card, input_name, output_name, in_dims[0] or 0)
 
     def load(self, threads: int = 0) -> PreparedModel:
         import onnxruntime as ort
@@ -111,6 +105,6 @@ class OnnxSource(ModelSource):
         providers = [p for p in PREFERRED_PROVIDERS if p in available]
         session = ort.InferenceSession(self.path, sess_options=options, providers=providers)
         output_name, input_name = self.output_name, self.input_name
-        return PreparedModel(lambda x: session.run([output_name], {input_name: x})[0], self.card.preprocessing)
+        return self.prepared(lambda x: session.run([output_name], {input_name: x})[0])
 
 

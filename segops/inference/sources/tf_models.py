@@ -17,14 +17,12 @@ from segops.inference.sources import card as cards
 from segops.inference.sources.base import (
     ModelSource,
     PreparedModel,
-    digest,
     files_inside,
     pick_tensor,
-    refuse_class_count,
     set_tf_threads,
 )
 from segops.models import export_dir
-from segops.models.export_dir import ModelError, ModelInfo
+from segops.models.export_dir import ModelError
 
 
 class ServingModel:
@@ -67,14 +65,11 @@ def _dims(tensor_info: Any) -> list[int] | None:
 
 
 @dataclass(frozen=True)
-class SavedModelSource(ModelSource):
+class SavedModelSource(cards.CardSource):
     """A SavedModel directory that is not a segops export: its ``card.signature`` is called with
     the card's preprocessing (float32 or uint8 input)."""
 
     kind: ClassVar[str] = "savedmodel"
-    card: cards.ModelCard | None = None
-    input_name: str = ""
-    output_name: str = ""
     uint8_input: bool = False
 
     @classmethod
@@ -103,19 +98,17 @@ class SavedModelSource(ModelSource):
                 or dims[channel_axis] not in (3, -1):  # fmt: skip
             raise ModelError(f"{pb}: input {input_name!r} is not a float32 or uint8 {prep.layout} image batch with 3 channels")
         uint8_input = image.dtype == types_pb2.DT_UINT8
-        if uint8_input and (prep.mean or prep.std or prep.layout != "NHWC"):
-            raise ModelError(f"{pb}: input {input_name!r} is uint8: the card cannot set mean, std or NCHW for it")
+        if uint8_input and (prep.mean or prep.std or prep.layout != "NHWC" or prep.value_range != "0..255"):
+            raise ModelError(f"{pb}: input {input_name!r} is uint8: the card cannot set range, mean, std or NCHW for it")
         out_dims = _dims(out)
         if out.dtype != types_pb2.DT_FLOAT or (out_dims is not None and len(out_dims) != 4):
             raise ModelError(f"{pb}: output {output_name!r} is not a float32 [N, H, W, C] or [N, C, H, W] tensor")
         if out_dims is not None:
-            refuse_class_count(pb, f"output {output_name!r} has", out_dims[3 if prep.output_layout == "NHWC" else 1], len(card.class_names))
+            card.refuse_channels(pb, f"output {output_name!r} has", out_dims[3 if prep.output_layout == "NHWC" else 1])
         export_dir.check_graph_ops(graph, pb)
         hashed = files if card.path in files else [*files, card.path]
-        info = ModelInfo(architecture=card.name or cls.kind, input_size=prep.size or (0, 0),
-                         stride=prep.stride, **card.info_fields(),
-                         model_id=f"{cls.kind}-{digest(hashed, directory)}")  # fmt: skip
-        return cls(directory, info, card, input_name, output_name, uint8_input)
+        info = card.model_info(cls.kind, hashed, directory)
+        return cls(directory, info, card, input_name, output_name, max(dims[0], 0), uint8_input)
 
     def load(self, threads: int = 0) -> PreparedModel:
         import tensorflow as tf
@@ -132,17 +125,16 @@ class SavedModelSource(ModelSource):
                 x = np.clip(np.rint(x), 0, 255)
             return fn(**{self.input_name: tf.constant(x, dtype)})[self.output_name].numpy()
 
-        return PreparedModel(call, self.card.preprocessing)
+        return self.prepared(call)
 
 
 @dataclass(frozen=True)
-class KerasFileSource(ModelSource):
+class KerasFileSource(cards.CardSource):
     """A ``.keras`` file with a card, loaded in Keras' safe mode (no Lambda layer, no unsafe
     deserialisation)."""
 
     kind: ClassVar[str] = "keras"
     suffixes: ClassVar[tuple[str, ...]] = (".keras",)
-    card: cards.ModelCard | None = None
 
     @classmethod
     def open(cls, path: str) -> KerasFileSource:
@@ -151,12 +143,10 @@ class KerasFileSource(ModelSource):
         prep = card.preprocessing
         if len(model.inputs) != 1 or len(model.outputs) != 1 or len(model.outputs[0].shape) != 4:
             raise ModelError(f"{path}: a segmentation model has one image input and one [N, H, W, C] output")
-        refuse_class_count(path, "its output has", model.outputs[0].shape[3 if prep.output_layout == "NHWC" else 1], len(card.class_names))
-        root = os.path.dirname(os.path.abspath(path))
-        info = ModelInfo(architecture=card.name or cls.kind, input_size=prep.size or (0, 0),
-                         stride=prep.stride, **card.info_fields(),
-                         model_id=f"{cls.kind}-{digest([os.path.abspath(path), os.path.abspath(card.path)], root)}")  # fmt: skip
-        return cls(path, info, card)
+        card.refuse_channels(path, "its output has", model.outputs[0].shape[3 if prep.output_layout == "NHWC" else 1])
+        hashed = [os.path.abspath(path), os.path.abspath(card.path)]
+        info = card.model_info(cls.kind, hashed, os.path.dirname(os.path.abspath(path)))
+        return cls(path, info, card, batch=model.inputs[0].shape[0] or 0)
 
     def load(self, threads: int = 0) -> PreparedModel:
         import keras
@@ -164,5 +154,5 @@ class KerasFileSource(ModelSource):
         assert self.card is not None
         set_tf_threads(threads)
         model = export_dir.load_keras_file(self.path)
-        return PreparedModel(lambda x: keras.ops.convert_to_numpy(model(x, training=False)), self.card.preprocessing)
+        return self.prepared(lambda x: keras.ops.convert_to_numpy(model(x, training=False)))
 
