@@ -120,3 +120,22 @@ def synth_val_and_tiny_unet(root, n_val: int, height: int, width: int, data_seed
     export_dir.export_model(build_model("unet", depth=2, base_filters=4), str(root / "model"),
                         export_dir.ModelInfo("unet", CLASSES, (height, width), 4))  # fmt: skip
     return root / "model", root / "data"
+
+
+def synth_val_images(root, n_val: int, height: int, width: int, seed: int):
+    """``root``: ``n_val`` built-in val images in the Cityscapes layout. Returns (root, the RGB
+    images by path relative to leftImg8bit/val)."""
+    import cv2
+
+    from segops.datasets.synth import generate_dataset
+
+    generate_dataset(str(root), {"train": 0, "val": n_val, "test": 0}, height=height, width=width, seed=seed)
+    val = root / "leftImg8bit" / "val"
+    return root, {str(p.relative_to(val)): cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sorted(val.rglob("*.png"))}
+
+
+def train_ids_mask(out, rel: str) -> np.ndarray:
+    """The trainIds mask `segops infer` wrote into ``out`` for the image at ``rel``."""
+    import cv2
+
+    return cv2.imread(str(out / "masks" / rel.replace("_leftImg8bit.png", "_trainIds.png")), cv2.IMREAD_UNCHANGED)

@@ -40,8 +40,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from segops.core import deadletter, fs, imageio, isolation, layout
 from segops.core.label_sets import LabelSet
+from segops.inference import probe, table
 from segops.inference import summary as summaries
-from segops.inference import table
 from segops.inference.batch_retry import RetryingModelHandler
 from segops.inference.crf import CRFParams, refine
 from segops.inference.decoding import DecodeBatcher, read_inputs
@@ -58,7 +58,7 @@ from segops.inference.masks import confidence_stats, encode_masks, mask_paths, u
 from segops.inference.options import InferOptions
 from segops.inference.previous import compare_with_existing, provenance_texts
 from segops.inference.rows import metrics_row, metrics_schema
-from segops.inference.run_record import RunReport, output_paths, write_manifest
+from segops.inference.run_record import RunReport, check_not_all_dead, output_paths, write_manifest
 from segops.inference.sources import open_source
 from segops.inference.stage_values import ImageExample, Prediction, Segmented
 from segops.models import export_dir
@@ -252,10 +252,14 @@ class InferOutputs:
 
 def check_model(options: InferOptions) -> export_dir.ModelInfo:
     """The model's info (any model source: segops export, ONNX, Keras, SavedModel, keras-hub
-    preset), checked before any pipeline is built; raises ModelError."""
-    info = open_source(options.model_dir).info
-    export_dir.check_compatible(info)
-    return info
+    preset, LiteRT), checked and called once on probe images before any pipeline is built;
+    raises ModelError. A fixed batch is said here, once."""
+    source = open_source(options.model_dir)
+    export_dir.check_compatible(source.info)
+    note = probe.call_once(source, options.predict)
+    if note:
+        LOG.warning(note)
+    return source.info
 
 
 def _model_failures(pred: Prediction) -> Any:
@@ -343,7 +347,8 @@ def _counter(result: Any, name: str) -> int:
 
 def run_infer(options: InferOptions, beam_args: list[str] | None = None) -> RunReport:
     """Everything `segops infer` does: check, run the pipeline, commit its rows in one
-    transaction, summarise, write the manifest."""
+    transaction, summarise, write the manifest. Raises EveryImageFailed (a ValueError) when
+    images were to do and every one was dead-lettered."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
     start = time.perf_counter()
@@ -377,4 +382,5 @@ def run_infer(options: InferOptions, beam_args: list[str] | None = None) -> RunR
         table_version=summary["table_version"],
     )
     write_manifest(options, report)
+    check_not_all_dead(report)  # after the manifest: the failed run is on record
     return report

@@ -1,9 +1,11 @@
-"""What an infer run leaves about itself: the :class:`RunReport` the CLI prints, and the run
-manifest (OUT/manifest.json: the options and one entry per run, appended)."""
+"""What an infer run leaves about itself: the :class:`RunReport` the CLI prints, the run
+manifest (OUT/manifest.json: the options and one entry per run, appended), and whether the run
+failed as a whole (:func:`check_not_all_dead`)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,3 +72,26 @@ def write_manifest(options: InferOptions, report: RunReport) -> None:
         },
     )
 
+
+
+FIRST_REASONS = 3  # dead letters quoted when every image failed
+
+
+class EveryImageFailed(ValueError):
+    """Images were to do and every one was dead-lettered: the run failed (exit status 1)."""
+
+
+def check_not_all_dead(report: RunReport) -> None:
+    """Raise :class:`EveryImageFailed` quoting the first reasons when no image to do came
+    through; a run that dead-letters some images, or had nothing to do, passes."""
+    if report.processed or report.found - report.skipped <= 0:
+        return
+    reasons = []
+    with contextlib.suppress(OSError, ValueError):
+        for line in fs.read_bytes(report.paths["dead_letter"]).decode().splitlines()[:FIRST_REASONS]:
+            entry = json.loads(line)
+            reason = " ".join(str(entry["reason"]).split())  # one line, whatever the runtime raised
+            reasons.append(f"{entry['path']}: {entry['stage']}: {reason[:300]}")
+    raise EveryImageFailed(f"every image was dead-lettered ({report.dead_lettered} of {report.found - report.skipped} "
+                           f"to do); first: {' | '.join(reasons) or 'none recorded'} "
+                           f"(all in {report.paths['dead_letter']})")  # fmt: skip
