@@ -44,6 +44,10 @@ setup(
         "keras-hub==0.32.0",
         "onnxruntime==1.32.0",
         "onnx>=1.17",
+        # `.tflite` files (MediaPipe / on-device segmenters) run by LiteRT's interpreter, the
+        # runtime they were built for (sources/litert_model.py); pinned: its flatbuffer schema
+        # module is read to check a file's operators before the interpreter is built
+        "ai-edge-litert==2.3.0",
     ],
     extras_require={
         "test": [

@@ -10,6 +10,7 @@ opens one, and ``load()`` -> ``predict(uint8 [N,H,W,3]) -> float32 probabilities
     directory with saved_model.pb       a TensorFlow SavedModel + card.json (tf_models)
     *.onnx file                         run by onnxruntime, + card (onnx_model)
     *.keras file                        Keras safe mode, + card (tf_models)
+    *.tflite file                       run by LiteRT, + card (litert_model)
 
 and a directory holding one file a kind claims by its suffix is that file. A new kind is one
 module with its class, and its entry in :data:`SOURCES`.
@@ -28,6 +29,7 @@ from typing import Any
 from segops.core import fs
 from segops.inference.sources.base import ModelSource
 from segops.inference.sources.keras_hub_preset import KerasHubPreset
+from segops.inference.sources.litert_model import LiteRTSource
 from segops.inference.sources.onnx_model import OnnxSource
 from segops.inference.sources.tf_models import KerasFileSource, SavedModelSource, SegopsExport
 from segops.models import export_dir
@@ -82,6 +84,7 @@ SOURCES: tuple[type[ModelSource], ...] = (
     SavedModelSource,
     OnnxSource,
     KerasFileSource,
+    LiteRTSource,
 )
 FILE_SUFFIXES: tuple[str, ...] = tuple(s for kind in SOURCES for s in kind.suffixes)
 
