@@ -130,3 +130,30 @@ def test_what_a_tflite_file_must_not_do_is_refused_before_anything_is_written(da
     result = infer(model, root, tmp_path / "out")
     assert result.exit_code == 1 and words in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_a_dynamic_size_tflite_model_is_resized_to_each_input_shape(tmp_path):
+    """Same-size images share a call (batch 2), another size resizes the input again."""
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    from segops.inference.options import PredictOptions
+    from segops.inference.tiling import predict_probabilities
+
+    keras.utils.set_random_seed(11)
+    net = keras.Sequential([keras.layers.Conv2D(19, 3, padding="same")])
+    model = convert(lambda x: net(x), (None, None, None, 3), tmp_path / "any.tflite")
+    Path(str(model) + ".card.json").write_text(json.dumps({"classes": "cityscapes", "input": {"stride": 4}}))
+    source = open_source(str(model))
+    assert source.batch == 0
+    loaded = source.load()
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((8, 12, 3), (8, 12, 3), (16, 4, 3))]
+    for rgb, probs in zip(images, predict_probabilities(loaded, images, 4, PredictOptions(tile=0)), strict=True):
+        interpreter = Interpreter(model_path=str(model))
+        interpreter.resize_tensor_input(0, [1, *rgb.shape], strict=True)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], rgb[None].astype(np.float32))
+        interpreter.invoke()
+        own = softmax(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))[0]
+        np.testing.assert_allclose(probs, own, atol=1e-5)
