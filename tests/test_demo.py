@@ -182,3 +182,13 @@ def test_a_directory_not_made_by_the_demo_is_refused(tmp_path):
     result = CliRunner().invoke(cli, ["demo", str(tmp_path), *TINY])
     assert result.exit_code == 2 and "not made by `segops demo`" in result.output
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_the_default_demo_trains_under_the_time_budget_and_epochs_override_it(tmp_path):
+    from segops.commands.demo import DEMO_TRAIN_MINUTES, plan_stages
+
+    budgeted = {s.name: s for s in plan_stages(str(tmp_path), 6, 4, (64, 128), None, progress=False)}["train"]
+    fixed = {s.name: s for s in plan_stages(str(tmp_path), 6, 4, (64, 128), 3, progress=False)}["train"]
+    assert budgeted.args[budgeted.args.index("--time-budget") + 1] == f"{DEMO_TRAIN_MINUTES:g}"
+    assert "--epochs" not in budgeted.args
+    assert fixed.args[fixed.args.index("--epochs") + 1] == "3" and "--time-budget" not in fixed.args
