@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -66,6 +66,30 @@ def normalize_input(inputs: keras.KerasTensor) -> keras.KerasTensor:
 def logits_head(x: keras.KerasTensor) -> keras.KerasTensor:
     """Identity in float32: under a mixed-precision policy the logits (and so the loss) stay float32."""
     return layers.Activation("linear", dtype="float32", name="logits")(x)
+
+
+def classifier_head(
+    x: keras.KerasTensor,
+    num_classes: int,
+    *,
+    dropout: float = 0.0,
+    dropout_name: str = "classifier_dropout",
+    name: str = "classifier",
+    upsample: Callable[[keras.KerasTensor], keras.KerasTensor] | None = None,
+) -> keras.KerasTensor:
+    """The tail every model ends with (mmsegmentation's ``cls_seg``): dropout when ``dropout`` > 0,
+    a 1x1 conv to ``num_classes`` scores, ``upsample`` back to the input size (a resize, or
+    FCN's learned skip fusion), and the float32 :func:`logits_head`.
+
+    The names are the ones models were saved with (``classifier``, FCN's ``score_fr``, ...):
+    checkpoints and ``.keras`` files are matched by layer name, so they must not change.
+    """
+    if dropout > 0:
+        x = layers.Dropout(dropout, name=dropout_name)(x)
+    x = layers.Conv2D(num_classes, 1, name=name)(x)
+    if upsample is not None:
+        x = upsample(x)
+    return logits_head(x)
 
 
 def bilinear_kernel(kernel_size: int, channels: int) -> np.ndarray:

@@ -7,8 +7,9 @@ The paper reports, for DDRNet-23-slim (5.7 M parameters, 36.3 GFLOPs at 1024x204
 74.7 mIoU at 230 FPS (960x720, pretrained on Cityscapes). segops trains it from scratch.
 
 ``build_ddrnet(...)`` returns a ``keras.Model`` mapping float images in 0..255 (N, H, W, 3) to
-logits at input resolution; H and W must be multiples of 8, the head's stride (the coarser
-branches join maps of any size: :class:`~segops.models.layers.UpsampleLike`).
+logits at input resolution; H and W must be multiples of the head's stride, 8
+(:data:`segops.models.REALTIME_STRIDE`; the coarser branches join maps of any size:
+:class:`~segops.models.layers.UpsampleLike`).
 
 - Stem: two 3x3 stride-2 convs to 1/4, ResNet basic blocks to 1/4 (``c``) and 1/8 (``2c``).
 - Two branches from 1/8 on: a high-resolution one that stays at 1/8 with ``2c`` channels and a
@@ -31,10 +32,10 @@ import keras
 from keras import layers
 
 from segops.core.labels import NUM_CLASSES
-from segops.models.blocks import BN_MOMENTUM, logits_head, normalize_input
+from segops.models import REALTIME_STRIDE
+from segops.models.blocks import BN_MOMENTUM, classifier_head, normalize_input
 from segops.models.layers import BroadcastLike, UpsampleLike
 
-HIGH_STRIDE = 8  # the high-resolution branch and the head; coarser branches join any size (UpsampleLike)
 DAPPM_POOLS = ((5, 2), (9, 4), (17, 8))  # (kernel, stride) of the pooled DAPPM branches
 
 
@@ -148,8 +149,7 @@ def build_ddrnet(
 
     x = _bn_relu_conv(x, 2 * c, 3, "head_a")
     x = _relu(_bn(x, "head_b_bn"), "head_b_relu")
-    if dropout > 0:
-        x = layers.Dropout(dropout, name="head_dropout")(x)
-    x = layers.Conv2D(num_classes, 1, name="classifier")(x)
-    x = UpsampleLike(HIGH_STRIDE, name="upsample")([x, inputs])
-    return keras.Model(inputs, logits_head(x), name=name)
+    # the high-resolution branch, and so the head, is at 1/REALTIME_STRIDE (the stem's 1/4, stage 2's 1/2)
+    logits = classifier_head(x, num_classes, dropout=dropout, dropout_name="head_dropout",
+                             upsample=lambda t: UpsampleLike(REALTIME_STRIDE, name="upsample")([t, inputs]))  # fmt: skip
+    return keras.Model(inputs, logits, name=name)

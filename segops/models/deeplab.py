@@ -26,7 +26,7 @@ from keras import layers
 from segops.core.labels import NUM_CLASSES
 from segops.models import NO_BACKBONE, NO_WEIGHTS, OUTPUT_STRIDES
 from segops.models.backbones import encode
-from segops.models.blocks import conv_bn_relu, logits_head, normalize_input
+from segops.models.blocks import classifier_head, conv_bn_relu, normalize_input
 from segops.models.layers import BilinearUpsampling, BroadcastLike
 
 ASPP_RATES_OS16 = (6, 12, 18)
@@ -94,6 +94,5 @@ def build_deeplabv3plus(
     x = layers.Concatenate(name="decoder_concat")([x, low])
     x = conv_bn_relu(x, filters, name="decoder_a")
     x = conv_bn_relu(x, filters, name="decoder_b")
-    x = layers.Conv2D(num_classes, 1, name="classifier")(x)
-    x = BilinearUpsampling(LOW_LEVEL_STRIDE, name="upsample")(x)
-    return keras.Model(inputs, logits_head(x), name=name)
+    logits = classifier_head(x, num_classes, upsample=BilinearUpsampling(LOW_LEVEL_STRIDE, name="upsample"))
+    return keras.Model(inputs, logits, name=name)

@@ -6,8 +6,9 @@ for 1024x2048 inputs, with 1.11 M parameters, trained from scratch (no ImageNet 
 val with them, a gain the authors call insignificant). It reports no CamVid number.
 
 ``build_fast_scnn(...)`` returns a ``keras.Model`` mapping float images in 0..255 (N, H, W, 3) to
-logits at input resolution; H and W must be multiples of 8 (the fusion stride; the global
-branch's 1/32 map joins at any size through :class:`~segops.models.layers.UpsampleLike`).
+logits at input resolution; H and W must be multiples of the fusion's stride, 8
+(:data:`segops.models.REALTIME_STRIDE`; the global branch's 1/32 map joins at any size through
+:class:`~segops.models.layers.UpsampleLike`).
 
 - Learning to downsample (to 1/8): a 3x3 stride-2 conv (32), two depthwise-separable stride-2
   convs (48, 64).
@@ -28,10 +29,10 @@ import keras
 from keras import layers
 
 from segops.core.labels import NUM_CLASSES
-from segops.models.blocks import BN_MOMENTUM, logits_head, normalize_input
+from segops.models import REALTIME_STRIDE
+from segops.models.blocks import BN_MOMENTUM, classifier_head, normalize_input
 from segops.models.layers import AdaptiveAveragePooling, ResizeLike, UpsampleLike
 
-STRIDE = 8
 EXPANSION = 6
 PPM_BINS = (1, 2, 3, 6)
 PAPER_BASE = 32  # base_filters of the paper's widths
@@ -116,8 +117,7 @@ def build_fast_scnn(
 
     x = separable(x, fusion, 1, "classifier_sep1")
     x = separable(x, fusion, 1, "classifier_sep2")
-    if dropout > 0:
-        x = layers.Dropout(dropout, name="classifier_dropout")(x)
-    x = layers.Conv2D(num_classes, 1, name="classifier")(x)
-    x = UpsampleLike(STRIDE, name="upsample")([x, inputs])
-    return keras.Model(inputs, logits_head(x), name=name)
+    # the fusion, and so the head, is at 1/REALTIME_STRIDE (learning to downsample: three stride-2 convs)
+    logits = classifier_head(x, num_classes, dropout=dropout,
+                             upsample=lambda t: UpsampleLike(REALTIME_STRIDE, name="upsample")([t, inputs]))  # fmt: skip
+    return keras.Model(inputs, logits, name=name)

@@ -26,7 +26,13 @@ from keras import layers
 from segops.core.labels import NUM_CLASSES
 from segops.models import NO_BACKBONE, NO_WEIGHTS
 from segops.models.backbones import encode
-from segops.models.blocks import bilinear_kernel, conv_bn_relu, dilated_block, logits_head, normalize_input
+from segops.models.blocks import (
+    bilinear_kernel,
+    classifier_head,
+    conv_bn_relu,
+    dilated_block,
+    normalize_input,
+)
 
 VGG_BLOCKS = ((2, 1), (2, 2), (3, 4), (3, 8), (3, 8))  # (convs, width multiplier of base_filters)
 
@@ -66,9 +72,6 @@ def build_fcn8s(
     if dropout > 0:
         x = layers.Dropout(dropout, name="fc6_dropout")(x)
     x = conv_bn_relu(x, fc_filters, 1, batch_norm=batch_norm, name="fc7")
-    if dropout > 0:
-        x = layers.Dropout(dropout, name="fc7_dropout")(x)
-    score = layers.Conv2D(num_classes, 1, name="score_fr")(x)
 
     def upsample(t: keras.KerasTensor, factor: int, name: str) -> keras.KerasTensor:
         return layers.Conv2DTranspose(
@@ -78,12 +81,16 @@ def build_fcn8s(
     def skip_score(t: keras.KerasTensor, name: str) -> keras.KerasTensor:
         return layers.Conv2D(num_classes, 1, kernel_initializer="zeros", name=name)(t)
 
-    x = upsample(score, 2, "upscore2")  # 1/32 -> 1/16
-    x = layers.Add(name="fuse_pool4")([x, skip_score(pool4, "score_pool4")])
-    x = upsample(x, 2, "upscore_pool4")  # 1/16 -> 1/8
-    x = layers.Add(name="fuse_pool3")([x, skip_score(pool3, "score_pool3")])
-    x = upsample(x, 8, "upscore8")  # 1/8 -> 1/1
-    model = keras.Model(inputs, logits_head(x), name=name)
+    def fuse_skips(score: keras.KerasTensor) -> keras.KerasTensor:
+        x = upsample(score, 2, "upscore2")  # 1/32 -> 1/16
+        x = layers.Add(name="fuse_pool4")([x, skip_score(pool4, "score_pool4")])
+        x = upsample(x, 2, "upscore_pool4")  # 1/16 -> 1/8
+        x = layers.Add(name="fuse_pool3")([x, skip_score(pool3, "score_pool3")])
+        return upsample(x, 8, "upscore8")  # 1/8 -> 1/1
+
+    logits = classifier_head(x, num_classes, dropout=dropout, dropout_name="fc7_dropout", name="score_fr",
+                             upsample=fuse_skips)  # fmt: skip
+    model = keras.Model(inputs, logits, name=name)
 
     # Bilinear initialisation of the learnable upsampling (set after building so the saved
     # config only names built-in initialisers and the .keras file loads without segops).

@@ -20,7 +20,7 @@ from keras import layers
 from segops.core.labels import NUM_CLASSES
 from segops.models import NO_BACKBONE, NO_WEIGHTS
 from segops.models.backbones import build_backbone, preprocess
-from segops.models.blocks import BN_MOMENTUM, conv_bn_relu, logits_head, normalize_input
+from segops.models.blocks import BN_MOMENTUM, classifier_head, conv_bn_relu, normalize_input
 from segops.models.layers import MaxPoolingWithArgmax, MaxUnpooling
 
 VGG16_BLOCKS = ((2, 1), (2, 2), (3, 4), (3, 8), (3, 8))  # (convs, width multiplier of base_filters)
@@ -65,8 +65,7 @@ def build_segnet(
             last = i == 1  # the block's last conv narrows to the next (shallower) block's width
             width = base * (VGG16_BLOCKS[block - 2][1] if last and block > 1 else mult)
             x = conv_bn(x, width, 3, relu=True, use_bias=False, name=f"dec{block}_conv{i}")
-    x = layers.Conv2D(num_classes, 1, name="classifier")(x)
-    model = keras.Model(inputs, logits_head(x), name=name)
+    model = keras.Model(inputs, classifier_head(x, num_classes), name=name)
     if pretrained:
         _copy_vgg16(model, backbone_weights)
     return model
@@ -102,5 +101,4 @@ def build_segnet_basic(
     for level in reversed(range(depth)):
         x = MaxUnpooling(name=f"unpool{level}")([x, routes[level]])
         x = conv_bn(x, base_filters, kernel_size, relu=False, use_bias=False, name=f"dec{level}")
-    x = layers.Conv2D(num_classes, 1, name="classifier")(x)
-    return keras.Model(inputs, logits_head(x), name=name)
+    return keras.Model(inputs, classifier_head(x, num_classes), name=name)

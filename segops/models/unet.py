@@ -17,7 +17,7 @@ from keras import layers
 from segops.core.labels import NUM_CLASSES
 from segops.models import NO_BACKBONE, NO_WEIGHTS, UPSAMPLING_MODES
 from segops.models.backbones import encode
-from segops.models.blocks import conv_bn_relu, dilated_block, logits_head, normalize_input
+from segops.models.blocks import classifier_head, conv_bn_relu, dilated_block, normalize_input
 from segops.models.layers import BilinearUpsampling
 
 
@@ -87,5 +87,4 @@ def build_unet(
         x = conv_bn_relu(x, width(level), batch_norm=batch_norm, name=f"dec{level}a")
         x = conv_bn_relu(x, width(level), batch_norm=batch_norm, name=f"dec{level}b")
 
-    x = layers.Conv2D(num_classes, 1, name="classifier")(x)
-    return keras.Model(inputs, logits_head(x), name=name)
+    return keras.Model(inputs, classifier_head(x, num_classes), name=name)
