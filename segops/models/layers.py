@@ -105,8 +105,15 @@ class BilinearUpsampling(keras.layers.Layer):
         pad = [[0, 0]] * 4
         pad[axis] = [1, 1]
         padded = ops.pad(x, pad, mode="symmetric")  # edge replication by one pixel
-        before, here, after = (ops.take(padded, ops.arange(k, ops.shape(padded)[axis] - 2 + k), axis=axis)
-                               for k in range(3))  # fmt: skip
+        size = ops.shape(x)[axis]
+
+        # rows k .. k + size of the padded map: slices trace and differentiate faster than a gather
+        def shifted(k: int) -> Any:
+            index = [slice(None)] * 4
+            index[axis] = slice(k, k + size)
+            return padded[tuple(index)]
+
+        before, here, after = shifted(0), shifted(1), shifted(2)
         phases = []
         for r in range(f):
             p = (r + 0.5) / f - 0.5  # source offset of output phase r, in (-0.5, 0.5)
