@@ -1,28 +1,16 @@
-"""The model zoo: max unpooling against a numpy reference, DeepLabV3+'s output stride, backbone
-weights from a file, and every new model through train -> export -> `segops infer`."""
-
-import json
+"""The model zoo's parts: max unpooling against a numpy reference, bilinear upsampling against
+tf.image.resize, DeepLabV3+'s output stride, backbone weights from a file. Every network through
+train -> export -> `segops infer` is tests/test_model_conformance.py."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from agreement import assert_labels_agree
-from trainutil import make_scene, write_prepared
 
-from segops.core.imageio import encode_png
 from segops.core.options import OptionsError
-from segops.inference.model import SegmentationModelHandler
-from segops.inference.options import InferOptions, PredictOptions
-from segops.inference.sources import open_source
-from segops.inference.stage_values import ImageExample
-from segops.models import build_model, export_dir
+from segops.models import build_model
 from segops.models.layers import BilinearUpsampling, MaxPoolingWithArgmax, MaxUnpooling
-from segops.training.loop import train
-from segops.training.options import ModelOptions, TrainOptions
-from workflows.infer import run_infer
-
-H, W = 32, 64
+from segops.training.options import ModelOptions
 
 
 def _numpy_pool(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,105 +92,3 @@ def test_atrous_backbone_keeps_its_weights_and_stops_at_the_output_stride(tmp_pa
         ModelOptions(name="fcn8s", backbone="vgg16", backbone_weights=path).build()
     with pytest.raises(OptionsError, match="segnet takes vgg16"):
         ModelOptions(name="segnet", backbone="resnet50")
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("prepared")
-    write_prepared(str(root), {"train": 4, "val": 2}, height=H, width=W)
-    return str(root)
-
-
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory):
-    root = tmp_path_factory.mktemp("archive")
-    rng = np.random.default_rng(5)
-    images = {}
-    for name in ("a", "b"):
-        rgb, _ = make_scene(rng, H, W)
-        (root / f"{name}.png").write_bytes(encode_png(rgb))
-        images[name] = rgb
-    return root, images
-
-
-class _EncoderWatch(keras.callbacks.Callback):
-    """(sum of the backbone's weights, trainable) at the start and after each epoch."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def _look(self):
-        if any(layer.name == "backbone" for layer in self.model.layers):
-            backbone = self.model.get_layer("backbone")
-            self.seen.append((float(sum(np.sum(w) for w in backbone.get_weights())), backbone.trainable))
-
-    def on_train_begin(self, logs=None):
-        if not self.seen:
-            self._look()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._look()
-
-
-def test_segnet_basic_takes_a_training_step():
-    """SegNet-Basic shares SegNet's pooling/unpooling layers, whose export and `segops infer` run
-    is tested below; here one optimizer step moves every trainable weight."""
-    keras.utils.set_random_seed(2)
-    model = build_model("segnet_basic", depth=3, base_filters=8)
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    rng = np.random.default_rng(2)
-    images, labels = make_scene(rng, H, W)
-    before = [np.array(w) for w in model.trainable_weights]
-    loss = model.train_on_batch(images[None].astype(np.float32), labels[None].clip(0, 18))
-    assert np.isfinite(loss) and model.output.shape[-1] == 19
-    assert all(not np.array_equal(b, np.array(w)) for b, w in zip(before, model.trainable_weights, strict=True))
-
-
-MODELS = {
-    "segnet": {"base_filters": 4},
-    "deeplabv3plus": {"base_filters": 4, "output_stride": 8},
-    "unet+vgg16": {"base_filters": 4, "backbone": "vgg16", "freeze_backbone_epochs": 1},
-}
-
-
-@pytest.mark.parametrize("case", list(MODELS))
-def test_every_model_trains_exports_and_runs_through_infer(case, prepared, archive, tmp_path):
-    """Train (the backbone case: one frozen epoch, then one fine-tuning epoch), export, then infer
-    with the export: through the RunInference model handler of `segops infer` for each model, and
-    one whole `segops infer` run (Beam) for SegNet, whose custom layers must survive the SavedModel."""
-    name = case.split("+")[0]
-    epochs = 2 if MODELS[case].get("freeze_backbone_epochs") else 1
-    run = tmp_path / "run"
-    opts = TrainOptions.from_flat(prepared=prepared, out=str(run), model=name, epochs=epochs, batch_size=4,
-                                  crop=(H, W), verbose=0, **MODELS[case])  # fmt: skip
-    encoder = _EncoderWatch()
-    result = train(opts, extra_callbacks=[encoder])
-    assert result.epochs_trained == epochs and np.isfinite(result.history[-1]["loss"])
-    summary = json.loads((run / "model.json").read_text())
-    assert summary["architecture"] == name and summary["training"]["hparams"] == opts.model.hparams()
-    if "backbone" in MODELS[case]:  # frozen for the first epoch (weights unchanged), fine-tuned in the second
-        (start, trainable0), (after1, trainable1), (after2, trainable2) = encoder.seen
-        assert (trainable0, trainable1, trainable2) == (False, False, True)
-        assert after1 == start and after2 != after1
-
-    root, images = archive
-    exported = keras.saving.load_model(str(run / "best" / "model.keras"))
-    source = open_source(str(run))
-    assert source.info.stride == opts.model.stride
-    handler = SegmentationModelHandler(source, PredictOptions(tile=None))
-    batch = [ImageExample(item=None, rgb=rgb, gt=None) for rgb in images.values()]
-    for prediction, rgb in zip(handler.run_inference(batch, handler.load_model()), images.values(), strict=True):
-        expected = keras.ops.convert_to_numpy(keras.ops.softmax(exported(rgb[None].astype(np.float32))))[0]
-        np.testing.assert_allclose(prediction.probabilities, expected, atol=1e-5)
-    if name == "segnet":
-        out = tmp_path / "infer"
-        report = run_infer(InferOptions(str(run), str(root), str(out), crf=False))
-        assert (report.processed, report.dead_lettered) == (2, 0)
-        serving = export_dir.load_serving_fn(str(run))
-        for stem, rgb in images.items():
-            mask = tf.io.decode_png((out / "masks" / f"{stem}_trainIds.png").read_bytes()).numpy()[..., 0]
-            # a barely trained SegNet is near-uniform (most pixels near-ties): the probabilities
-            # were compared above (allclose), the mask need only be one of their argmaxes
-            assert_labels_agree(mask, serving(images=rgb[None])["probabilities"].numpy()[0], err_msg=stem,
-                                max_near_tie_share=None)  # fmt: skip

@@ -1,5 +1,7 @@
 """Segmentation networks (Keras 3, backend-neutral: keras.layers / keras.ops only) and their one
-registry: name -> builder, stride, the hyper-parameters training passes to it.
+registry: name -> builder, stride, the hyper-parameters training passes to it, its help text and
+the tiny hyper-parameters its conformance test builds. A new network is its builder's module and
+one :data:`REGISTRY` entry; tests/test_model_conformance.py then checks it like every other.
 
 Every model is a function of its hyper-parameters returning a ``keras.Model`` that maps float
 images in 0..255 (N, H, W, 3) to per-class logits (N, H, W, num_classes) at input resolution;
@@ -17,8 +19,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 UPSAMPLING_MODES = ("transpose", "bilinear")  # U-Net decoder: learned 2x2 transposed conv, or resize + 1x1 conv
@@ -56,16 +58,36 @@ def realtime_stride(**_: object) -> int:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One architecture. ``hparams``: the training options its builder takes, in the order
-    model.json records them; ``stride_rule``: why inputs must be multiples of the stride (an
-    error message fragment, formatted with the hyper-parameters)."""
+    """One architecture: all a new network needs besides its builder's module.
+
+    ``hparams``: the training options its builder takes, in the order model.json records them;
+    ``stride_fn``: the multiple input sizes must be, from those hyper-parameters (the one place
+    the stride is stated: builders whose code depends on it import it from here);
+    ``stride_rule``: why, as an error message fragment formatted with the hyper-parameters
+    (``--model``'s help and docs/train.md's table show both: :meth:`stride_text`);
+    ``hparams_doc``: the hyper-parameters column of that table (:func:`models_markdown`);
+    ``tiny``: the smallest hyper-parameters that build it, with which
+    tests/test_model_conformance.py checks every entry."""
 
     name: str
     builder: str  # "module:function", imported on first use (it imports Keras)
     stride_fn: Callable[..., int]
     hparams: tuple[str, ...]
+    hparams_doc: str
     stride_rule: str = "its stride"
     backbones: tuple[str, ...] = ()  # pretrained encoders it can use (besides "none")
+    tiny: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if unknown := set(self.tiny) - set(self.hparams):
+            raise ValueError(f"model {self.name}: tiny hyper-parameters {sorted(unknown)} are not among its hparams")
+
+    def stride_text(self) -> str:
+        """The stride at the stride function's defaults, and why: ``16 (2**depth with --depth 4, ...)``."""
+        defaults = {name: p.default for name, p in inspect.signature(self.stride_fn).parameters.items()
+                    if p.default is not inspect.Parameter.empty}  # fmt: skip
+        rule = self.stride_rule.format(**defaults)
+        return f"{self.stride()}" + ("" if rule == ModelSpec.stride_rule else f" ({rule})")
 
     def build(self, input_downsample: int = 1, **hparams: Any) -> Any:
         """The model; ``input_downsample`` > 1 wraps it to run on images average-pooled by that
@@ -85,27 +107,36 @@ class ModelSpec:
 
 _COMMON_HPARAMS = ("base_filters", "dropout", "dilated")
 _BACKBONE_HPARAMS = ("backbone", "backbone_weights")
+_ENCODERS = ", ".join(BACKBONE_NAMES)
 
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
         ModelSpec("unet", "segops.models.unet:build_unet", unet_stride,
                   (*_COMMON_HPARAMS, "depth", "upsampling", *_BACKBONE_HPARAMS),
-                  stride_rule="2**depth with --depth {depth}, 32 with a backbone", backbones=BACKBONE_NAMES),
+                  "depth, base_filters (x2 per level), upsampling `transpose` / `bilinear`, dropout, dilated",
+                  stride_rule="2**depth with --depth {depth}, 32 with a backbone", backbones=BACKBONE_NAMES,
+                  tiny={"depth": 2, "base_filters": 4}),
         ModelSpec("fcn8s", "segops.models.fcn:build_fcn8s", fcn8s_stride, (*_COMMON_HPARAMS, *_BACKBONE_HPARAMS),
-                  backbones=BACKBONE_NAMES),
+                  "base_filters (VGG widths x base/64), fc_filters (16 x base), dropout, dilated",
+                  backbones=BACKBONE_NAMES, tiny={"base_filters": 2}),
         ModelSpec("segnet", "segops.models.segnet:build_segnet", fcn8s_stride,
-                  ("base_filters", "dropout", *_BACKBONE_HPARAMS), stride_rule="five poolings",
-                  backbones=("vgg16",)),
+                  ("base_filters", "dropout", *_BACKBONE_HPARAMS), "base_filters (VGG16 widths x base/64), dropout",
+                  stride_rule="five poolings", backbones=("vgg16",), tiny={"base_filters": 2}),
         ModelSpec("segnet_basic", "segops.models.segnet:build_segnet_basic", segnet_basic_stride,
-                  ("base_filters", "dropout", "depth"), stride_rule="2**depth with --depth {depth}"),
+                  ("base_filters", "dropout", "depth"), "depth (4 in the paper), base_filters (64 in the paper), dropout",
+                  stride_rule="2**depth with --depth {depth}", tiny={"depth": 2, "base_filters": 4}),
         ModelSpec("deeplabv3plus", "segops.models.deeplab:build_deeplabv3plus", deeplab_stride,
                   ("base_filters", "dropout", "output_stride", *_BACKBONE_HPARAMS),
-                  stride_rule="--output-stride {output_stride}", backbones=BACKBONE_NAMES),
+                  "output_stride (8 or 16), base_filters (ASPP/decoder width 8 x base), dropout",
+                  stride_rule="--output-stride {output_stride}", backbones=BACKBONE_NAMES,
+                  tiny={"base_filters": 2, "output_stride": 8}),
         ModelSpec("ddrnet23_slim", "segops.models.ddrnet:build_ddrnet", realtime_stride, ("base_filters", "dropout"),
-                  stride_rule="its 1/8 head"),
+                  "base_filters (the paper's planes: 32 slim, 64 DDRNet-23), dropout",
+                  stride_rule="its 1/8 head; the 1/64 branch joins at any size", tiny={"base_filters": 4}),
         ModelSpec("fast_scnn", "segops.models.fast_scnn:build_fast_scnn", realtime_stride, ("base_filters", "dropout"),
-                  stride_rule="its 1/8 fusion"),
+                  "base_filters (widths x base/32; 32 is the paper's), dropout",
+                  stride_rule="its 1/8 fusion; the 1/32 branch joins at any size", tiny={"base_filters": 4}),
     )
 }  # fmt: skip
 MODEL_NAMES = tuple(REGISTRY)
@@ -114,13 +145,7 @@ MODEL_NAMES = tuple(REGISTRY)
 def strides_text() -> str:
     """Every registered model with its stride at its stride function's defaults and why (``--model``'s
     help, so a new registry entry shows there), e.g. ``unet 16 (2**depth with --depth 4, 32 with a backbone)``."""
-    parts = []
-    for spec in REGISTRY.values():
-        defaults = {name: p.default for name, p in inspect.signature(spec.stride_fn).parameters.items()
-                    if p.default is not inspect.Parameter.empty}  # fmt: skip
-        rule = spec.stride_rule.format(**defaults)
-        parts.append(f"{spec.name} {spec.stride()}" + ("" if rule == ModelSpec.stride_rule else f" ({rule})"))
-    return "; ".join(parts)
+    return "; ".join(f"{spec.name} {spec.stride_text()}" for spec in REGISTRY.values())
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -161,3 +186,14 @@ def encoder_layers(model: Any) -> list[Any]:
         layer for layer in model.layers
         if layer.name == BACKBONE_LAYER or re.fullmatch(r"block\d_conv\d(_bn)?", layer.name)
     ]  # fmt: skip
+
+
+def models_markdown() -> str:
+    """docs/train.md's table of networks, one row per :data:`REGISTRY` entry (a test keeps the two
+    equal: after adding an entry, paste this function's output there)."""
+    lines = ["| model | H, W multiple of (`stride`) | hyper-parameters | `--backbone` |", "| --- | --- | --- | --- |"]
+    for spec in REGISTRY.values():
+        backbones = ", ".join((NO_BACKBONE, *spec.backbones))
+        stride = re.sub(r"(--[a-z-]+(?: \d+)?)", r"`\1`", spec.stride_text())  # flags as code, as the docs write them
+        lines.append(f"| `{spec.name}` | {stride} | {spec.hparams_doc} | {backbones} |")
+    return "\n".join(lines) + "\n"
