@@ -1,5 +1,6 @@
-"""`segops train --time-budget`: the plan's arithmetic, the warm-up + poly schedule, and a
-budgeted run end to end (plan printed, followed, recorded, kept on --resume)."""
+"""`segops train --time-budget`: the plan's and the re-plan's arithmetic (plain functions), the
+callback that re-plans on a fake clock, the warm-up + poly schedule, and a budgeted run end to end
+(plan printed, followed, recorded, kept on --resume)."""
 
 import json
 import time
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from trainutil import write_prepared
 
-from segops.training.budget import BudgetPlan, Probe, plan_budget
+from segops.training.budget import PARTIAL_EPOCH, BudgetPlan, Probe, plan_budget, replan_budget
 from segops.training.loop import train
 from segops.training.options import TrainError, TrainOptions
 from segops.training.schedule import WARMUP_START, WarmupPolyDecay
@@ -33,6 +34,38 @@ def test_plan_fills_the_budget_without_passing_it():
 def test_a_budget_smaller_than_start_up_is_refused_with_the_numbers():
     with pytest.raises(TrainError, match="leaves no time to train"):
         plan_budget(budget_s=60.0, elapsed_s=50.0, probe=PROBE, warmup=0.0)
+
+
+# 4 epochs of 10 steps at 1 s in a 110 s budget, 10 s of it reserved; a validation takes 2 s
+PLAN = BudgetPlan(budget_s=110, startup_s=0, reserve_s=10, export_s=5, step_s=1.0, eval_s=2.0, epochs=4,
+                  steps_per_epoch=10, warmup_steps=0)  # fmt: skip
+
+
+def test_a_slower_pace_shortens_the_last_epoch_instead_of_dropping_it():
+    """The first epoch took 21.1 s (2.1 s a step, its validation included) and 79 s are left: 3
+    whole epochs (63 s), then, in the 16 s after them, a validation (2 s) and 6 steps."""
+    new = replan_budget(PLAN, epochs_done=1, epoch_s=190 / 9, left_s=79.0, max_epochs=6)
+    assert (new.epochs, new.last_step, new.total_steps) == (5, 46, 46)
+    assert (new.steps_per_epoch, new.budget_s, new.eval_s) == (10, 110, 2.0)  # the rest of the plan as it was
+
+
+def test_a_pace_that_slows_again_leaves_too_little_for_a_shortened_epoch():
+    """After 2 epochs at an average 31.6 s, 38 s are left: one whole epoch, then 4.4 s, which hold
+    the validation and one step: less than PARTIAL_EPOCH of an epoch, so the run ends after epoch 3."""
+    new = replan_budget(PLAN, epochs_done=2, epoch_s=31.6, left_s=38.0, max_epochs=6)
+    assert 1 < PARTIAL_EPOCH * PLAN.steps_per_epoch
+    assert (new.epochs, new.last_step, new.total_steps) == (3, 0, 30)
+
+
+def test_a_faster_pace_lengthens_the_run_to_the_epochs_allowed_and_no_further():
+    new = replan_budget(PLAN, epochs_done=1, epoch_s=6.0, left_s=90.0, max_epochs=6)  # 15 epochs would fit
+    assert (new.epochs, new.last_step, new.total_steps) == (6, 0, 60)  # no shortened 7th epoch either
+
+
+@pytest.mark.parametrize("left_s", [6.0, 0.0, -5.0])  # 6 s: a validation and 2 steps, under PARTIAL_EPOCH
+def test_no_time_for_another_epoch_or_a_useful_part_of_one_stops_now(left_s):
+    new = replan_budget(PLAN, epochs_done=2, epoch_s=20.0, left_s=left_s, max_epochs=6)
+    assert (new.epochs, new.last_step, new.total_steps) == (2, 0, 20)
 
 
 def test_warmup_poly_schedule_values():
@@ -112,8 +145,7 @@ def _guard_after_a_slow_first_epoch(monkeypatch):
 
     clock = _Clock()
     monkeypatch.setattr(budget.time, "monotonic", clock)
-    plan = BudgetPlan(budget_s=110, startup_s=0, reserve_s=10, export_s=5, step_s=1.0, eval_s=2.0, epochs=4,
-                      steps_per_epoch=10, warmup_steps=0)  # fmt: skip
+    plan = PLAN
     run = type("Run", (), {"extra_state": {}, "stopped_early": False, "budget_ended": False})()
     schedule = WarmupPolyDecay(1e-3, plan.total_steps)
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
@@ -132,10 +164,9 @@ def _guard_after_a_slow_first_epoch(monkeypatch):
     return clock, plan, run, schedule, model, guard
 
 
-def test_a_slower_pace_shortens_the_last_epoch_instead_of_dropping_it(monkeypatch):
-    """Fake clock: the probe planned 4 epochs of 10 steps at 1 s, the first epoch ran at ~2.1 s
-    per step. 79 s are left after it: 3 whole epochs (63 s) and, in the 14 s after them, a last
-    epoch of 6 steps with its validation. The lr decay ends at step 46 and training stops there."""
+def test_the_guard_moves_the_end_of_the_lr_decay_and_stops_at_the_replanned_step(monkeypatch):
+    """Fake clock: the numbers of the first re-plan test above, measured by the callback: the lr
+    decay ends at step 46, the plan in force is recorded, and training stops there."""
     clock, plan, run, schedule, model, guard = _guard_after_a_slow_first_epoch(monkeypatch)
     assert schedule.total_steps == 46
     assert run.extra_state["budget_plan"]["epochs"] == 5 and run.extra_state["budget_plan"]["last_step"] == 46
@@ -152,11 +183,9 @@ def test_a_slower_pace_shortens_the_last_epoch_instead_of_dropping_it(monkeypatc
 
 
 def test_a_pace_that_slows_after_the_plan_moves_the_end_again(monkeypatch):
-    """Fake clock, the plan of the test above (4 epochs of 10 steps at 1 s, 110 s budget): the
-    first epoch at 2 s per step plans 3 whole epochs and a shortened one ending at step 46. The
-    second epoch then runs at 4 s per step: at the average pace (31.6 s an epoch, validation
-    included) the 38 s left hold one whole epoch and too little for a shortened one after it,
-    so the run now ends at step 30, after epoch 3."""
+    """Fake clock: a shortened last epoch is already planned (step 46) when the second epoch runs at
+    4 s per step; the guard re-plans anyway (the numbers of the second re-plan test above): the run
+    now ends at step 30, after epoch 3, and no longer stops in the middle of an epoch."""
     clock, plan, run, schedule, model, guard = _guard_after_a_slow_first_epoch(monkeypatch)
     assert schedule.total_steps == 46
     for step in range(10):

@@ -9,8 +9,8 @@ turns what is left of the budget into a number of steps, an evaluation cadence (
 ``--epochs`` / ``--steps-per-epoch`` values and the total of the warm-up + poly schedule.
 
 A probe's few steps do not see the steady state (tf.data's buffers were filled while the model
-traced; a shared machine's pace drifts), so after every epoch :func:`deadline_guard` re-plans:
-the last epoch that still ends in time at the measured pace becomes the end of the lr decay
+traced; a shared machine's pace drifts), so after every epoch :func:`deadline_guard` re-plans
+(:func:`replan_budget`): the last epoch that still ends in time at the measured pace becomes the end of the lr decay
 (:meth:`segops.training.schedule.WarmupPolyDecay.set_total_steps`) and of the run. The plan in
 force is recorded in ``checkpoints/state.json`` and ``model.json``; ``--resume`` finishes it
 without probing or re-planning (it only stops if time runs out).
@@ -135,6 +135,31 @@ def plan_budget(budget_s: float, elapsed_s: float, probe: Probe, warmup: float, 
                       warmup_steps=round(warmup * total))  # fmt: skip
 
 
+def replan_budget(plan: BudgetPlan, epochs_done: int, epoch_s: float, left_s: float, max_epochs: int) -> BudgetPlan:
+    """``plan`` re-planned after ``epochs_done`` epochs that took ``epoch_s`` seconds each
+    (validation included), with ``left_s`` seconds left to train: the whole epochs that still fit
+    (``max_epochs`` in all at most), then a shortened last epoch for the rest of the time, its
+    validation included, when it holds at least :data:`PARTIAL_EPOCH` of an epoch (a pace slower
+    than the probe's would otherwise drop a whole epoch's time). Its ``total_steps`` is where the
+    lr decay and the run end; ``epochs == epochs_done``: stop now.
+
+    Example: 4 epochs of 10 steps were planned; the first took 21 s, 79 s are left.
+        >>> plan = BudgetPlan(budget_s=110, startup_s=0, reserve_s=10, export_s=5, step_s=1.0, eval_s=2.0,
+        ...                   epochs=4, steps_per_epoch=10, warmup_steps=0)
+        >>> new = replan_budget(plan, epochs_done=1, epoch_s=21.0, left_s=79.0, max_epochs=6)
+        >>> new.epochs, new.total_steps  # 3 more whole epochs (63 s), then 6 steps and a validation
+        (5, 46)
+    """
+    steps = plan.steps_per_epoch
+    room = max(0, max_epochs - epochs_done)
+    whole = max(0, min(int(left_s // epoch_s), room))
+    extra = int((left_s - whole * epoch_s - plan.eval_s) // (epoch_s / steps))
+    if whole == room or extra < PARTIAL_EPOCH * steps:
+        extra = 0
+    epochs = epochs_done + whole
+    return dataclasses.replace(plan, epochs=epochs + (extra > 0), last_step=epochs * steps + extra if extra else 0)
+
+
 def run_probe(opts: TrainOptions, model: Any, train_ds: Any, val_ds: Any, val_batches: int) -> Probe:
     """Time ``PROBE_STEPS`` training steps of ``model`` (compiled) on ``train_ds`` and two
     validation batches of ``val_ds``; the model is thrown away afterwards."""
@@ -197,7 +222,7 @@ def deadline_guard(deadline: Deadline, run: Any, plan: BudgetPlan, replan: bool)
                 self.model.stop_training = True  # Keras still validates and checkpoints this epoch
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            done, steps = epoch + 1, self.params.get("steps") or plan.steps_per_epoch
+            done, steps = epoch + 1, plan.steps_per_epoch  # what fit was given (BudgetPlan.apply)
             # Seconds per epoch, validation included, from every step after the very first.
             per_epoch = (time.monotonic() - self.began) * steps / max(self.steps_done, 1)
             left = deadline.left() - deadline.reserve_s
@@ -206,22 +231,17 @@ def deadline_guard(deadline: Deadline, run: Any, plan: BudgetPlan, replan: bool)
             # pace can still slow down after it was planned (docs/benchmarks.md, "Measurements
             # formerly in docstrings").
             if replan and not at_end:
-                # Whole epochs that still fit, then a shortened one for the rest of the time
-                # (its validation included) when it holds at least PARTIAL_EPOCH of an epoch: a
-                # pace slower than the probe's would otherwise drop a whole epoch's time.
-                cap = self.params.get("epochs", done)
-                whole = max(0, min(int(left // per_epoch), cap - done))
-                extra = int((left - whole * per_epoch - plan.eval_s) // (per_epoch / steps))
-                extra = extra if whole < cap - done and extra >= PARTIAL_EPOCH * steps else 0
-                planned, total = done + whole + (extra > 0), (done + whole) * steps + extra
+                new = replan_budget(plan, done, per_epoch, left, self.params.get("epochs", done))
                 schedule = getattr(self.model.optimizer, "_learning_rate", None)
-                if (planned, total) != (self.planned, self.planned * steps) and isinstance(schedule, WarmupPolyDecay):
-                    schedule.set_total_steps(total)
+                if (new.epochs, new.total_steps) != (self.planned, self.planned * steps) and isinstance(
+                    schedule, WarmupPolyDecay
+                ):
+                    schedule.set_total_steps(new.total_steps)
                     log.info("time budget: %.0f s per epoch, %.0f s left: the run ends at step %d, epoch %d (was %d)",
-                             per_epoch, left, total, planned, self.planned)  # fmt: skip
-                self.planned = planned
-                self.stop_at = total if extra else None
-                run.extra_state["budget_plan"] = {**plan.to_json(), "epochs": planned, "last_step": total if extra else 0}
+                             per_epoch, left, new.total_steps, new.epochs, self.planned)  # fmt: skip
+                self.planned = new.epochs
+                self.stop_at = new.last_step or None
+                run.extra_state["budget_plan"] = new.to_json()
             elif not replan and left < per_epoch and done < self.planned:
                 log.warning("time budget: %.0f s left, an epoch takes %.0f s: stopping after epoch %d",
                             deadline.left(), per_epoch, done)  # fmt: skip
