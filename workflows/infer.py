@@ -234,7 +234,9 @@ def _read_if_exists(path: str) -> bytes | None:
     return fs.read_bytes(path) if fs.exists(path) else None
 
 
-def _failed_batch_to_dead(bad: tuple[Any, Any]) -> list[dict[str, str]]:
+def failed_batch_to_dead(bad: tuple[Any, Any]) -> list[dict[str, str]]:
+    """A batch RunInference failed on, ``(batch, (exception type, repr, traceback))`` -> one dead
+    letter per image of it."""
     batch, (exc_type, exc_repr, _tb) = bad
     examples = batch if isinstance(batch, list | tuple) else [batch]
     return [
@@ -262,7 +264,7 @@ def check_model(options: InferOptions) -> export_dir.ModelInfo:
     return source.info
 
 
-def _model_failures(pred: Prediction) -> Any:
+def model_failures(pred: Prediction) -> Any:
     """A Prediction the model failed on (after its batch was retried image by image) -> dead letter."""
     if pred.error is None:
         yield pred
@@ -310,9 +312,9 @@ def build_infer_pipeline(p: beam.Pipeline, options: InferOptions, info: export_d
         decoded.ok
         | "RunInference" >> RunInference(model_handler(options, info)).with_exception_handling()
     )
-    checked = predicted | "ModelFailures" >> beam.FlatMap(_model_failures).with_outputs(DEAD, main="ok")
+    checked = predicted | "ModelFailures" >> beam.FlatMap(model_failures).with_outputs(DEAD, main="ok")
     predictions = checked.ok
-    failed_inference = failed.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch_to_dead)
+    failed_inference = failed.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_to_dead)
     if options.crf:
         crf = DenseCRFFn(options.crf_params, label_set.num_classes)
         refined = predictions | "DenseCRF" >> beam.ParDo(crf).with_outputs(DEAD, main="ok")
