@@ -56,7 +56,7 @@ def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
 
 
 def _pin(package: str) -> str:
-    m = re.search(rf'"{re.escape(package)}==([0-9][0-9A-Za-z.]*)"', (ROOT / "setup.py").read_text())
+    m = re.search(rf'"{re.escape(package)}(?:\[[a-z,]+\])?==([0-9][0-9A-Za-z.]*)"', (ROOT / "setup.py").read_text())
     assert m, f"setup.py does not pin {package} exactly"
     return m.group(1)
 
