@@ -50,6 +50,12 @@ class S3Server:
             count += 1
         return count
 
+    def keys(self, uri: str) -> list[str]:
+        """Relative keys under ``uri`` (a listing only: safe while a run is writing)."""
+        bucket, _, prefix = uri[len("s3://") :].partition("/")
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
+        return [item["Key"][len(prefix.rstrip("/")) + 1 :] for page in pages for item in page.get("Contents", [])]
+
     def objects(self, uri: str) -> dict[str, bytes]:
         """Relative key -> bytes of every object under ``uri``."""
         bucket, _, prefix = uri[len("s3://") :].partition("/")

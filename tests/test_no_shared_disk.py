@@ -1,8 +1,9 @@
 """`segops prepare` and `segops infer` on workers that share no disk with the launcher.
 
 The "cluster" is another host made here: a network namespace of its own, joined to this one by a
-veth pair, and a private mount namespace whose /tmp is a fresh tmpfs (the launcher's inputs,
-model and test directories all live under /tmp, so none of them is visible there). Beam's job
+veth pair, and a private mount namespace where pytest's base temporary directory is a fresh
+tmpfs (the launcher's inputs, model, caches and logs all live there, so none of them is visible
+to the workers; the repository and its venv stay visible, as a worker image holds segops). Beam's job
 service and its SDK worker pool run inside it, like a Flink/Spark job server and its task
 managers; the launcher submits the pipeline over the veth link (a relay on its loopback carries
 the job API, whose artifact endpoint Beam advertises as ``localhost``). The only storage both
@@ -95,8 +96,11 @@ def cluster(tmp_path_factory):
         # Beam's job service binds its port on the namespace's loopback only: a relay in the
         # namespace exposes it on the link (the launcher's relay then reaches it as localhost)
         relay_script = Path(__file__).with_name("tcp_relay.py")
+        # everything this test session wrote (archive, logs, the launcher's model cache) is
+        # under pytest's base temp directory: the cluster gets an empty tmpfs there instead
+        hidden = tmp_path_factory.getbasetemp()
         script = (
-            "mount -t tmpfs cluster-tmp /tmp && "
+            f"mount -t tmpfs cluster-tmp {hidden} && "
             f"{python} {relay_script} {ns_ip} {job_port} 127.0.0.1 {job_port} & "
             f"{python} -m apache_beam.runners.worker.worker_pool_main --service_port={pool_port} & "
             f"exec {python} -m apache_beam.runners.portability.local_job_service_main --port={job_port}"
@@ -105,7 +109,7 @@ def cluster(tmp_path_factory):
         # The workers' own credentials, as a cluster's machines have them (instance roles, their
         # environment): Beam's EXTERNAL worker pool starts SDK harnesses that never receive the
         # launcher's pipeline options on FileSystems (docs/cluster.md)
-        env |= server.env
+        env |= server.env | {"SEGOPS_CACHE_DIR": str(hidden / "cluster-cache")}  # the model copy, private
         env["PATH"] = os.path.dirname(python) + os.pathsep + env.get("PATH", "")  # the pool starts `python`
         with open(logs / "cluster.log", "wb") as log:
             job = subprocess.Popen(["ip", "netns", "exec", name, "unshare", "--mount", "--propagation", "private",

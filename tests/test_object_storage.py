@@ -209,7 +209,7 @@ def test_a_run_killed_with_sigkill_on_s3_then_rerun_holds_every_image_once(s3, s
     cmd[cmd.index(INFER_OUT)] = out
     proc = subprocess.Popen(cmd, env=subprocess_env() | s3.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not any(k.endswith("_color.png") for k in s3.objects(out)):
+    while time.time() < deadline and proc.poll() is None and not any(k.endswith("_color.png") for k in s3.keys(out)):
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)  # mid-run: masks written, nothing committed
     proc.wait()

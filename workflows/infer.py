@@ -55,6 +55,7 @@ from segops.inference.discovery import (
     work_item,
 )
 from segops.inference.masks import confidence_stats, encode_masks, mask_paths, unmapped_to_ignore
+from segops.inference.model import METRICS_NAMESPACE
 from segops.inference.options import InferOptions
 from segops.inference.previous import compare_with_existing, provenance_texts
 from segops.inference.rows import metrics_row, metrics_schema
@@ -65,7 +66,7 @@ from segops.models import export_dir
 
 LOG = logging.getLogger(__name__)
 DEAD = deadletter.TAG
-COUNTERS = "segops_infer"
+COUNTERS = METRICS_NAMESPACE  # RunInference's own metrics and segops' counters, one namespace
 
 
 class ImagesFn(beam.DoFn):
@@ -95,7 +96,6 @@ class PlanFn(beam.DoFn):
     def __init__(self, overwrite: bool) -> None:
         self._overwrite = overwrite
         self._skipped = Metrics.counter(COUNTERS, "images_skipped")
-        self._todo = Metrics.counter(COUNTERS, "images_todo")
 
     def process(self, keyed: tuple[str, dict[str, list[Any]]]):
         _, groups = keyed
@@ -103,7 +103,6 @@ class PlanFn(beam.DoFn):
             if not self._overwrite and any(tuple(fp) == item.fingerprint for fp in groups["done"]):
                 self._skipped.inc()
                 continue
-            self._todo.inc()
             yield item
 
 
@@ -182,7 +181,7 @@ def _or_dead(path: str, stage: str, work: Callable[[], Segmented]) -> Any:
 
 
 class DenseCRFFn(beam.DoFn):
-    """Prediction -> Segmented with the dense-CRF labels (segops.crf.refine)."""
+    """Prediction -> Segmented with the dense-CRF labels (segops.inference.crf.refine)."""
 
     def __init__(self, params: CRFParams, num_classes: int) -> None:
         self._params = params

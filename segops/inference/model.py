@@ -21,7 +21,9 @@ from segops.inference.stage_values import ImageExample, Prediction
 from segops.inference.tiling import predict_probabilities
 from segops.models import export_dir
 
-__all__ = ["Predictor", "SegmentationModelHandler", "ServingModel"]
+__all__ = ["METRICS_NAMESPACE", "Predictor", "SegmentationModelHandler", "ServingModel"]
+
+METRICS_NAMESPACE = "segops_infer"  # Beam metrics of a run: RunInference's and segops' counters
 
 
 class SegmentationModelHandler(ModelHandler):
@@ -64,7 +66,7 @@ class SegmentationModelHandler(ModelHandler):
         return sum(ex.rgb.nbytes for ex in batch)  # not len(pickle.dumps(batch)): 6 MB per frame
 
     def get_metrics_namespace(self) -> str:
-        return "segops_infer"
+        return METRICS_NAMESPACE
 
 
 class Predictor:

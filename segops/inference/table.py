@@ -238,7 +238,6 @@ class CommitResult:
     version: int | None  # the table version this run committed (None: nothing to commit)
     rows: int  # rows this run wrote (new images and redone ones)
     replaced: int  # earlier rows of the same (image, model) it replaced
-    attempts: int
 
 
 def commit_run(output: str, run_id: str, model_id: str, label_set: LabelSet | None = None) -> CommitResult:
@@ -264,7 +263,7 @@ def _merge_staged(output: str, run_id: str, model_id: str, label_set: LabelSet |
 
     rows = _staged_rows(output, run_id, label_set)
     if rows.num_rows == 0:
-        return CommitResult(None, 0, 0, 0)
+        return CommitResult(None, 0, 0)
     # MERGE refuses two source rows for one key; two attempts of one run id running at once
     # (a scheduler that reuses ids) could stage an image twice
     rows = _last_row_per_key(rows)
@@ -286,7 +285,7 @@ def _merge_staged(output: str, run_id: str, model_id: str, label_set: LabelSet |
             time.sleep(min(0.2 * attempt, 2.0))
             continue
         dt = _delta_table(uri)
-        return CommitResult(dt.version(), rows.num_rows, int(stats.get("num_target_rows_updated", 0)), attempt)
+        return CommitResult(dt.version(), rows.num_rows, int(stats.get("num_target_rows_updated", 0)))
     raise TableError(f"could not commit run {run_id} after {COMMIT_ATTEMPTS} attempts (other runs kept "
                      f"committing into {output}); its masks are written: rerun to commit its rows")  # fmt: skip
 
