@@ -124,8 +124,9 @@ def delta_storage_options(uri: str) -> dict[str, str] | None:
             out["conditional_put"] = os.environ.get(CONDITIONAL_PUT_VARIABLE, "etag")
         return out
     if scheme == "gs":
-        host = os.environ.get("STORAGE_EMULATOR_HOST")
-        return {"google_base_url": host, "allow_http": "true"} if host else {}
+        # delta-rs reads GOOGLE_APPLICATION_CREDENTIALS / GOOGLE_SERVICE_ACCOUNT itself; it cannot
+        # be pointed at a GCS emulator (object_store speaks GCS's XML API; docs/cluster.md)
+        return {}
     return None
 
 
