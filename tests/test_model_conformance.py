@@ -129,7 +129,8 @@ def _train_export_infer(name: str, prepared: str, archive: list, out: Path, epoc
     exported ``.keras`` model's logits."""
     stride = model_stride(name, **hparams)
     opts = TrainOptions.from_flat(prepared=prepared, out=str(out), model=name, epochs=epochs, steps_per_epoch=1,
-                                  batch_size=2, crop=(2 * stride, 3 * stride), verbose=0, **hparams)  # fmt: skip
+                                  batch_size=2, crop=(2 * stride, 3 * stride), verbose=0, eager=True,
+                                  **hparams)  # fmt: skip  eager: one step does not repay tracing it
     result = train(opts, extra_callbacks=list(callbacks))
     assert result.epochs_trained == epochs and np.isfinite(result.history[-1]["loss"])
     summary = json.loads((out / "model.json").read_text())

@@ -97,6 +97,7 @@ def compile_model(model: Any, opts: TrainOptions, class_weights: list[float] | N
         optimizer=make_optimizer(opts, steps, total_steps), loss=loss,
         metrics=[MeanIoU(num_classes), MeanDice(num_classes)],
         jit_compile="auto" if opts.xla is None else opts.xla,
+        run_eagerly=opts.eager,
     )
 
 

@@ -77,7 +77,7 @@ JSON_KEYS = (
     "steps_per_epoch", "train_split", "val_split", "shuffle_buffer", "cycle_length", "data_threads", "verbose",
     "export", "focal_gamma", "ohem_fraction", "ohem_threshold", "coarse_ratio", "coarse_epochs", "coarse_splits",
     "backbone", "backbone_weights", "output_stride", "freeze_backbone_epochs", "input_downsample",
-    "time_budget", "warmup",
+    "time_budget", "warmup", "eager",
 )  # fmt: skip
 # Hyper-parameters of loss terms registered since, after them (a run recorded without one used its default).
 JSON_KEYS += tuple(hp.name for hp in LOSS_HPARAMS if hp.name not in JSON_KEYS)
@@ -396,6 +396,12 @@ class TrainOptions(FlatOptions):
     xla: bool | None = field(default=None, metadata=flag(
         "Compile train/eval steps with XLA. Default: on a single GPU, off on CPU (with oneDNN kernels XLA "
         "measured no faster there) and under multi-device strategies."))
+    # eager: no tf.function tracing (a DDRNet train step traces for ~25 s on 2 CPU cores, and a
+    # SavedModel export traces again): for stepping through a network or a loss, and for very
+    # short runs such as the model conformance test's one step
+    eager: bool = field(default=False, metadata=flag(
+        "Run the train and eval steps eagerly, without graph tracing: slower per step, no tracing "
+        "wait (debugging a network or a loss; a run of a few steps)."))
     resume: bool = field(default=False, metadata=flag(
         "Continue from OUT/checkpoints (same options; same result as an uninterrupted run).", negatable=False))
     # Keras progress bar (0 silent, 1 bar, 2 one line per epoch): the command's --progress
