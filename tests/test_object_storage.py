@@ -220,3 +220,12 @@ def test_a_run_killed_with_sigkill_on_s3_then_rerun_holds_every_image_once(s3, s
     assert len(paths) == len(set(paths)) == 3
     masks = {k: v for k, v in s3.objects(out).items() if k.startswith("masks/")}
     assert masks == {k: v for k, v in s3.objects(INFER_OUT).items() if k.startswith("masks/")}
+
+
+def test_a_beam_worker_that_imports_segops_can_write_empty_s3_objects():
+    """A worker process imports apache_beam first, then unpickles segops code: importing segops
+    there patches Beam's S3 uploader (the launcher patches it when it configures storage)."""
+    code = ("import apache_beam, segops\n"
+            "from apache_beam.io.aws import s3io\n"
+            "assert getattr(s3io.S3Uploader.finish, '_segops_empty_fix', False)\n")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env(), timeout=120)
