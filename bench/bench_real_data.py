@@ -41,6 +41,8 @@ CONFIGS: dict[str, list[str]] = {
     "ddrnet23_slim": ["--model", "ddrnet23_slim", "--input-downsample", "2"],
     "ddrnet23_slim_full": ["--model", "ddrnet23_slim"],
     "unet_demo": ["--model", "unet", "--depth", "3", "--base-filters", "16"],
+    # unseen-scene candidates (the re-split val): Fast-SCNN's own dropout and the paper's scale range
+    "regularised": ["--dropout", "0.1", "--scale-range", "0.5,2.0"],
 }
 
 
