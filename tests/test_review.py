@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -15,15 +16,15 @@ from label_studio_sdk.converter.brush import mask2rle as ls_mask2rle
 from trainutil import synth_val_and_tiny_unet
 
 from segops.cli import cli
-from segops.core import imageio, labels, records
+from segops.core import fs, imageio, labels, records
 from segops.inference import table
-from segops.inference.discovery import WorkItem
+from segops.inference.discovery import WorkItem, cityscapes_label_for
 from segops.inference.masks import mask_paths
 from segops.inference.options import InferOptions
 from segops.inference.rows import metrics_schema
 from segops.prepare.options import PrepareOptions
 from segops.review import ReviewError, brush
-from segops.review.export import ExportOptions, export_selection
+from segops.review.export import ExportOptions, export_selection, label_studio_url_root
 from segops.review.importer import follow_instances, import_corrections
 from segops.review.select import SelectError, SelectOptions, read_selection, select
 from workflows.infer import run_infer
@@ -174,7 +175,7 @@ def _predicted(out: str, row: dict) -> np.ndarray:
 def test_exports_load_in_the_tools_readers(loop):
     from pycocotools.coco import COCO
 
-    _, _, out, selection = loop
+    _, data, out, selection = loop
     rows = {r["path"]: r for r in selection.to_pylist()}
     coco = COCO(str(Path(out) / "review" / "coco_rle.json"))
     assert {img["segops_path"] for img in coco.dataset["images"]} == set(rows)
@@ -196,7 +197,10 @@ def test_exports_load_in_the_tools_readers(loop):
     assert [lb.get("value") for lb in brushes.findall("Label")] == list(labels.CLASS_NAMES)
     for task in tasks:
         pred = _predicted(out, rows[task["data"]["segops_path"]])
-        assert task["data"]["image"].startswith("/data/local-files/?d=")
+        # relative to the dataset root, so that one local-files storage on DATA/leftImg8bit below
+        # Label Studio's document root DATA serves it (docs/review.md, bench/check_label_studio.py)
+        assert task["data"]["image"] == "/data/local-files/?d=leftImg8bit/val/" + rows[task["data"]["segops_path"]]["rel_path"]
+        assert task["data"]["segops_path"] == str(data / "leftImg8bit" / "val" / rows[task["data"]["segops_path"]]["rel_path"])
         for result in task["predictions"][0]["result"]:
             (name,) = result["value"]["brushlabels"]
             assert name in labels.CLASS_NAMES and result["from_name"] == brushes.get("name")
@@ -233,10 +237,11 @@ def test_corrected_pixels_arrive_in_the_tfrecords(loop):
     frame = Path(path).name.replace("_leftImg8bit.png", "")
     found = [records.decode_example(r.numpy()) for r in tf.data.TFRecordDataset(sorted(map(str, prepared.glob("val/*.tfrecord"))))]
     (example,) = [e for e in found if e["frame_id"] == frame]
-    expected = _predicted(out, {"path": path, "rel_path": fixed["data"]["image"].split("?d=")[1]})
+    (row,) = [r for r in selection.to_pylist() if r["path"] == path]
+    expected = _predicted(out, row)
     expected[box] = CAR.train_id
     assert (example["label"] == expected).all()
-    assert (expected != _predicted(out, {"path": path, "rel_path": fixed["data"]["image"].split("?d=")[1]})).any()
+    assert (expected != _predicted(out, row)).any()
 
 
 def test_coco_import_and_unknown_names(loop, tmp_path):
@@ -260,6 +265,35 @@ def test_coco_import_and_unknown_names(loop, tmp_path):
     for img, target in zip(coco["images"], targets, strict=True):
         row = {"path": img["segops_path"], "rel_path": img["file_name"]}
         assert (imageio.decode_label_png(target.read_bytes()) == labels.to_label_ids(_predicted(out, row))).all()
+
+
+def test_label_studio_urls_resolve_under_the_image_root_without_segops_path(loop, tmp_path):
+    """A Label Studio export whose tasks lost ``segops_path`` (tasks made by syncing a storage):
+    the ``?d=`` path, percent-encoded or not, with or without a host, under ``--image-root`` (the
+    document root for today's URLs; the infer run's INPUT for URLs from before they started at
+    leftImg8bit/)."""
+    _, data, out, selection = loop
+    task = json.loads((Path(out) / "review" / "label_studio_tasks.json").read_text())[0]
+    path = task["data"].pop("segops_path")
+    task["annotations"] = [{"result": task.pop("predictions")[0]["result"], "was_cancelled": False}]
+    rel = fs.relpath(path, str(data))
+    old_rel = fs.relpath(path, str(data / "leftImg8bit" / "val"))
+    for url, root in [(f"/data/local-files/?d={rel}", data), (f"http://127.0.0.1:8080/data/local-files/?d={quote(rel, safe='')}", data),
+                      (f"/data/local-files/?d={old_rel}", data / "leftImg8bit" / "val")]:  # fmt: skip
+        task["data"]["image"] = url
+        exported = tmp_path / "export.json"
+        exported.write_text(json.dumps([task]))
+        with pytest.raises(ReviewError, match="no --image-root"):
+            import_corrections(str(exported))
+        report = import_corrections(str(exported), image_root=str(root))
+        assert report.written == [cityscapes_label_for(path)], url
+
+
+def test_label_studio_url_root_is_the_directory_above_the_image_tree():
+    assert label_studio_url_root("/d/cs/leftImg8bit/val/aachen/a_leftImg8bit.png", "/d/cs/leftImg8bit/val") == "/d/cs"
+    assert label_studio_url_root("/d/cs/leftImg8bit/val/aachen/a_leftImg8bit.png", "/d/cs") == "/d/cs"
+    assert label_studio_url_root("/archive/2026/cam1/f.jpg", "/archive/2026") == "/archive"
+    assert label_studio_url_root("/f.jpg", "/") == "/"
 
 
 def test_instances_follow_the_corrected_classes():

@@ -71,7 +71,8 @@ def export_command(infer_out: str, selection: str | None, out: str | None, **kw:
 @click.option("--format", "fmt", type=click.Choice(IMPORT_FORMATS), default="auto", show_default=True,
               help="Label Studio JSON export or COCO instances JSON (auto: from the file's shape).")  # fmt: skip
 @click.option("--image-root", default=None, metavar="DIR",
-              help="Root of relative image names, for files without segops_path (e.g. a CVAT export).")  # fmt: skip
+              help="Root that relative image names (COCO file_name, Label Studio ?d= paths) start from, for "
+                   "files without segops_path (e.g. a CVAT export).")  # fmt: skip
 @click.option("--label-set", default=None, metavar="NAME|FILE",
               help="Taxonomy of the dataset's labelIds (the one it was prepared with): a built-in "
                    "(cityscapes, camvid11, ade20k150) or a label-set JSON file. Default: cityscapes.")  # fmt: skip

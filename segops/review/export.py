@@ -8,7 +8,12 @@ files labeling tools import.
   ``pycocotools.mask``: CVAT imports it as "COCO 1.0" masks; any COCO reader loads it.
 
 Both carry each image's absolute path (``data.segops_path``, ``images[].segops_path``) so that
-`review import` finds the image again; ``file_name`` / the URL are relative to ``image_root``.
+`review import` finds the image again. With ``image_root`` set, ``file_name`` and the URL are
+relative to it. By default COCO's ``file_name`` is relative to the directory the infer run listed
+(INPUT, or ``INPUT/leftImg8bit/<split>`` with ``--split``) and the Label Studio URL to the directory above the image tree (:func:`label_studio_url_root`): the
+dataset root for the Cityscapes layout (``?d=leftImg8bit/<split>/<city>/<file>``), because Label
+Studio serves local files only from a storage strictly below its document root, and that storage
+(``DATA/leftImg8bit``) then serves every split.
 Classes follow the results table's label set (segops.core.label_sets; Cityscapes by default):
 class ids in COCO are its labelIds, names and colours its own.
 """
@@ -26,7 +31,7 @@ from segops import __version__
 from segops.core import fs, imageio, layout
 from segops.core.label_sets import LabelSet, cityscapes
 from segops.core.options import FlatOptions, flag
-from segops.inference.discovery import WorkItem
+from segops.inference.discovery import WorkItem, cityscapes_label_for
 from segops.inference.masks import mask_paths
 from segops.review import ReviewError, brush
 
@@ -40,12 +45,16 @@ LOCAL_FILES_PREFIX = "/data/local-files/?d="  # Label Studio's local-files stora
 @dataclass(frozen=True)
 class ExportOptions(FlatOptions):
     """Which files to write, and how the tool finds the images: ``image_url_prefix`` + the path
-    relative to ``image_root`` (None: the root the infer run listed)."""
+    relative to ``image_root`` (None: :func:`label_studio_url_root` for the URL, the root the
+    infer run listed for COCO's ``file_name``)."""
 
     formats: tuple[str, ...] = field(default=FORMATS, metadata=flag(
         "Files to write (repeatable).", opt="--format", choices=FORMATS, multiple=True))
     image_root: str | None = field(default=None, metadata=flag(
-        "Image paths in the files are relative to this (default: the INPUT of the infer run).", metavar="DIR"))
+        "Image paths in the files are relative to this. Default: for Label Studio URLs the dataset root "
+        "(the directory holding leftImg8bit; for other layouts the parent of the infer run's INPUT), for "
+        "COCO's file_name the directory the infer run listed (INPUT, or INPUT/leftImg8bit/SPLIT with --split).",
+        metavar="DIR"))
     image_url_prefix: str = field(default=LOCAL_FILES_PREFIX, metadata=flag(
         "Label Studio task image URL = this + the relative path (local-files storage by default)."))
 
@@ -63,7 +72,8 @@ class Exported:
     """One selected image with its predicted trainIds mask."""
 
     path: str
-    relative: str  # to the image root: COCO file_name, the Label Studio URL's path
+    relative: str  # COCO file_name: to --image-root, by default the directory the infer run listed
+    url_path: str  # the Label Studio URL's path: to --image-root, by default label_studio_url_root
     mask: np.ndarray  # trainIds (H, W)
     model_id: str
     confidence: float | None
@@ -76,6 +86,31 @@ def infer_root(path: str, rel_path: str) -> str:
     return path[: -len(rel_path) - 1]
 
 
+def label_studio_url_root(path: str, listed_root: str) -> str:
+    """The default root of an image's Label Studio URL: the dataset root for an image in the
+    Cityscapes layout (``ROOT/leftImg8bit/<split>/<city>/<frame>_leftImg8bit.png``), else the
+    parent of the root the infer run listed. Label Studio serves ``/data/local-files/?d=P`` as
+    ``DOCUMENT_ROOT/P`` only from a local storage strictly below its document root, so the URL
+    path starts with that storage's directory: ``leftImg8bit/...`` (or INPUT's name).
+
+    >>> label_studio_url_root("/d/city/leftImg8bit/val/aachen/a_leftImg8bit.png", "/d/city/leftImg8bit/val")
+    '/d/city'
+    >>> label_studio_url_root("/archive/2026/cam1/f.jpg", "/archive/2026")
+    '/archive'
+    """
+    if cityscapes_label_for(path) is not None:
+        return path.rpartition(f"/{layout.IMAGE_DIR}/")[0]
+    parent = fs.split(listed_root)[0]
+    return parent if parent and len(parent) < len(listed_root) else listed_root
+
+
+def _relative(path: str, root: str) -> str:
+    try:
+        return fs.relpath(path, root)
+    except ValueError as exc:
+        raise ReviewError(f"--image-root {root} does not contain {path}") from exc
+
+
 def load_exported(infer_out: str, selection: Any, image_root: str | None) -> list[Exported]:
     """The selected images with the masks infer wrote for them (OUT/masks/..._trainIds.png)."""
     items = []
@@ -85,12 +120,10 @@ def load_exported(infer_out: str, selection: Any, image_root: str | None) -> lis
             mask = imageio.decode_label_png(fs.read_bytes(mask_file))
         except (OSError, imageio.BadInput) as exc:
             raise ReviewError(f"cannot read the mask of {row['path']} ({mask_file}): {exc}") from exc
-        root = image_root or infer_root(row["path"], row["rel_path"])
-        try:
-            relative = fs.relpath(row["path"], root)
-        except ValueError as exc:
-            raise ReviewError(f"--image-root {root} does not contain {row['path']}") from exc
-        items.append(Exported(row["path"], relative, mask, row["model_id"], row["mean_confidence"]))
+        listed = infer_root(row["path"], row["rel_path"])
+        relative = _relative(row["path"], image_root or listed)
+        url_path = _relative(row["path"], image_root or label_studio_url_root(row["path"], listed))
+        items.append(Exported(row["path"], relative, url_path, mask, row["model_id"], row["mean_confidence"]))
     return items
 
 
@@ -135,7 +168,7 @@ def label_studio_tasks(items: list[Exported], url_prefix: str, label_set: LabelS
         if item.confidence is not None:
             prediction["score"] = float(item.confidence)
         tasks.append({
-            "data": {LS_TO_NAME: url_prefix + item.relative, "segops_path": item.path},
+            "data": {LS_TO_NAME: url_prefix + item.url_path, "segops_path": item.path},
             "predictions": [prediction],
         })  # fmt: skip
     return tasks

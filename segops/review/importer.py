@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -58,13 +59,18 @@ def detect_format(data: Any) -> str:
 
 
 def _ls_image_path(task: dict[str, Any], image_root: str | None) -> str:
+    """``data.segops_path``, else the local-files URL's path (``?d=``, percent-decoded as Label
+    Studio's own storage URLs need; with or without a host) under ``image_root``: the document
+    root of Label Studio for exports since the URLs start at ``leftImg8bit/``, the infer run's
+    INPUT (``DATA/leftImg8bit/<split>``) for older ones."""
     data = task.get("data", {})
     if data.get("segops_path"):
         return data["segops_path"]
     url = str(data.get(LS_TO_NAME, ""))
-    if image_root is None or not url.startswith(LOCAL_FILES_PREFIX):
+    _, found, path = url.partition(LOCAL_FILES_PREFIX)
+    if image_root is None or not found:
         raise ReviewError(f"task {task.get('id')}: no data.segops_path and no --image-root to resolve {url!r}")
-    return fs.join(image_root, url[len(LOCAL_FILES_PREFIX) :])
+    return fs.join(image_root, unquote(path))
 
 
 def label_studio_corrections(tasks: list[dict[str, Any]], image_root: str | None) -> tuple[list[Corrected], list[str]]:
