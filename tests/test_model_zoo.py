@@ -2,6 +2,8 @@
 tf.image.resize, DeepLabV3+'s output stride, backbone weights from a file. Every network through
 train -> export -> `segops infer` is tests/test_model_conformance.py."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -77,6 +79,18 @@ def test_deeplab_aspp_runs_at_the_output_stride(output_stride):
     assert model(np.zeros((1, 64, 128, 3), np.float32)).shape == (1, 64, 128, 19)
 
 
+def test_separable_deeplab_puts_the_atrous_rates_on_depthwise_convolutions():
+    plain = build_model("deeplabv3plus", output_stride=16, base_filters=4)
+    model = build_model("deeplabv3plus", output_stride=16, base_filters=4, separable=True)
+    for name in ("aspp_rate6", "aspp_rate12", "aspp_rate18", "decoder_a", "decoder_b"):
+        depthwise, pointwise = model.get_layer(f"{name}_depthwise"), model.get_layer(f"{name}_conv")
+        assert isinstance(depthwise, keras.layers.DepthwiseConv2D) and pointwise.kernel_size == (1, 1)
+        assert depthwise.dilation_rate[0] == (int(name[9:]) if name.startswith("aspp") else 1)
+    assert model.count_params() < plain.count_params()
+    assert _feature_size(model, "aspp_concat") == (4, 8)
+    assert model(np.zeros((1, 64, 128, 3), np.float32)).shape == (1, 64, 128, 19)
+
+
 def test_atrous_backbone_keeps_its_weights_and_stops_at_the_output_stride(tmp_path):
     keras.utils.set_random_seed(1)
     reference = keras.applications.MobileNetV2(include_top=False, weights=None)
@@ -92,3 +106,27 @@ def test_atrous_backbone_keeps_its_weights_and_stops_at_the_output_stride(tmp_pa
         ModelOptions(name="fcn8s", backbone="vgg16", backbone_weights=path).build()
     with pytest.raises(OptionsError, match="segnet takes vgg16"):
         ModelOptions(name="segnet", backbone="resnet50")
+
+
+def test_options_left_unset_take_the_models_registry_defaults():
+    """ModelSpec.defaults: DeepLabV3+ defaults to ImageNet's MobileNetV2 and a 128-wide decoder; the
+    weights follow only its own backbone; every other model keeps the general defaults; the
+    resolved values are what model.json records, so a recorded run reads back the same."""
+    from segops.models import REGISTRY
+    from segops.training.options import MODEL_DEPENDENT_DEFAULTS
+
+    deeplab = ModelOptions(name="deeplabv3plus")
+    assert (deeplab.backbone, deeplab.backbone_weights, deeplab.base_filters, deeplab.separable) == (
+        "mobilenetv2", "imagenet", 16, True)
+    assert deeplab.hparams()["backbone_weights"] == "imagenet" and deeplab.hparams(pretrained=False)["backbone_weights"] == "none"
+    other_encoder = ModelOptions(name="deeplabv3plus", backbone="resnet50")
+    assert (other_encoder.backbone_weights, other_encoder.base_filters) == ("none", 16)
+    scratch = ModelOptions(name="deeplabv3plus", backbone="none", base_filters=32)
+    assert (scratch.backbone_weights, scratch.base_filters) == ("none", 32)
+    for name in ("unet", "fcn8s", "fast_scnn", "ddrnet23_slim"):
+        opts = ModelOptions(name=name)
+        assert {option: getattr(opts, option) for option in MODEL_DEPENDENT_DEFAULTS} == MODEL_DEPENDENT_DEFAULTS
+        assert not REGISTRY[name].defaults
+    assert ModelOptions(**{f.name: getattr(deeplab, f.name) for f in dataclasses.fields(deeplab)}) == deeplab
+    with pytest.raises(OptionsError, match="need a --backbone"):
+        ModelOptions(name="unet", backbone_weights="imagenet")

@@ -67,7 +67,9 @@ class ModelSpec:
     (``--model``'s help and docs/train.md's table show both: :meth:`stride_text`);
     ``hparams_doc``: the hyper-parameters column of that table (:func:`models_markdown`);
     ``tiny``: the smallest hyper-parameters that build it, with which
-    tests/test_model_conformance.py checks every entry."""
+    tests/test_model_conformance.py checks every entry; ``defaults``: the values of its
+    hyper-parameters where the user gives none and they differ from training's general defaults
+    (segops.training.options.ModelOptions resolves them)."""
 
     name: str
     builder: str  # "module:function", imported on first use (it imports Keras)
@@ -77,10 +79,12 @@ class ModelSpec:
     stride_rule: str = "its stride"
     backbones: tuple[str, ...] = ()  # pretrained encoders it can use (besides "none")
     tiny: Mapping[str, Any] = field(default_factory=dict)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if unknown := set(self.tiny) - set(self.hparams):
-            raise ValueError(f"model {self.name}: tiny hyper-parameters {sorted(unknown)} are not among its hparams")
+        for kind, given in (("tiny", self.tiny), ("default", self.defaults)):
+            if unknown := set(given) - set(self.hparams):
+                raise ValueError(f"model {self.name}: {kind} hyper-parameters {sorted(unknown)} are not among its hparams")
 
     def stride_text(self) -> str:
         """The stride at the stride function's defaults, and why: ``16 (2**depth with --depth 4, ...)``."""
@@ -127,10 +131,13 @@ REGISTRY: dict[str, ModelSpec] = {
                   ("base_filters", "dropout", "depth"), "depth (4 in the paper), base_filters (64 in the paper), dropout",
                   stride_rule="2**depth with --depth {depth}", tiny={"depth": 2, "base_filters": 4}),
         ModelSpec("deeplabv3plus", "segops.models.deeplab:build_deeplabv3plus", deeplab_stride,
-                  ("base_filters", "dropout", "output_stride", *_BACKBONE_HPARAMS),
-                  "output_stride (8 or 16), base_filters (ASPP/decoder width 8 x base), dropout",
+                  ("base_filters", "dropout", "output_stride", *_BACKBONE_HPARAMS, "separable"),
+                  "output_stride (8 or 16), base_filters (ASPP/decoder width 8 x base), dropout, separable",
                   stride_rule="--output-stride {output_stride}", backbones=BACKBONE_NAMES,
-                  tiny={"base_filters": 2, "output_stride": 8}),
+                  tiny={"base_filters": 2, "output_stride": 8, "backbone": NO_BACKBONE},
+                  # the default network: ImageNet's MobileNetV2 (docs/train.md, "Recipe on unseen scenes")
+                  defaults={"backbone": "mobilenetv2", "backbone_weights": IMAGENET, "base_filters": 16,
+                            "separable": True}),
         ModelSpec("ddrnet23_slim", "segops.models.ddrnet:build_ddrnet", realtime_stride, ("base_filters", "dropout"),
                   "base_filters (the paper's planes: 32 slim, 64 DDRNet-23), dropout",
                   stride_rule="its 1/8 head; the 1/64 branch joins at any size", tiny={"base_filters": 4}),

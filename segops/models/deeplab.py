@@ -14,11 +14,13 @@ stride-4 (low-level) features.
 - Decoder: the ASPP output upsampled bilinearly to stride 4, concatenated with the low-level
   features reduced to 48 channels by a 1x1 conv, two 3x3 convs, the classifier, and a bilinear
   upsampling by 4 to the input size.
+- ``separable``: the 3x3 convs of ASPP and the decoder are atrous separable (depthwise 3x3, BN,
+  ReLU, then 1x1, BN, ReLU), as in the paper.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 from keras import layers
@@ -26,7 +28,7 @@ from keras import layers
 from segops.core.labels import NUM_CLASSES
 from segops.models import NO_BACKBONE, NO_WEIGHTS, OUTPUT_STRIDES
 from segops.models.backbones import encode
-from segops.models.blocks import classifier_head, conv_bn_relu, normalize_input
+from segops.models.blocks import BN_MOMENTUM, classifier_head, conv_bn_relu, normalize_input
 from segops.models.layers import BilinearUpsampling, BroadcastLike
 
 ASPP_RATES_OS16 = (6, 12, 18)
@@ -39,10 +41,30 @@ def aspp_rates(output_stride: int) -> tuple[int, ...]:
     return tuple(r * 16 // output_stride for r in ASPP_RATES_OS16)
 
 
-def aspp(x: keras.KerasTensor, filters: int, rates: Sequence[int], dropout: float, name: str = "aspp"):
-    """Atrous spatial pyramid pooling: 1x1, 3x3 at each rate, image pooling; concat; 1x1."""
+def separable_conv_bn_relu(x: keras.KerasTensor, filters: int, dilation_rate: int = 1, *, name: str):
+    """The paper's atrous separable convolution: 3x3 depthwise (dilated) -> BN -> ReLU, then 1x1
+    -> BN -> ReLU; ~9x fewer multiply-adds than a 3x3 conv at 128+ channels."""
+    x = layers.DepthwiseConv2D(3, padding="same", dilation_rate=dilation_rate, use_bias=False,
+                               name=f"{name}_depthwise")(x)  # fmt: skip
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_depthwise_bn")(x)
+    x = layers.ReLU(name=f"{name}_depthwise_relu")(x)
+    return conv_bn_relu(x, filters, 1, name=name)
+
+
+def _conv3x3(separable: bool) -> Callable[..., keras.KerasTensor]:
+    if separable:
+        return separable_conv_bn_relu
+    return lambda x, filters, dilation_rate=1, *, name: conv_bn_relu(x, filters, 3, dilation_rate=dilation_rate,
+                                                                      name=name)  # fmt: skip
+
+
+def aspp(x: keras.KerasTensor, filters: int, rates: Sequence[int], dropout: float, name: str = "aspp",
+         separable: bool = False):  # fmt: skip
+    """Atrous spatial pyramid pooling: 1x1, 3x3 at each rate (separable: depthwise + 1x1), image
+    pooling; concat; 1x1."""
+    conv3x3 = _conv3x3(separable)
     branches = [conv_bn_relu(x, filters, 1, name=f"{name}_1x1")]
-    branches += [conv_bn_relu(x, filters, 3, dilation_rate=r, name=f"{name}_rate{r}") for r in rates]
+    branches += [conv3x3(x, filters, dilation_rate=r, name=f"{name}_rate{r}") for r in rates]
     pooled = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_image_pool")(x)
     pooled = conv_bn_relu(pooled, filters, 1, name=f"{name}_image")
     branches.append(BroadcastLike(name=f"{name}_image_broadcast")([pooled, x]))
@@ -75,10 +97,12 @@ def build_deeplabv3plus(
     base_filters: int = 32,
     aspp_filters: int | None = None,
     dropout: float = 0.0,
+    separable: bool = False,
     name: str = "deeplabv3plus",
 ) -> keras.Model:
     """DeepLabV3+. ``aspp_filters`` (default ``8 * base_filters``, the paper's 256 at 32) sets the
-    width of ASPP and the decoder."""
+    width of ASPP and the decoder; ``separable``: their 3x3 convolutions are atrous separable
+    (the paper's choice), which cuts the decoder's cost at stride 4 about 7x."""
     if output_stride not in OUTPUT_STRIDES:
         raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
     filters = aspp_filters or 8 * base_filters
@@ -87,12 +111,13 @@ def build_deeplabv3plus(
         features = scratch_encoder(normalize_input(inputs), base_filters, output_stride)
     else:
         features = encode(inputs, backbone, backbone_weights, output_stride)
-    x = aspp(features[32], filters, aspp_rates(output_stride), dropout)
+    x = aspp(features[32], filters, aspp_rates(output_stride), dropout, separable=separable)
 
     x = BilinearUpsampling(output_stride // LOW_LEVEL_STRIDE, name="aspp_up")(x)
     low = conv_bn_relu(features[LOW_LEVEL_STRIDE], LOW_LEVEL_FILTERS, 1, name="low_level")
     x = layers.Concatenate(name="decoder_concat")([x, low])
-    x = conv_bn_relu(x, filters, name="decoder_a")
-    x = conv_bn_relu(x, filters, name="decoder_b")
+    conv3x3 = _conv3x3(separable)
+    x = conv3x3(x, filters, name="decoder_a")
+    x = conv3x3(x, filters, name="decoder_b")
     logits = classifier_head(x, num_classes, upsample=BilinearUpsampling(LOW_LEVEL_STRIDE, name="upsample"))
     return keras.Model(inputs, logits, name=name)

