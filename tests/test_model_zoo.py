@@ -130,3 +130,9 @@ def test_options_left_unset_take_the_models_registry_defaults():
     assert ModelOptions(**{f.name: getattr(deeplab, f.name) for f in dataclasses.fields(deeplab)}) == deeplab
     with pytest.raises(OptionsError, match="need a --backbone"):
         ModelOptions(name="unet", backbone_weights="imagenet")
+    from segops.training.options import TrainOptions
+
+    def lr(**flat):
+        return TrainOptions.from_flat(prepared="p", out="o", **flat).optim.lr
+
+    assert (lr(model="deeplabv3plus"), lr(model="unet"), lr(model="deeplabv3plus", lr=1e-3)) == (5e-4, 2e-3, 1e-3)

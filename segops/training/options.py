@@ -104,6 +104,15 @@ MODEL_DEPENDENT_DEFAULTS = {"base_filters": 32, "backbone": NO_BACKBONE, "backbo
                             "separable": False}  # fmt: skip
 
 
+GENERAL_LR = 2e-3  # from scratch, Adam with warm-up (docs/train.md, "Recipe")
+
+
+def model_lr_text() -> str:
+    """``--lr``'s help text of its model-dependent default."""
+    special = [f"{name} {spec.lr:g}" for name, spec in REGISTRY.items() if spec.lr is not None]
+    return ", ".join([*special, f"others {GENERAL_LR:g}"])
+
+
 def model_default_text(option: str, general: Any) -> str:
     """``--help`` text of a model-dependent default: ``deeplabv3plus: 16, others 32``."""
     special = [f"{name} {spec.defaults[option]}" for name, spec in REGISTRY.items() if option in spec.defaults]
@@ -117,7 +126,8 @@ class ModelOptions:
     ``backbone_weights``: ``none``, ``imagenet`` or a weights file of the backbone;
     ``freeze_backbone_epochs``: the pretrained encoder is frozen for this many first epochs."""
 
-    name: str = field(default="fast_scnn", metadata=flag(
+    # DeepLabV3+ on ImageNet's MobileNetV2: the recipe that won on unseen scenes (docs/train.md, "Recipe")
+    name: str = field(default="deeplabv3plus", metadata=flag(
         f"Architecture. Crops must be multiples of its stride, times --input-downsample: {strides_text()}.",
         name="model", choices=MODEL_NAMES))
     depth: int = field(default=4, metadata=flag("U-Net levels.", low=1, high=8))  # U-Net / SegNet-Basic levels
@@ -236,7 +246,8 @@ class OptimOptions(LossHyperParameters):
     epochs: int = field(default=20, metadata=flag("Epochs to train.", low=1))
     steps_per_epoch: int | None = field(default=None, metadata=flag(
         "Default: training records // batch size.", low=1))
-    lr: float = field(default=2e-3, metadata=flag("Initial learning rate.", low=0, low_open=True))
+    lr: float | None = field(default=None, metadata=flag(  # None: the model's (TrainOptions resolves it)
+        f"Initial learning rate. Default: {model_lr_text()}.", low=0, low_open=True))
     optimizer: str = field(default="adam", metadata=flag("Adam, or SGD with momentum 0.9.", choices=OPTIMIZERS))
     lr_schedule: str = field(default="poly", metadata=flag(
         "poly: lr * (1 - step/total)^0.9, the usual segmentation schedule.", choices=LR_SCHEDULES))
@@ -276,7 +287,7 @@ class OptimOptions(LossHyperParameters):
             raise TrainError("--time-budget must be a positive number of minutes")
         if not 0 <= self.warmup < 1:
             raise TrainError("--warmup must be in [0, 1)")
-        if self.epochs < 1 or self.lr <= 0:
+        if self.epochs < 1 or (self.lr is not None and self.lr <= 0):
             raise TrainError(_COUNTS_MESSAGE)
         if self.class_weights not in CLASS_WEIGHT_CHOICES:
             raise TrainError(f"unknown class-weight scheme {self.class_weights!r}")
@@ -444,6 +455,9 @@ class TrainOptions(FlatOptions):
         "Export OUT/best and OUT/final at the end (--no-export: checkpoints and history only)."))
 
     def __post_init__(self) -> None:
+        if self.optim.lr is None:  # the model's default learning rate (ModelSpec.lr)
+            lr = get_spec(self.model.name).lr or GENERAL_LR
+            object.__setattr__(self, "optim", dataclasses.replace(self.optim, lr=lr))
         if self.precision not in PRECISIONS:
             raise TrainError(f"--precision must be one of {', '.join(PRECISIONS)}")
         if self.annotations.coarse_epochs and self.annotations.coarse_epochs >= self.optim.epochs:
