@@ -142,7 +142,7 @@ def _mobilenetv2_layers() -> list[tuple[str, str, str]]:
                                                ("2", "3", ("project", "project_BN"))):  # fmt: skip
             pairs += [(torch_block + conv, keras_block + conv_name, ""), (torch_block + bn, "", keras_block + bn_name)]
     pairs += [("features.18.0", "Conv_1", ""), ("features.18.1", "", "Conv_1_bn")]
-    return [(prefix, conv, bn) for prefix, conv, bn in pairs if conv or bn]
+    return pairs
 
 
 def load_torchvision_mobilenetv2(model: Any, state: dict[str, np.ndarray]) -> None:

@@ -11,7 +11,8 @@ where ``--resume`` compares it with the interrupted run's. Each field declares i
 flag in its metadata (:func:`~segops.core.options.flag`: help, range, choices; ``name="model"``
 where the flag name differs from the field's), :data:`~segops.core.options.NOT_ON_CLI` for a
 flat option without a flag, ``{FLAG: None}`` for a field outside the flat form. The module passes
-400 lines because those flags' help texts live here, on their fields (the command has none).
+400 lines because those flags' help texts live here, on their fields (the command has none), and
+the per-model defaults are resolved here (ModelOptions, TrainOptions), where every caller gets them.
 """
 
 from __future__ import annotations
