@@ -55,6 +55,8 @@ setup(
             # `make test` runs the suite on 2 processes (--dist loadfile: a module's fixtures are
             # built once): most tests are single-threaded Python (Beam's DirectRunner).
             "pytest-xdist>=3.6",
+            # both workers share one tiny demo run (tests/test_demo.py): the second waits for the first
+            "filelock>=3.12",
             "duckdb>=1.1",  # tests read the results table the way docs/scheduled.md shows
             "pandas>=2",
             "cityscapesscripts==2.3.0",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
 import re
 import shlex
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from filelock import FileLock
 
 from segops.cli import cli
 
@@ -30,18 +32,32 @@ def run_demo(run_dir: Path, extra: list[str] | None = None) -> str:
     return result.output
 
 
-def tiny_demo(base: Path) -> tuple[Path, str]:
-    """(RUN_DIR, what the first `segops demo` printed), made once per session under ``base``."""
+def tiny_demo(factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(RUN_DIR, what the first `segops demo` printed), made once per session and shared by the
+    xdist workers (test_demo and test_report run on different ones): the first to ask makes it, the
+    other waits on the lock. Tests only read it; one that reruns the demo works on a copy."""
+    base = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's directory, above each worker's own
     run_dir = base / "tiny-demo"
     log = base / "tiny-demo.out"
-    if not log.exists():
-        log.write_text(run_demo(run_dir))
+    with FileLock(str(base / "tiny-demo.lock")):
+        if not log.exists():
+            log.write_text(run_demo(run_dir))
     return run_dir, log.read_text()
 
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> tuple[Path, str]:
-    return tiny_demo(tmp_path_factory.getbasetemp())
+    return tiny_demo(tmp_path_factory)
+
+
+def copy_run(run_dir: Path, copy: Path) -> dict:
+    """A copy of the shared run at ``copy`` with demo.json's paths moved along; its state."""
+    shutil.copytree(run_dir, copy)
+    state = json.loads((copy / "demo.json").read_text().replace(str(run_dir), str(copy)))
+    (copy / "demo.json").write_text(json.dumps(state))
+    return state
 
 
 def printed_commands(output: str) -> dict[str, list[str]]:
@@ -102,15 +118,15 @@ def test_printed_synth_prepare_infer_commands_alone_give_the_same_result(demo_ru
     assert a == b
 
 
-def test_a_rerun_reuses_finished_stages(demo_run):
-    run_dir, _ = demo_run
-    state = (run_dir / "demo.json").read_text()
+def test_a_rerun_reuses_finished_stages(demo_run, tmp_path):
+    run_dir = tmp_path / "run"
+    state = copy_run(demo_run[0], run_dir)  # the rerun rewrites the report, which test_report reads
     mtime = (run_dir / "model" / "model.json").stat().st_mtime_ns
     out = run_demo(run_dir)
     for stage in ("synth", "prepare", "train", "infer"):
         assert re.search(rf"\[\d/5\] {stage}: .*\nreusing ", out), stage
     assert "--- report took" in out  # the report is always rewritten (cheap)
-    assert (run_dir / "demo.json").read_text() == state
+    assert json.loads((run_dir / "demo.json").read_text()) == state
     assert (run_dir / "model" / "model.json").stat().st_mtime_ns == mtime
 
 
@@ -136,12 +152,11 @@ def test_an_interrupted_training_is_continued(demo_run, tmp_path):
     """Only the checkpoints of epoch 1 survive (killed during epoch 2): the rerun resumes."""
     run_dir, _ = demo_run
     copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
+    state = copy_run(run_dir, copy)
     shutil.rmtree(copy / "model")
     shutil.rmtree(copy / "infer")
     shutil.rmtree(copy / "report")
     # demo.json as the killed demo left it: train started, not done; nothing after it
-    state = json.loads((copy / "demo.json").read_text().replace(str(run_dir), str(copy)))
     state["stages"] = {k: v for k, v in state["stages"].items() if k in ("synth", "prepare", "train")}
     state["stages"]["train"]["done"] = False
     (copy / "demo.json").write_text(json.dumps(state))

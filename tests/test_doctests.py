@@ -16,6 +16,7 @@ MODULES = (
     "segops.inference.rows",  # metrics_row
     "segops.training.budget",  # plan_budget
     "segops.training.losses.spec",  # parse_loss
+    "segops.inference.prior",  # prior_factors, PriorCorrected
 )
 
 

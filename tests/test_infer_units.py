@@ -15,6 +15,7 @@ from segops.inference.discovery import WorkItem, discover_inputs
 from segops.inference.model import SegmentationModelHandler, ServingModel
 from segops.inference.options import InferOptions, PredictOptions
 from segops.inference.probabilities import TOP_K, TopK
+from segops.inference.sources import open_source
 from segops.inference.sources.tf_models import SegopsExport
 from segops.inference.stage_values import ImageExample
 from segops.inference.tiling import (
@@ -113,6 +114,35 @@ def test_model_handler_runs_a_mixed_size_batch_in_order(tmp_path, serving_model)
     assert handler.run_inference([], serving_model) == []
     assert handler.get_num_bytes(batch) == sum(ex.rgb.nbytes for ex in batch)
     assert SegmentationModelHandler(source, PredictOptions(share_model_across_processes=True)).share_model_across_processes()
+
+
+def test_prior_correction_divides_out_the_recorded_class_weights(tmp_path):
+    """The handler's model is the export's probabilities times w ** -alpha, renormalised (numpy
+    oracle); alpha 0, or an export without recorded weights: the export's own probabilities."""
+    weights = np.linspace(1.0, 30.0, labels.NUM_CLASSES)
+    weights[3] = 0.0  # a class absent from training: it takes the heaviest class's factor
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(8, 1, activation="relu")(keras.layers.Rescaling(1 / 255.0)(inp))
+    model = keras.Model(inp, keras.layers.Conv2D(labels.NUM_CLASSES, 1)(x))
+    for name, training in (("plain", {}), ("weighted", {"class_weights": weights.tolist()})):
+        info = export_dir.ModelInfo("pixel", labels.NUM_CLASSES, (32, 32), 16, training=training)
+        export_dir.export_model(model, str(tmp_path / name), info)
+    rgb = np.random.default_rng(4).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    batch = [ImageExample(WorkItem("/x/a.png", "a.png"), rgb, None)]
+    raw = ServingModel(str(tmp_path / "plain")).predict(rgb[None])[0]
+    factors = np.where(weights > 0, weights, weights.max()) ** -0.5
+    expected = raw * factors / (raw * factors).sum(-1, keepdims=True)
+
+    def probabilities_of(name: str, alpha: float) -> np.ndarray:
+        handler = SegmentationModelHandler(open_source(str(tmp_path / name)), PredictOptions(prior_correction=alpha))
+        return next(iter(handler.run_inference(batch, handler.load_model()))).probabilities
+
+    corrected = probabilities_of("weighted", 0.5)
+    np.testing.assert_allclose(corrected, expected, atol=1e-5)
+    assert (corrected.argmax(-1) != raw.argmax(-1)).any()  # it changes labels on this model
+    np.testing.assert_allclose(probabilities_of("weighted", 0.0), raw, atol=1e-5)
+    np.testing.assert_allclose(probabilities_of("plain", 0.5), raw, atol=1e-5)
 
 
 def _touch(path, data: bytes = b"x") -> None:

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory) -> Path:
     """RUN_DIR/{data,prepared,model,infer,report} made by the real stages (shared with test_demo)."""
-    return tiny_demo(tmp_path_factory.getbasetemp())[0]
+    return tiny_demo(tmp_path_factory)[0]
 
 
 class Page(HTMLParser):

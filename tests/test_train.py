@@ -87,6 +87,9 @@ def test_outputs_history_and_exports(prepared, tmp_path):
     export_dir.check_compatible(info)
     assert info.architecture == "unet" and info.stride == 4 and info.input_size == (16, 32)
     assert info.training["loss"] == "ce+dice" and info.training["hparams"]["depth"] == 2
+    # the weights it trained with, for `segops infer --prior-correction`
+    recorded = json.loads((Path(prepared) / "class_weights.json").read_text())["schemes"][info.training["class_weight_scheme"]]
+    assert info.training["class_weights"] == pytest.approx(recorded)
     assert info.metrics["val_mean_iou"] == pytest.approx(result.best_val_mean_iou)
     assert set(info.metrics["val_iou_per_class"]) == set(labels.CLASS_NAMES)
     images = np.random.default_rng(0).integers(0, 256, (1, 16, 32, 3), dtype=np.uint8)

@@ -56,6 +56,20 @@ def test_all_schemes_named_finite_and_empty_stats_give_zeros():
     assert all(v == [0.0] * NUM_CLASSES for v in empty.values())
 
 
+@pytest.mark.parametrize(("power", "expected"), [(1.0, [4.0, 9.0, 0.0]), (0.5, [2.0, 3.0, 0.0]), (0.0, [1.0, 1.0, 0.0])])
+def test_class_weight_power_tempers_the_weights_and_keeps_absent_classes_at_zero(power, expected):
+    from types import SimpleNamespace
+
+    from segops.training.options import TrainOptions
+    from segops.training.prepared import resolve_class_weights
+
+    weights = [4.0, 9.0, 0.0] + [1.0] * (NUM_CLASSES - 3)
+    data = SimpleNamespace(class_weights={"schemes": {"enet": weights}}, label_set=SimpleNamespace(num_classes=NUM_CLASSES))
+    opts = TrainOptions.from_flat(prepared="p", out="o", class_weights="enet", class_weight_power=power)
+    scheme, got = resolve_class_weights(opts, data)  # type: ignore[arg-type]
+    assert scheme == "enet" and got[:3] == pytest.approx(expected) and got[3:] == [1.0] * (NUM_CLASSES - 3)
+
+
 def test_class_weight_lut_maps_ignore_to_zero():
     lut = CW.class_weight_lut(np.arange(1, NUM_CLASSES + 1))
     assert lut[0] == 1 and lut[18] == 19 and lut[IGNORE_ID] == 0 and lut[19] == 0

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
+from segops.inference import prior
 from segops.inference.options import PredictOptions
 from segops.inference.sources import ModelSource, open_source
 from segops.inference.sources.tf_models import ServingModel
@@ -46,7 +47,8 @@ class SegmentationModelHandler(ModelHandler):
         self._options = options
 
     def load_model(self) -> Any:
-        return self._source.load(self._options.tf_threads)
+        model = self._source.load(self._options.tf_threads)
+        return prior.corrected(model, self._source.info.training, self._options.prior_correction)
 
     def run_inference(
         self, batch: Sequence[ImageExample], model: Any, inference_args: dict[str, Any] | None = None
@@ -84,7 +86,7 @@ class Predictor:
                 source = open_source(candidate)
                 if source.info.model_id == model_id:
                     self.stride = source.info.stride
-                    self.model = source.load()
+                    self.model = prior.corrected(source.load(), source.info.training, options.prior_correction)
                     return
         self.reason = f"model {model_id} not found in {', '.join(candidates) or 'no model directory'}"
 

@@ -79,10 +79,12 @@ JSON_KEYS = (
     "steps_per_epoch", "train_split", "val_split", "shuffle_buffer", "cycle_length", "data_threads", "verbose",
     "export", "focal_gamma", "ohem_fraction", "ohem_threshold", "coarse_ratio", "coarse_epochs", "coarse_splits",
     "backbone", "backbone_weights", "output_stride", "freeze_backbone_epochs", "input_downsample",
-    "time_budget", "warmup", "eager", "separable",
+    "time_budget", "warmup", "eager", "separable", "class_weight_power",
+    "brightness", "contrast", "saturation",
 )  # fmt: skip
 # The value a run recorded before an option existed used (--resume fills the missing key with it).
-RECORDED_BEFORE = {"separable": False}
+RECORDED_BEFORE = {"separable": False, "class_weight_power": 1.0, "brightness": 0.125, "contrast": 0.25,
+                   "saturation": 0.25}
 # Hyper-parameters of loss terms registered since, after them (a run recorded without one used its default).
 JSON_KEYS += tuple(hp.name for hp in LOSS_HPARAMS if hp.name not in JSON_KEYS)
 # Options that may differ on --resume without changing the result of the remaining epochs
@@ -263,6 +265,11 @@ class OptimOptions(LossHyperParameters):
     class_weights: str = field(default="enet", metadata=flag(
         "Per-class CE weights from PREPARED/class_weights.json ('default': its default_scheme).",
         choices=CLASS_WEIGHT_CHOICES))
+    # Weighted CE shifts every uncertain pixel towards the heavier classes by log(weight): on scenes
+    # the model never saw, ENet's full weights over-predict car, fence and sidewalk (docs/train.md).
+    class_weight_power: float = field(default=1.0, metadata=flag(
+        "Raise each class weight to this power: 1 as computed, 0.5 their square root (milder), 0 unweighted.",
+        low=0, metavar="P"))
     early_stopping: int | None = field(default=None, metadata=flag(
         "Stop after PATIENCE epochs without a better val mIoU.", low=1, metavar="PATIENCE"))
     time_budget: float | None = field(default=None, metadata=flag(
@@ -292,6 +299,8 @@ class OptimOptions(LossHyperParameters):
             raise TrainError(_COUNTS_MESSAGE)
         if self.class_weights not in CLASS_WEIGHT_CHOICES:
             raise TrainError(f"unknown class-weight scheme {self.class_weights!r}")
+        if not 0 <= self.class_weight_power < float("inf"):
+            raise TrainError("--class-weight-power must be a number >= 0")
 
     @property
     def loss_hparams(self) -> dict[str, Any]:
@@ -324,9 +333,12 @@ class AugmentConfig:
         "Random scale MIN,MAX applied before the crop (1,1 disables).", text=RANGE_TEXT))
     flip: bool = field(default=True, metadata=flag("Random horizontal flips."))
     jitter: bool = field(default=True, metadata=flag("Random brightness, contrast and saturation."))
-    brightness: float = field(default=0.125, metadata={FLAG: None})
-    contrast: float = field(default=0.25, metadata={FLAG: None})
-    saturation: float = field(default=0.25, metadata={FLAG: None})
+    brightness: float = field(default=0.125, metadata=flag(
+        "Jitter: brightness shift drawn in +-B x 255.", low=0, high=1, metavar="B"))
+    contrast: float = field(default=0.25, metadata=flag(
+        "Jitter: contrast factor drawn in 1 +- C around the mean luma.", low=0, high=1, high_open=True, metavar="C"))
+    saturation: float = field(default=0.25, metadata=flag(
+        "Jitter: saturation factor drawn in 1 +- S.", low=0, high=1, high_open=True, metavar="S"))
 
     def __post_init__(self) -> None:
         h, w = self.crop or (1, 1)
@@ -335,6 +347,8 @@ class AugmentConfig:
         lo, hi = self.scale_range
         if not 0 < lo <= hi:
             raise TrainError(f"--scale-range {lo},{hi}: need 0 < min <= max")
+        if not (0 <= self.brightness <= 1 and 0 <= self.contrast < 1 and 0 <= self.saturation < 1):
+            raise TrainError("--brightness must be in [0, 1], --contrast and --saturation in [0, 1)")
 
     def resolved(self, image_size: tuple[int, int], stride: int) -> AugmentConfig:
         """This config with an "auto" crop made concrete (:func:`auto_crop`)."""

@@ -154,7 +154,9 @@ def resolve_class_weights(opts: TrainOptions, data: PreparedData) -> tuple[str, 
     num_classes = data.label_set.num_classes
     if not isinstance(weights, list) or len(weights) != num_classes:
         raise TrainError(f"{layout.CLASS_WEIGHTS_FILE} has no {num_classes}-value scheme {scheme!r}")
-    return scheme, [float(w) for w in weights]
+    power = opts.optim.class_weight_power
+    # a class absent from the training split keeps weight 0 (0 ** 0 would make it 1)
+    return scheme, [float(w) ** power if w > 0 else 0.0 for w in weights]
 
 
 def first_image_size(files: list[str]) -> tuple[int, int] | None:

@@ -44,6 +44,8 @@ def export_run(opts: TrainOptions, plan: Plan, model: Any, result: TrainResult) 
         **run.recorded_options,
         "precision_used": plan.precision,
         "class_weight_scheme": plan.scheme,
+        # the weights themselves: `segops infer --prior-correction` divides them back out
+        "class_weights": plan.class_weights,
         "steps_per_epoch": plan.steps,
         "crop_used": list(opts.augment.crop),
         "hparams": opts.model.hparams(),
