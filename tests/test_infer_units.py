@@ -145,6 +145,16 @@ def test_prior_correction_divides_out_the_recorded_class_weights(tmp_path):
     np.testing.assert_allclose(probabilities_of("plain", 0.5), raw, atol=1e-5)
 
 
+def test_recorded_predict_options_are_read_back_and_missing_ones_take_todays_defaults():
+    """The report's gallery rebuilds a run's predictions from its manifest: a run made with
+    --prior-correction and --tta is reproduced with them; a manifest from before an option
+    existed reads that option's default (the prior correction off: what such a run did)."""
+    recorded = {"predict": {"prior_correction": 0.5, "tta": "flip", "tile": [64, 96], "not_an_option": 1}}
+    assert PredictOptions.from_record(recorded) == PredictOptions(prior_correction=0.5, tta="flip", tile=(64, 96))
+    assert PredictOptions.from_record({"predict": {"batch_size": 3}}).prior_correction == 0.0
+    assert PredictOptions.from_record(None) == PredictOptions()
+
+
 def _touch(path, data: bytes = b"x") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
