@@ -43,7 +43,8 @@ def prior_factors(training: Mapping[str, Any], alpha: float) -> np.ndarray | Non
     present = w > 0
     if not present.any() or np.ptp(w[present]) == 0:
         return None
-    factors = np.where(present, np.where(present, w, 1.0) ** -alpha, 0.0)
+    factors = np.empty_like(w)
+    factors[present] = w[present] ** -alpha
     factors[~present] = factors[present].min()
     return (factors / factors.max()).astype(np.float32)
 

@@ -82,9 +82,9 @@ JSON_KEYS = (
     "time_budget", "warmup", "eager", "separable", "class_weight_power",
     "brightness", "contrast", "saturation",
 )  # fmt: skip
-# The value a run recorded before an option existed used (--resume fills the missing key with it).
-RECORDED_BEFORE = {"separable": False, "class_weight_power": 1.0, "brightness": 0.125, "contrast": 0.25,
-                   "saturation": 0.25}
+# The value a run recorded before an option existed used, where that is not today's default
+# (--resume fills a missing key with it, else with the default).
+RECORDED_BEFORE = {"separable": False}
 # Hyper-parameters of loss terms registered since, after them (a run recorded without one used its default).
 JSON_KEYS += tuple(hp.name for hp in LOSS_HPARAMS if hp.name not in JSON_KEYS)
 # Options that may differ on --resume without changing the result of the remaining epochs
