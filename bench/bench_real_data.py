@@ -52,14 +52,18 @@ CONFIGS: dict[str, list[str]] = {
                             "--base-filters", "16", "--no-separable", "--lr", "2e-3"],
     "deeplab_mobilenetv2_256": ["--model", "deeplabv3plus", "--backbone", "mobilenetv2", "--backbone-weights",
                                 "imagenet", "--base-filters", "32"],
-    # = the defaults since 2026-12-07 (ModelSpec.defaults and lr of deeplabv3plus)
+    # = the defaults of 2026-12-07 (ModelSpec.defaults and lr of deeplabv3plus) but batch 8
     "deeplab_mobilenetv2_separable": ["--model", "deeplabv3plus", "--backbone", "mobilenetv2", "--backbone-weights",
-                                      "imagenet", "--base-filters", "16", "--separable", "--lr", "5e-4"],
+                                      "imagenet", "--base-filters", "16", "--separable", "--lr", "5e-4",
+                                      "--batch-size", "8"],
     # tried on the defaults (2026-12-07): the square root of the class weights, mmseg's PhotoMetricDistortion
     # contrast and saturation, and the ASPP dropout of DeepLab's own implementation
     "milder_class_weights": ["--class-weight-power", "0.5"],
     "mmseg_photometric": ["--contrast", "0.5", "--saturation", "0.5"],
     "aspp_dropout": ["--dropout", "0.1"],
+    # the batch size at the same budget (default 2 since 2026-12-07, ModelSpec.batch_size; 8 above)
+    "batch_4": ["--batch-size", "4"],
+    "batch_1": ["--batch-size", "1"],
     # the defaults before ImageNet weights (2026-12-07)
     "fast_scnn_scratch": ["--model", "fast_scnn", "--base-filters", "32"],
 }  # fmt: skip

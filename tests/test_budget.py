@@ -123,13 +123,6 @@ def test_auto_crop_is_the_image_size_capped_and_rounded_to_the_stride():
     assert auto_crop((20, 20), 32) == (32, 32)  # never below one stride (padded with ignore)
 
 
-def test_auto_crop_comes_from_the_prepared_records_and_is_recorded(prepared, tmp_path):
-    opts = {k: v for k, v in TINY.items() if k != "crop"}
-    train(TrainOptions.from_flat(prepared=prepared, out=str(tmp_path / "run"), epochs=1, **opts))
-    training = json.loads((tmp_path / "run/model.json").read_text())["training"]
-    assert training["crop"] is None and training["crop_used"] == [16, 32]
-
-
 class _Clock:
     def __init__(self) -> None:
         self.now = 0.0

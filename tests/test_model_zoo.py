@@ -136,3 +136,10 @@ def test_options_left_unset_take_the_models_registry_defaults():
         return TrainOptions.from_flat(prepared="p", out="o", **flat).optim.lr
 
     assert (lr(model="deeplabv3plus"), lr(model="unet"), lr(model="deeplabv3plus", lr=1e-3)) == (5e-4, 2e-3, 1e-3)
+
+    def batch(**flat):
+        opts = TrainOptions.from_flat(prepared="p", out="o", **flat)
+        return opts.data.batch_size, opts.to_json()["batch_size"]  # resolved, and recorded as resolved
+
+    assert batch(model="deeplabv3plus") == (REGISTRY["deeplabv3plus"].batch_size, REGISTRY["deeplabv3plus"].batch_size)
+    assert (batch(model="unet"), batch(model="deeplabv3plus", batch_size=8)) == ((8, 8), (8, 8))

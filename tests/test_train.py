@@ -67,8 +67,10 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(prepared, tmp_path):
 
 def test_outputs_history_and_exports(prepared, tmp_path):
     out = tmp_path / "run"
-    # mixed_float16 on purpose: the exports must still be float32 models.
-    opts = TrainOptions.from_flat(prepared=prepared, out=str(out), epochs=2, loss="ce+dice", precision="mixed_float16", **TINY)
+    # mixed_float16 on purpose: the exports must still be float32 models. No --crop: the auto crop
+    # comes from the prepared records (16x32, already a multiple of U-Net's stride 4) and is recorded.
+    tiny = {k: v for k, v in TINY.items() if k != "crop"}
+    opts = TrainOptions.from_flat(prepared=prepared, out=str(out), epochs=2, loss="ce+dice", precision="mixed_float16", **tiny)
     result = train(opts)
     assert keras.config.dtype_policy().name == "float32"  # the global policy was restored
     history = json.loads((out / "history.json").read_text())
@@ -87,6 +89,7 @@ def test_outputs_history_and_exports(prepared, tmp_path):
     export_dir.check_compatible(info)
     assert info.architecture == "unet" and info.stride == 4 and info.input_size == (16, 32)
     assert info.training["loss"] == "ce+dice" and info.training["hparams"]["depth"] == 2
+    assert info.training["crop"] is None and info.training["crop_used"] == [16, 32]  # given as auto, used as read
     # the weights it trained with, for `segops infer --prior-correction`
     recorded = json.loads((Path(prepared) / "class_weights.json").read_text())["schemes"][info.training["class_weight_scheme"]]
     assert info.training["class_weights"] == pytest.approx(recorded)
