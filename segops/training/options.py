@@ -368,7 +368,8 @@ class PipelineConfig:
     """What training reads and how: splits, batch sizes, and the tf.data reading parameters."""
 
     # None: the model's (TrainOptions resolves it). Smaller batches are more updates in the same
-    # CPU time: on unseen CamVid scenes 0.453 / 0.468 / 0.498 at 8 / 4 / 2 (docs/train.md, "Recipe").
+    # CPU time: on unseen CamVid scenes 0.453 / 0.468 / 0.498 (a second run: 0.466) at 8 / 4 / 2
+    # with the CRF; at 1 BatchNorm's statistics fail (docs/train.md, "Recipe").
     batch_size: int | None = field(default=None, metadata=flag(
         "Global batch size (split over GPUs / workers). Default: "
         f"{model_training_default_text('batch_size', GENERAL_BATCH_SIZE)}.", low=1))
