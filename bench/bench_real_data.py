@@ -64,6 +64,12 @@ CONFIGS: dict[str, list[str]] = {
     # the batch size at the same budget (default 2 since 2026-12-07, ModelSpec.batch_size; 8 above)
     "batch_4": ["--batch-size", "4"],
     "batch_1": ["--batch-size", "1"],
+    # the pretrained encoder's BatchNorm frozen at ImageNet's statistics (small-batch fine-tuning)
+    "frozen_encoder_bn": ["--freeze-encoder-bn"],
+    # Adam's square-root scaling rule from batch 8 to 2: half the lr
+    "lr_sqrt_scaled": ["--lr", "2.5e-4"],
+    # a soft-Dice term beside the weighted CE (an overlap loss, for the rare classes)
+    "ce_dice": ["--loss", "ce+dice"],
     # the defaults before ImageNet weights (2026-12-07)
     "fast_scnn_scratch": ["--model", "fast_scnn", "--base-filters", "32"],
 }  # fmt: skip

@@ -143,3 +143,46 @@ def test_options_left_unset_take_the_models_registry_defaults():
 
     assert batch(model="deeplabv3plus") == (REGISTRY["deeplabv3plus"].batch_size, REGISTRY["deeplabv3plus"].batch_size)
     assert (batch(model="unet"), batch(model="deeplabv3plus", batch_size=8)) == ((8, 8), (8, 8))
+
+    def loss(**flat):
+        opts = TrainOptions.from_flat(prepared="p", out="o", **flat)
+        return opts.optim.loss, opts.to_json()["loss"]
+
+    assert loss(model="deeplabv3plus") == (REGISTRY["deeplabv3plus"].loss, REGISTRY["deeplabv3plus"].loss)
+    assert (loss(model="unet"), loss(model="deeplabv3plus", loss=" CE ")) == (("ce", "ce"), ("ce", "ce"))
+
+
+def test_a_frozen_encoder_batch_norm_keeps_its_statistics_while_the_rest_trains():
+    """--freeze-encoder-bn: after training steps the encoder's BatchNorm moving statistics, scale
+    and offset are the ones it was built with, while its convolutions and the decoder's BatchNorm
+    statistics moved; set_encoder_trainable keeps them frozen when it (un)freezes the encoder."""
+    from segops.training.loop import set_encoder_trainable
+
+    assert ModelOptions(name="deeplabv3plus", freeze_encoder_bn=True).freeze_encoder_bn
+    assert not ModelOptions(name="unet", backbone="mobilenetv2").freeze_encoder_bn  # the general default
+    with pytest.raises(OptionsError, match="need a --backbone"):
+        ModelOptions(name="deeplabv3plus", backbone="none", freeze_encoder_bn=True)
+    keras.utils.set_random_seed(3)
+    model = ModelOptions(name="deeplabv3plus", backbone_weights="none", base_filters=2,
+                         freeze_encoder_bn=True).build(num_classes=3)  # fmt: skip
+    set_encoder_trainable(model, False, freeze_bn=True)
+    set_encoder_trainable(model, True, freeze_bn=True)  # the end of --freeze-backbone-epochs
+    encoder = model.get_layer("backbone")
+    encoder_bn = [layer for layer in encoder.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    decoder_bn = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert encoder_bn and decoder_bn and not any(layer.trainable for layer in encoder_bn)
+    convs = [layer for layer in encoder.layers if isinstance(layer, keras.layers.Conv2D)]
+
+    def snapshot(layers):
+        return [w.copy() for layer in layers for w in layer.get_weights()]
+
+    bn_before, decoder_before, convs_before = snapshot(encoder_bn), snapshot(decoder_bn), snapshot(convs)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+    rng = np.random.default_rng(0)
+    model.fit(rng.uniform(0, 255, (4, 64, 64, 3)).astype("float32"), rng.integers(0, 3, (4, 64, 64)),
+              batch_size=2, epochs=1, verbose=0)  # fmt: skip
+    for before, after in zip(bn_before, snapshot(encoder_bn), strict=True):
+        np.testing.assert_array_equal(before, after)
+    assert any(not np.array_equal(b, a) for b, a in zip(decoder_before, snapshot(decoder_bn), strict=True))
+    assert any(not np.array_equal(b, a) for b, a in zip(convs_before, snapshot(convs), strict=True))

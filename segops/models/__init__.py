@@ -69,8 +69,9 @@ class ModelSpec:
     ``tiny``: the smallest hyper-parameters that build it, with which
     tests/test_model_conformance.py checks every entry; ``defaults``: the values of its
     hyper-parameters where the user gives none and they differ from training's general defaults
-    (segops.training.options.ModelOptions resolves them); ``lr`` and ``batch_size``: likewise its
-    default ``--lr`` and ``--batch-size`` (segops.training.options.TrainOptions resolves them)."""
+    (segops.training.options.ModelOptions resolves them); ``lr``, ``batch_size`` and ``loss``:
+    likewise its default ``--lr``, ``--batch-size`` and ``--loss`` (segops.training.options.TrainOptions
+    resolves them)."""
 
     name: str
     builder: str  # "module:function", imported on first use (it imports Keras)
@@ -83,6 +84,7 @@ class ModelSpec:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     lr: float | None = None  # its default --lr where it differs from training's general one
     batch_size: int | None = None  # its default --batch-size where it differs from training's general one
+    loss: str | None = None  # its default --loss where it differs from training's general one
 
     def __post_init__(self) -> None:
         for kind, given in (("tiny", self.tiny), ("default", self.defaults)):
@@ -140,7 +142,7 @@ REGISTRY: dict[str, ModelSpec] = {
                   tiny={"base_filters": 2, "output_stride": 8, "backbone": NO_BACKBONE},
                   # the default network: ImageNet's MobileNetV2 (docs/train.md, "Recipe on unseen scenes")
                   defaults={"backbone": "mobilenetv2", "backbone_weights": IMAGENET, "base_filters": 16,
-                            "separable": True}, lr=5e-4, batch_size=2),
+                            "separable": True}, lr=5e-4, batch_size=2, loss="ce+dice"),
         ModelSpec("ddrnet23_slim", "segops.models.ddrnet:build_ddrnet", realtime_stride, ("base_filters", "dropout"),
                   "base_filters (the paper's planes: 32 slim, 64 DDRNet-23), dropout",
                   stride_rule="its 1/8 head; the 1/64 branch joins at any size", tiny={"base_filters": 4}),

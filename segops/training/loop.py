@@ -166,19 +166,28 @@ def load_or_build_model(opts: TrainOptions, plan: Plan) -> Any:
         if opts.xla is not None and opts.xla != bool(model.jit_compile):
             model.jit_compile = opts.xla
         # A checkpoint of epoch e <= N was saved frozen (with an optimizer over the other weights).
-        set_encoder_trainable(model, plan.initial_epoch > opts.model.freeze_backbone_epochs)
+        set_encoder_trainable(model, plan.initial_epoch > opts.model.freeze_backbone_epochs,
+                              opts.model.freeze_encoder_bn)
         return model
     model = opts.model.build(num_classes=plan.data.label_set.num_classes)
-    set_encoder_trainable(model, opts.model.freeze_backbone_epochs == 0)
+    set_encoder_trainable(model, opts.model.freeze_backbone_epochs == 0, opts.model.freeze_encoder_bn)
     compile_model(model, opts, plan.class_weights, plan.steps, plan.lr_total_steps)
     return model
 
 
-def set_encoder_trainable(model: Any, trainable: bool) -> None:
+def set_encoder_trainable(model: Any, trainable: bool, freeze_bn: bool = False) -> None:
+    """Make the pretrained encoder trainable or not; ``freeze_bn``: its BatchNorm layers stay
+    frozen either way (Keras runs a BatchNorm layer with ``trainable=False`` in inference mode)."""
+    import keras
+
     from segops.models import encoder_layers
 
     for layer in encoder_layers(model):
-        layer.trainable = trainable
+        layer.trainable = trainable  # recursive: this also unfreezes its BatchNorm layers
+        if freeze_bn:
+            for inner in (layer, *getattr(layer, "layers", ())):  # the backbone's are one functional level
+                if isinstance(inner, keras.layers.BatchNormalization):
+                    inner.trainable = False
 
 
 def unfreeze_encoder(model: Any, opts: TrainOptions, plan: Plan) -> None:
@@ -187,7 +196,7 @@ def unfreeze_encoder(model: Any, opts: TrainOptions, plan: Plan) -> None:
     import keras
 
     iterations = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-    set_encoder_trainable(model, True)
+    set_encoder_trainable(model, True, opts.model.freeze_encoder_bn)
     compile_model(model, opts, plan.class_weights, plan.steps, plan.lr_total_steps)
     model.optimizer.build(model.trainable_variables)
     model.optimizer.iterations.assign(iterations)
@@ -213,6 +222,7 @@ def budget_plan(opts: TrainOptions, data: PreparedData, class_weights: list[floa
     keras.utils.set_random_seed(opts.seed)
     with dtype_policy(resolve_precision(opts.precision)), strategy.scope():
         model = opts.model.build(num_classes=data.label_set.num_classes)
+        set_encoder_trainable(model, opts.model.freeze_backbone_epochs == 0, opts.model.freeze_encoder_bn)
         compile_model(model, probe_opts, class_weights, PROBE_STEPS)
         train_ds = ip.train_dataset(data.train_files, opts.augment, opts.data, seed=opts.seed,
                                     steps_per_epoch=PROBE_STEPS, initial_epoch=0, epochs=1, num_records=records,

@@ -80,7 +80,7 @@ JSON_KEYS = (
     "export", "focal_gamma", "ohem_fraction", "ohem_threshold", "coarse_ratio", "coarse_epochs", "coarse_splits",
     "backbone", "backbone_weights", "output_stride", "freeze_backbone_epochs", "input_downsample",
     "time_budget", "warmup", "eager", "separable", "class_weight_power",
-    "brightness", "contrast", "saturation",
+    "brightness", "contrast", "saturation", "freeze_encoder_bn",
 )  # fmt: skip
 # The value a run recorded before an option existed used, where that is not today's default
 # (--resume fills a missing key with it, else with the default).
@@ -104,19 +104,25 @@ class TrainError(OptionsError):
 # options whose default depends on --model (ModelSpec.defaults), with the value every other model uses;
 # resolved in field order (backbone before backbone_weights)
 MODEL_DEPENDENT_DEFAULTS = {"base_filters": 32, "backbone": NO_BACKBONE, "backbone_weights": NO_WEIGHTS,
-                            "separable": False}  # fmt: skip
+                            "separable": False, "freeze_encoder_bn": False}  # fmt: skip
+# Follow the model's registry default only with the model's own backbone (else the general one).
+BACKBONE_DEPENDENT_DEFAULTS = ("backbone_weights", "freeze_encoder_bn")
 
 
 GENERAL_LR = 2e-3  # from scratch, Adam with warm-up (docs/train.md, "Recipe")
 GENERAL_BATCH_SIZE = 8
+GENERAL_LOSS = "ce"
 
 
 def model_training_default_text(option: str, general: Any) -> str:
     """``--help`` text of a training option's model-dependent default (a ``ModelSpec`` attribute):
     ``deeplabv3plus 0.0005, others 0.002``."""
-    special = [f"{name} {getattr(spec, option):g}" for name, spec in REGISTRY.items()
+    def text(value: Any) -> str:
+        return value if isinstance(value, str) else f"{value:g}"
+
+    special = [f"{name} {text(getattr(spec, option))}" for name, spec in REGISTRY.items()
                if getattr(spec, option) is not None]  # fmt: skip
-    return ", ".join([*special, f"others {general:g}"])
+    return ", ".join([*special, f"others {text(general)}"])
 
 
 def model_default_text(option: str, general: Any) -> str:
@@ -159,6 +165,11 @@ class ModelOptions:
         f"decoder). Default: {model_default_text('separable', False)}."))
     freeze_backbone_epochs: int = field(default=0, metadata=flag(
         "Train with the pretrained encoder frozen for this many first epochs, then fine-tune it.", low=0))
+    # None: the model's default (registry), for its own backbone
+    freeze_encoder_bn: bool | None = field(default=None, metadata=flag(
+        "Keep the pretrained encoder's BatchNorm layers frozen (ImageNet statistics, scale and offset; "
+        "inference mode in training too), as DeepLab and Detectron do for small batches. Default: "
+        f"{model_default_text('freeze_encoder_bn', False)}."))
     # run the network on images average-pooled by this factor
     input_downsample: int = field(default=1, metadata=flag(
         "Run the network on images average-pooled by this factor (its logits upsampled back): factor**2 fewer "
@@ -190,7 +201,7 @@ class ModelOptions:
             if getattr(self, option) is not None:
                 continue
             value = model_defaults.get(option, general)
-            if option == "backbone_weights" and self.backbone != model_defaults.get("backbone", NO_BACKBONE):
+            if option in BACKBONE_DEPENDENT_DEFAULTS and self.backbone != model_defaults.get("backbone", NO_BACKBONE):
                 value = general
             object.__setattr__(self, option, value)
 
@@ -199,8 +210,9 @@ class ModelOptions:
         if self.backbone != NO_BACKBONE and self.backbone not in backbones:
             takes = ", ".join(backbones) if backbones else "no backbone"
             raise TrainError(f"--backbone {self.backbone}: {self.name} takes {takes}")
-        if self.backbone == NO_BACKBONE and (self.backbone_weights != NO_WEIGHTS or self.freeze_backbone_epochs):
-            raise TrainError("--backbone-weights and --freeze-backbone-epochs need a --backbone")
+        if self.backbone == NO_BACKBONE and (self.backbone_weights != NO_WEIGHTS or self.freeze_backbone_epochs
+                                             or self.freeze_encoder_bn):  # fmt: skip
+            raise TrainError("--backbone-weights, --freeze-backbone-epochs and --freeze-encoder-bn need a --backbone")
         if self.backbone_weights not in (NO_WEIGHTS, IMAGENET) and not os.path.isfile(self.backbone_weights):
             raise TrainError(f"--backbone-weights {self.backbone_weights}: not none, imagenet or an existing file")
         if self.freeze_backbone_epochs < 0:
@@ -258,11 +270,12 @@ class OptimOptions(LossHyperParameters):
     lr_schedule: str = field(default="poly", metadata=flag(
         "poly: lr * (1 - step/total)^0.9, the usual segmentation schedule.", choices=LR_SCHEDULES))
     # stored canonical
-    loss: str = field(default="ce", metadata=flag(
+    loss: str | None = field(default=None, metadata=flag(  # None: the model's (TrainOptions resolves it)
         f"Sum of loss terms, each optionally weighted: {', '.join(LOSS_TERMS)} (e.g. ce+dice, ce+lovasz, "
         "focal*0.5+jaccard). ce: weighted cross-entropy; focal: focal loss; ohem: CE over the hardest pixels; "
         "dice / jaccard: soft Dice / IoU; lovasz: Lovász-softmax (optimises IoU). Class weights and weight maps "
-        "apply to ce, focal and ohem only.", metavar="TERM[*W][+TERM[*W]...]"))
+        f"apply to ce, focal and ohem only. Default: {model_training_default_text('loss', GENERAL_LOSS)}.",
+        metavar="TERM[*W][+TERM[*W]...]"))
     # ENet's 1/ln(1.02 + p): on CamVid 0.338 val mIoU in 7 minutes against 0.281 unweighted; median
     # frequency over-predicted the rare classes (docs/train.md, "Recipe on real images").
     class_weights: str = field(default="enet", metadata=flag(
@@ -286,7 +299,8 @@ class OptimOptions(LossHyperParameters):
     def __post_init__(self) -> None:
         # Canonical spec (" CE + Lovasz*1" -> "ce+lovasz"): --resume compares the recorded string.
         try:
-            object.__setattr__(self, "loss", format_loss(parse_loss(self.loss)))
+            if self.loss is not None:
+                object.__setattr__(self, "loss", format_loss(parse_loss(self.loss)))
         except LossSpecError as exc:
             raise TrainError(str(exc)) from None
         for hp in LOSS_HPARAMS:
@@ -484,6 +498,8 @@ class TrainOptions(FlatOptions):
         if self.data.batch_size is None:  # likewise its batch size (ModelSpec.batch_size)
             batch_size = spec.batch_size or GENERAL_BATCH_SIZE
             object.__setattr__(self, "data", dataclasses.replace(self.data, batch_size=batch_size))
+        if self.optim.loss is None:  # and its loss (ModelSpec.loss)
+            object.__setattr__(self, "optim", dataclasses.replace(self.optim, loss=spec.loss or GENERAL_LOSS))
         if self.precision not in PRECISIONS:
             raise TrainError(f"--precision must be one of {', '.join(PRECISIONS)}")
         if self.annotations.coarse_epochs and self.annotations.coarse_epochs >= self.optim.epochs:
