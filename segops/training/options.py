@@ -104,9 +104,7 @@ class TrainError(OptionsError):
 # options whose default depends on --model (ModelSpec.defaults), with the value every other model uses;
 # resolved in field order (backbone before backbone_weights)
 MODEL_DEPENDENT_DEFAULTS = {"base_filters": 32, "backbone": NO_BACKBONE, "backbone_weights": NO_WEIGHTS,
-                            "separable": False, "freeze_encoder_bn": False}  # fmt: skip
-# Follow the model's registry default only with the model's own backbone (else the general one).
-BACKBONE_DEPENDENT_DEFAULTS = ("backbone_weights", "freeze_encoder_bn")
+                            "separable": False}  # fmt: skip
 
 
 GENERAL_LR = 2e-3  # from scratch, Adam with warm-up (docs/train.md, "Recipe")
@@ -165,11 +163,10 @@ class ModelOptions:
         f"decoder). Default: {model_default_text('separable', False)}."))
     freeze_backbone_epochs: int = field(default=0, metadata=flag(
         "Train with the pretrained encoder frozen for this many first epochs, then fine-tune it.", low=0))
-    # None: the model's default (registry), for its own backbone
-    freeze_encoder_bn: bool | None = field(default=None, metadata=flag(
+    # off: on CamVid's unseen sequence it lost 0.02-0.05 to trained statistics (docs/train.md, "Recipe")
+    freeze_encoder_bn: bool = field(default=False, metadata=flag(
         "Keep the pretrained encoder's BatchNorm layers frozen (ImageNet statistics, scale and offset; "
-        "inference mode in training too), as DeepLab and Detectron do for small batches. Default: "
-        f"{model_default_text('freeze_encoder_bn', False)}."))
+        "inference mode in training too), as DeepLab and Detectron do for small batches."))
     # run the network on images average-pooled by this factor
     input_downsample: int = field(default=1, metadata=flag(
         "Run the network on images average-pooled by this factor (its logits upsampled back): factor**2 fewer "
@@ -201,7 +198,7 @@ class ModelOptions:
             if getattr(self, option) is not None:
                 continue
             value = model_defaults.get(option, general)
-            if option in BACKBONE_DEPENDENT_DEFAULTS and self.backbone != model_defaults.get("backbone", NO_BACKBONE):
+            if option == "backbone_weights" and self.backbone != model_defaults.get("backbone", NO_BACKBONE):
                 value = general
             object.__setattr__(self, option, value)
 
