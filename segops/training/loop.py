@@ -222,7 +222,7 @@ def budget_plan(opts: TrainOptions, data: PreparedData, class_weights: list[floa
     keras.utils.set_random_seed(opts.seed)
     with dtype_policy(resolve_precision(opts.precision)), strategy.scope():
         model = opts.model.build(num_classes=data.label_set.num_classes)
-        set_encoder_trainable(model, opts.model.freeze_backbone_epochs == 0, opts.model.freeze_encoder_bn)
+        set_encoder_trainable(model, True, opts.model.freeze_encoder_bn)  # the probe times the unfrozen step
         compile_model(model, probe_opts, class_weights, PROBE_STEPS)
         train_ds = ip.train_dataset(data.train_files, opts.augment, opts.data, seed=opts.seed,
                                     steps_per_epoch=PROBE_STEPS, initial_epoch=0, epochs=1, num_records=records,

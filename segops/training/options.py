@@ -11,7 +11,7 @@ where ``--resume`` compares it with the interrupted run's. Each field declares i
 flag in its metadata (:func:`~segops.core.options.flag`: help, range, choices; ``name="model"``
 where the flag name differs from the field's), :data:`~segops.core.options.NOT_ON_CLI` for a
 flat option without a flag, ``{FLAG: None}`` for a field outside the flat form. The module passes
-400 lines because those flags' help texts live here, on their fields (the command has none), and
+500 lines because those flags' help texts live here, on their fields (the command has none), and
 the per-model defaults are resolved here (ModelOptions, TrainOptions), where every caller gets them.
 """
 
@@ -110,6 +110,10 @@ MODEL_DEPENDENT_DEFAULTS = {"base_filters": 32, "backbone": NO_BACKBONE, "backbo
 GENERAL_LR = 2e-3  # from scratch, Adam with warm-up (docs/train.md, "Recipe")
 GENERAL_BATCH_SIZE = 8
 GENERAL_LOSS = "ce"
+# Training options whose default is a ModelSpec attribute of the same name, by the TrainOptions
+# part that holds them, with the value of every model that sets none (TrainOptions resolves them).
+MODEL_TRAINING_DEFAULTS = {("optim", "lr"): GENERAL_LR, ("data", "batch_size"): GENERAL_BATCH_SIZE,
+                           ("optim", "loss"): GENERAL_LOSS}  # fmt: skip
 
 
 def model_training_default_text(option: str, general: Any) -> str:
@@ -490,13 +494,10 @@ class TrainOptions(FlatOptions):
 
     def __post_init__(self) -> None:
         spec = get_spec(self.model.name)
-        if self.optim.lr is None:  # the model's default learning rate (ModelSpec.lr)
-            object.__setattr__(self, "optim", dataclasses.replace(self.optim, lr=spec.lr or GENERAL_LR))
-        if self.data.batch_size is None:  # likewise its batch size (ModelSpec.batch_size)
-            batch_size = spec.batch_size or GENERAL_BATCH_SIZE
-            object.__setattr__(self, "data", dataclasses.replace(self.data, batch_size=batch_size))
-        if self.optim.loss is None:  # and its loss (ModelSpec.loss)
-            object.__setattr__(self, "optim", dataclasses.replace(self.optim, loss=spec.loss or GENERAL_LOSS))
+        for (part, option), general in MODEL_TRAINING_DEFAULTS.items():  # unset: the model's, else general
+            if getattr(getattr(self, part), option) is None:
+                value = getattr(spec, option) or general  # replace() validates (and canonicalises a loss)
+                object.__setattr__(self, part, dataclasses.replace(getattr(self, part), **{option: value}))
         if self.precision not in PRECISIONS:
             raise TrainError(f"--precision must be one of {', '.join(PRECISIONS)}")
         if self.annotations.coarse_epochs and self.annotations.coarse_epochs >= self.optim.epochs:
