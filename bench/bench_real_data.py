@@ -68,6 +68,8 @@ CONFIGS: dict[str, list[str]] = {
     "frozen_encoder_bn": ["--freeze-encoder-bn"],
     # Adam's square-root scaling rule from batch 8 to 2: half the lr
     "lr_sqrt_scaled": ["--lr", "2.5e-4"],
+    # and twice the lr (half of it had lost)
+    "lr_doubled": ["--lr", "1e-3"],
     # a soft-Dice term beside the weighted CE (an overlap loss, for the rare classes)
     "ce_dice": ["--loss", "ce+dice"],
     # the defaults before ImageNet weights (2026-12-07)

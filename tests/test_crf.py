@@ -60,9 +60,10 @@ def test_crf_moves_a_noisy_map_towards_the_true_edges(scale):
     before = (probs.argmax(axis=2) == gt).mean()
     result = crf.refine(probs, rgb, crf.CRFParams(scale=scale))
     after = (result.labels == gt).mean()
-    assert before < 0.93  # the case is genuinely noisy
-    assert after > before + 0.04
-    assert after > 0.97
+    assert before < 0.6  # the case is genuinely noisy: salt on every pixel
+    # The default appearance kernel (srgb 5) sees the image's colour noise (std 8), so it mends
+    # less salt than pydensecrf's example kernel (0.96 against 0.998 at scale 1): 0.95, not 0.97.
+    assert after > 0.95
 
 
 def test_fast_path_agrees_with_full_resolution_baseline_on_a_realistic_scene(synth_scene):
@@ -78,19 +79,20 @@ def test_fast_path_agrees_with_full_resolution_baseline_on_a_realistic_scene(syn
 
 
 def test_the_appearance_kernel_spans_the_same_share_of_any_image_height():
-    """80 px at 1024 rows is 7.5 px at the 96 rows of this case; a 96-row image under
-    reference height 96 keeps 80 px; reference 0 takes the pixels as given."""
+    """The default sxy (pixels at 1024 rows) is sxy * 96 / 1024 px at the 96 rows of this case; a
+    96-row image under reference height 96 keeps sxy px; reference 0 takes the pixels as given."""
     rgb, _, probs = _blocks_case()
     params = crf.CRFParams(scale=1)
-    assert params.for_height(96).bilateral_sxy == pytest.approx(7.5)
+    at_96_rows = params.bilateral_sxy * 96 / 1024
+    assert params.for_height(96).bilateral_sxy == pytest.approx(at_96_rows)
     assert params.for_height(1024) == crf.CRFParams(scale=1, bilateral_reference_height=0)
-    fixed_small = crf.CRFParams(scale=1, bilateral_sxy=7.5, bilateral_reference_height=0)
+    fixed_small = crf.CRFParams(scale=1, bilateral_sxy=at_96_rows, bilateral_reference_height=0)
     np.testing.assert_array_equal(crf.refine(probs, rgb, params).labels, crf.refine(probs, rgb, fixed_small).labels)
     np.testing.assert_array_equal(crf.dense_crf_reference(probs, rgb, params),
                                   crf.dense_crf_reference(probs, rgb, fixed_small))  # fmt: skip
     same_share = crf.CRFParams(scale=1, bilateral_reference_height=96)
-    fixed_80 = crf.CRFParams(scale=1, bilateral_reference_height=0)
-    wide, narrow = crf.refine(probs, rgb, fixed_80).labels, crf.refine(probs, rgb, params).labels
+    fixed_pixels = crf.CRFParams(scale=1, bilateral_reference_height=0)
+    wide, narrow = crf.refine(probs, rgb, fixed_pixels).labels, crf.refine(probs, rgb, params).labels
     np.testing.assert_array_equal(crf.refine(probs, rgb, same_share).labels, wide)
     assert (wide != narrow).any()  # the kernel size matters on this case
     with pytest.raises(OptionsError, match="reference_height"):

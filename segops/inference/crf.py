@@ -7,10 +7,12 @@ permutohedral lattice (pydensecrf2, import name ``pydensecrf``):
 * unary  ``-log p`` (probabilities clipped at 1e-5, as ``pydensecrf.utils.unary_from_softmax``);
 * a Gaussian (smoothness) kernel over positions, ``sxy=3, compat=3`` (the appearance-free term
   with the values Krähenbühl & Koltun and DeepLab, Chen et al. 2015/2018, use unchanged);
-* a bilateral (appearance) kernel over positions and RGB, ``sxy=80, srgb=13, compat=10`` (the
-  values of pydensecrf's own example, ``examples/inference.py``, after Krähenbühl & Koltun),
-  ``sxy`` in pixels of a 1024-row frame and scaled with the image height
-  (:meth:`CRFParams.for_height`; why: docs/infer.md, "Dense CRF");
+* a bilateral (appearance) kernel over positions and RGB, ``sxy=160, srgb=5, compat=5``: a wider,
+  more colour-selective and weaker kernel than pydensecrf's example (``sxy=80, srgb=13,
+  compat=10``, after Krähenbühl & Koltun), in the direction of DeepLab's cross-validated values
+  (``srgb`` 3-5, weight 4); chosen on scenes the models never trained on (docs/infer.md,
+  "Dense CRF"). ``sxy`` is in pixels of a 1024-row frame and scales with the image height
+  (:meth:`CRFParams.for_height`);
 * Potts compatibility, diagonal kernels, symmetric normalisation (pydensecrf's defaults);
   5 mean-field iterations.
 
@@ -71,15 +73,15 @@ _JBU_CHUNK = 1 << 16  # pixels per vectorised step of the band update (bounds it
 
 @dataclass(frozen=True)
 class CRFParams:
-    """Dense-CRF settings; the defaults are the literature values cited in the module docstring."""
+    """Dense-CRF settings; the module docstring says where the defaults come from."""
 
     iterations: int = field(default=5, metadata=flag("Mean-field iterations of the CRF."))
     gaussian_sxy: float = field(default=3.0, metadata=flag("Smoothness kernel: spatial std-dev in pixels."))
     gaussian_compat: float = field(default=3.0, metadata=flag("Smoothness kernel: weight (Potts)."))
-    bilateral_sxy: float = field(default=80.0, metadata=flag(
+    bilateral_sxy: float = field(default=160.0, metadata=flag(
         "Appearance kernel: spatial std-dev in pixels of an image --crf-bilateral-reference-height rows tall."))
-    bilateral_srgb: float = field(default=13.0, metadata=flag("Appearance kernel: colour std-dev (0..255)."))
-    bilateral_compat: float = field(default=10.0, metadata=flag("Appearance kernel: weight (Potts)."))
+    bilateral_srgb: float = field(default=5.0, metadata=flag("Appearance kernel: colour std-dev (0..255)."))
+    bilateral_compat: float = field(default=5.0, metadata=flag("Appearance kernel: weight (Potts)."))
     # bilateral_sxy is in pixels of an image this many rows tall and scales with the image's
     # height (the kernel then spans the same share of the scene); 0 = pixels at every size
     bilateral_reference_height: int = field(default=1024, metadata=flag(
