@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_crf_real import parse_setting  # noqa: E402
+from bench_crf_real import settings_with_default  # noqa: E402
 
 from segops.core import imageio  # noqa: E402
 from segops.inference import crf  # noqa: E402
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--setting", action="append", default=[])
     args = parser.parse_args()
     cv2.setNumThreads(1)
-    settings = [("default", crf.CRFParams())] + [parse_setting(s) for s in args.setting]
+    settings = settings_with_default(args.setting)
     model, stride = ServingModel(args.model), export_dir.load_info(args.model).stride
     seconds: dict[str, list[float]] = {name: [] for name, _ in settings}
     paths = sorted(glob.glob(args.images))[: args.count]

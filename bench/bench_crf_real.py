@@ -44,6 +44,11 @@ def parse_setting(text: str) -> tuple[str, crf.CRFParams]:
     return name, crf.CRFParams(**values)
 
 
+def settings_with_default(texts: list[str]) -> list[tuple[str, crf.CRFParams]]:
+    """``default`` (infer's CRF defaults) first, then each ``NAME:key=value,...`` of ``texts``."""
+    return [("default", crf.CRFParams())] + [parse_setting(text) for text in texts]
+
+
 def pairs(root: str, split: str) -> list[tuple[str, str]]:
     images = sorted(glob.glob(os.path.join(root, "leftImg8bit", split, "*", "*_leftImg8bit.png")))
     out = []
@@ -63,7 +68,7 @@ def main() -> None:
     parser.add_argument("--setting", action="append", default=[])
     args = parser.parse_args()
 
-    settings = [("default", crf.CRFParams())] + [parse_setting(s) for s in args.setting]
+    settings = settings_with_default(args.setting)
     stride = export_dir.load_info(args.model).stride
     model = ServingModel(args.model)
     options = PredictOptions(tta=args.tta)
