@@ -131,30 +131,42 @@ class _Clock:
         return self.now
 
 
-def _guard_after_a_slow_first_epoch(monkeypatch):
-    """A fake clock and the guard of a plan of 4 epochs of 10 steps at 1 s in a 110 s budget,
-    after its first epoch ran at 2 s per step (ending at 21 s, its validation included)."""
+def _guard(monkeypatch, max_epochs: int):
+    """A fake clock at 0 and the guard of PLAN (4 epochs of 10 steps at 1 s in a 110 s budget,
+    10 s reserved), fit allowing ``max_epochs``, on a tiny compiled model."""
     import segops.training.budget as budget
 
     clock = _Clock()
     monkeypatch.setattr(budget.time, "monotonic", clock)
-    plan = PLAN
     run = type("Run", (), {"extra_state": {}, "stopped_early": False, "budget_ended": False})()
-    schedule = WarmupPolyDecay(1e-3, plan.total_steps)
+    schedule = WarmupPolyDecay(1e-3, PLAN.total_steps)
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss="mse")
     model.optimizer.build(model.trainable_variables)
-    guard = budget.deadline_guard(budget.Deadline(0.0, plan.budget_s, plan.reserve_s), run, plan, replan=True)
+    guard = budget.deadline_guard(budget.Deadline(0.0, PLAN.budget_s, PLAN.reserve_s), run, PLAN, replan=True)
     guard.set_model(model)
-    guard.set_params({"epochs": 6, "steps": 10})
+    guard.set_params({"epochs": max_epochs, "steps": 10})
     guard.on_train_begin()
-    for step in range(10):
-        clock.now = 2.0 * (step + 1)
-        model.optimizer.iterations.assign(step + 1)
-        guard.on_train_batch_end(step)
-    clock.now = 21.0
-    guard.on_epoch_end(0)
-    return clock, plan, run, schedule, model, guard
+    return clock, run, schedule, model, guard
+
+
+def _epoch(clock, model, guard, epoch: int, step_s: float, eval_s: float = 2.0) -> None:
+    """Epoch ``epoch`` (0-based) of 10 steps at ``step_s`` s each, then its validation."""
+    guard.on_epoch_begin(epoch)
+    for batch in range(10):
+        clock.now += step_s
+        model.optimizer.iterations.assign(epoch * 10 + batch + 1)
+        guard.on_train_batch_end(batch)
+    clock.now += eval_s
+    guard.on_epoch_end(epoch)
+
+
+def _guard_after_a_slow_first_epoch(monkeypatch):
+    """A fake clock and the guard of PLAN, after its first epoch ran at 2 s per step (ending at
+    21 s, its validation included)."""
+    clock, run, schedule, model, guard = _guard(monkeypatch, max_epochs=6)
+    _epoch(clock, model, guard, 0, step_s=2.0, eval_s=1.0)
+    return clock, PLAN, run, schedule, model, guard
 
 
 def test_the_guard_moves_the_end_of_the_lr_decay_and_stops_at_the_replanned_step(monkeypatch):
@@ -189,3 +201,34 @@ def test_a_pace_that_slows_after_the_plan_moves_the_end_again(monkeypatch):
     guard.on_epoch_end(1)
     assert schedule.total_steps == 30 and run.extra_state["budget_plan"]["epochs"] == 3
     assert run.extra_state["budget_plan"]["last_step"] == 0 and not model.stop_training
+
+
+def test_a_pace_that_slows_inside_the_last_epoch_stops_it_in_time(monkeypatch):
+    """Fake clock: three epochs as planned (1 s steps, 2 s validations: 36 s), then the last one
+    runs at 8 s per step. Its ten steps would end at 118 s, past the 100 s before the reserve; the
+    guard stops after step 37 (92 s: 8 s left, less than a step and the validation), and records
+    the plan that ended there."""
+    clock, run, schedule, model, guard = _guard(monkeypatch, max_epochs=4)
+    for epoch in range(3):
+        _epoch(clock, model, guard, epoch, step_s=1.0)
+    assert clock.now == 36.0 and not model.stop_training
+    guard.on_epoch_begin(3)
+    for batch in range(10):
+        clock.now += 8.0
+        model.optimizer.iterations.assign(31 + batch)
+        guard.on_train_batch_end(batch)
+        if model.stop_training:
+            break
+    assert model.optimizer.iterations.numpy() == 37 and clock.now == 92.0
+    assert clock.now + PLAN.eval_s <= PLAN.budget_s - PLAN.reserve_s
+    recorded = BudgetPlan.from_json(run.extra_state["budget_plan"])
+    assert (recorded.epochs, recorded.last_step, recorded.total_steps) == (4, 37, 37)  # what --resume keeps
+
+
+def test_a_run_on_its_planned_pace_is_not_stopped_inside_an_epoch(monkeypatch):
+    """Fake clock: the four planned epochs at the planned pace run to their last step (40)."""
+    clock, run, schedule, model, guard = _guard(monkeypatch, max_epochs=4)
+    for epoch in range(4):
+        _epoch(clock, model, guard, epoch, step_s=1.0)
+        assert not model.stop_training or epoch == 3
+    assert model.optimizer.iterations.numpy() == 40 and clock.now == 48.0

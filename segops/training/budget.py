@@ -13,7 +13,9 @@ traced; a shared machine's pace drifts), so after every epoch :func:`deadline_gu
 (:func:`replan_budget`): the last epoch that still ends in time at the measured pace becomes the end of the lr decay
 (:meth:`segops.training.schedule.WarmupPolyDecay.set_total_steps`) and of the run. The plan in
 force is recorded in ``checkpoints/state.json`` and ``model.json``; ``--resume`` finishes it
-without probing or re-planning (it only stops if time runs out).
+without probing or re-planning (it only stops if time runs out). Within an epoch, a pace that
+slows after the last re-plan stops the run at the step that still leaves time for the epoch's
+validation and the export (:func:`out_of_time`).
 """
 
 from __future__ import annotations
@@ -160,6 +162,19 @@ def replan_budget(plan: BudgetPlan, epochs_done: int, epoch_s: float, left_s: fl
     return dataclasses.replace(plan, epochs=epochs + (extra > 0), last_step=epochs * steps + extra if extra else 0)
 
 
+def out_of_time(left_s: float, eval_s: float, step_s: float) -> bool:
+    """Whether a budgeted run must stop after this step: the ``left_s`` seconds before the
+    export's reserve no longer hold another ``step_s`` step and the ``eval_s`` validation that
+    closes the epoch. The re-plan after each epoch sets the end from the pace of whole epochs;
+    this catches a pace that slows inside the last one (a 5-minute plan has one re-plan point).
+
+    Example: 14 s left, a 12 s validation, 1.5 s steps: one more step fits; with 13 s left it does not.
+        >>> out_of_time(14.0, 12.0, 1.5), out_of_time(13.0, 12.0, 1.5)
+        (False, True)
+    """
+    return left_s < eval_s + step_s
+
+
 def run_probe(opts: TrainOptions, model: Any, train_ds: Any, val_ds: Any, val_batches: int) -> Probe:
     """Time ``PROBE_STEPS`` training steps of ``model`` (compiled) on ``train_ds`` and two
     validation batches of ``val_ds``; the model is thrown away afterwards."""
@@ -209,17 +224,34 @@ def deadline_guard(deadline: Deadline, run: Any, plan: BudgetPlan, replan: bool)
 
     class BudgetGuard(keras.callbacks.Callback):
         def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-            self.planned = plan.epochs
+            self.planned, self.epoch = plan.epochs, 0
             self.began = None
             self.stop_at: int | None = plan.last_step or None  # the step a shortened last epoch ends at
 
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.epoch, self.epoch_began, self.epoch_steps = epoch, time.monotonic(), 0
+
         def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-            if self.began is None:
-                self.began, self.steps_done = time.monotonic(), 0
+            now = time.monotonic()
+            if self.began is None:  # the run's first step carries the tracing: paces start after it
+                self.began, self.steps_done = now, 0
+                self.epoch_began, self.epoch_steps = now, 0
             else:
                 self.steps_done += 1
-            if self.stop_at is not None and int(self.model.optimizer.iterations.numpy()) >= self.stop_at:
+                self.epoch_steps += 1
+            step = int(self.model.optimizer.iterations.numpy())
+            if self.stop_at is not None and step >= self.stop_at:
                 self.model.stop_training = True  # Keras still validates and checkpoints this epoch
+                return
+            end = self.stop_at or self.planned * plan.steps_per_epoch
+            pace = (now - self.epoch_began) / self.epoch_steps if self.epoch_steps else plan.step_s
+            if step < end and out_of_time(deadline.left() - deadline.reserve_s, plan.eval_s, pace):
+                log.warning("time budget: %.0f s left, the steps take %.2f s now: stopping at step %d of %d, "
+                            "in epoch %d", deadline.left(), pace, step, end, self.epoch + 1)  # fmt: skip
+                self.stop_at, self.planned = step, self.epoch + 1
+                in_force = BudgetPlan.from_json(run.extra_state["budget_plan"]) if "budget_plan" in run.extra_state else plan
+                run.extra_state["budget_plan"] = dataclasses.replace(in_force, epochs=self.planned, last_step=step).to_json()
+                self.model.stop_training = True
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             done, steps = epoch + 1, plan.steps_per_epoch  # what fit was given (BudgetPlan.apply)
