@@ -62,41 +62,34 @@ def load_snapshot(path: str) -> list[np.ndarray]:
         return [data[f"arr_{i}"] for i in range(len(data.files))]
 
 
-def batchnorm_layers(model) -> list:
-    import keras
-
-    found = []
-    for layer in model._flatten_layers(include_self=False):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            found.append(layer)
-    return found
-
-
-def recompute_bn(model, dataset: str, batches: int, seed: int = 0) -> None:
+def recompute_bn(model, dataset: str, stride: int, batches: int, seed: int = 0) -> None:
     """Moving statistics as the cumulative average over ``batches`` training batches of two."""
     from segops.inference.tiling import reflect_pad
 
     images = [rgb for _, rgb, _ in split_pairs(dataset, "train")]
     order = np.random.default_rng(seed).permutation(len(images))
-    layers = batchnorm_layers(model)
+    import keras
+
+    layers = [layer for layer in model._flatten_layers(include_self=False)
+              if isinstance(layer, keras.layers.BatchNormalization)]  # fmt: skip
     saved = [layer.momentum for layer in layers]
     for t in range(batches):
         for layer in layers:
             layer.momentum = t / (t + 1)  # moving = (t * moving + batch) / (t + 1)
         pick = [order[(2 * t + j) % len(images)] for j in range(2)]
-        batch = np.stack([reflect_pad(images[i], 16) for i in pick]).astype(np.float32)
+        batch = np.stack([reflect_pad(images[i], stride) for i in pick]).astype(np.float32)
         model(batch, training=True)
     for layer, momentum in zip(layers, saved, strict=True):
         layer.momentum = momentum
 
 
-def score_model(model, dataset: str, split: str, n: int) -> tuple[float, list[float]]:
+def score_model(model, dataset: str, split: str, n: int, stride: int) -> tuple[float, list[float]]:
     from segops.inference.tiling import reflect_pad
 
     confusion = np.zeros((n, n), np.int64)
     for _, rgb, truth in split_pairs(dataset, split):
         h, w = truth.shape
-        logits = model.predict(reflect_pad(rgb, 16)[None].astype(np.float32), verbose=0)[0]
+        logits = model.predict(reflect_pad(rgb, stride)[None].astype(np.float32), verbose=0)[0]
         add_confusion(confusion, truth, logits[:h, :w].argmax(-1))
     return present_iou(confusion)
 
@@ -105,15 +98,11 @@ def score(run: str, dataset: str, split: str, bn_batches: int) -> None:
     from segops.models import export_dir, layers  # noqa: F401  (layers: registers the custom layers)
 
     model = export_dir.load_keras_model(os.path.join(run, "best"))
-    n = model.output_shape[-1]
+    info = export_dir.load_info(os.path.join(run, "best"))
+    n, stride, best = info.num_classes, info.stride, info.metrics["epoch"]
     paths = sorted(glob.glob(os.path.join(run, SNAPSHOTS, "epoch-*.npz")))
     epochs = [int(re.search(r"epoch-(\d+)", p).group(1)) for p in paths]
     snaps = {e: load_snapshot(p) for e, p in zip(epochs, paths, strict=True)}
-    with open(os.path.join(run, "history.json")) as f:
-        history = json.load(f)
-    rows = history if isinstance(history, list) else history.get("epochs", history)
-    val = [r.get("val_mean_iou") for r in rows]
-    best = int(np.nanargmax(np.array(val, dtype=float))) + 1
     print(f"{run}: epochs {epochs}, best by val during training: {best}")
     variants: list[tuple[str, list[int]]] = [(f"best (epoch {best})", [best]), (f"last (epoch {epochs[-1]})", [epochs[-1]])]
     variants += [(f"average of last {k}", epochs[-k:]) for k in range(2, len(epochs) + 1)]
@@ -121,11 +110,11 @@ def score(run: str, dataset: str, split: str, bn_batches: int) -> None:
         weights = [np.mean([snaps[e][i] for e in used], axis=0).astype(snaps[used[0]][i].dtype)
                    for i in range(len(snaps[used[0]]))]  # fmt: skip
         model.set_weights(weights)
-        miou, per_class = score_model(model, dataset, split, n)
+        miou, per_class = score_model(model, dataset, split, n, stride)
         line = f"{name:>24}: mIoU {miou:.4f} {per_class}"
         if len(used) > 1 and bn_batches:
-            recompute_bn(model, dataset, bn_batches)
-            miou_bn, per_class_bn = score_model(model, dataset, split, n)
+            recompute_bn(model, dataset, stride, bn_batches)
+            miou_bn, per_class_bn = score_model(model, dataset, split, n, stride)
             line += f"\n{'':>24}  BN recomputed: {miou_bn:.4f} {per_class_bn}"
         print(line, flush=True)
 
