@@ -26,17 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import numpy as np
-from split_scoring import add_confusion, present_iou, split_pairs
-
-
-def batch_norm_layers(model) -> list:
-    import keras
-
-    return [layer for layer in model._flatten_layers(include_self=False)
-            if isinstance(layer, keras.layers.BatchNormalization)]  # fmt: skip
+from split_scoring import batch_norm_layers, score_model, split_pairs
 
 
 def mix_statistics(layers: list, alpha: float) -> None:
@@ -68,24 +60,6 @@ def channel_statistics(dataset: str, split: str) -> tuple[np.ndarray, np.ndarray
     """The split's per-channel RGB mean and standard deviation, averaged over its images."""
     stats = [(rgb.reshape(-1, 3).mean(0), rgb.reshape(-1, 3).std(0)) for _, rgb, _ in split_pairs(dataset, split)]
     return np.mean([m for m, _ in stats], axis=0), np.mean([s for _, s in stats], axis=0)
-
-
-def score(model, dataset: str, split: str, n: int, stride: int, transform=None) -> tuple[float, list[float], float]:
-    """(mIoU, per-class IoU, the model's CPU seconds) over ``split``; ``transform`` maps each
-    float RGB image before the model."""
-    from segops.inference.tiling import reflect_pad
-
-    confusion = np.zeros((n, n), np.int64)
-    cpu = 0.0
-    for _, rgb, truth in split_pairs(dataset, split):
-        h, w = truth.shape
-        image = rgb.astype(np.float32) if transform is None else transform(rgb.astype(np.float32))
-        batch = reflect_pad(image, stride)[None]
-        start = time.process_time()
-        logits = np.asarray(model(batch, training=False))[0]
-        cpu += time.process_time() - start
-        add_confusion(confusion, truth, logits[:h, :w].argmax(-1))
-    return *present_iou(confusion), cpu
 
 
 def rebuilt_at_output_stride_8(model, export: str):
@@ -129,16 +103,16 @@ def main() -> None:
         def report(variant: str, result: tuple[float, list[float], float], run: str = run) -> None:
             print(f"{run}: {variant:>22}: mIoU {result[0]:.4f} {result[1]}  model CPU {result[2]:.1f} s", flush=True)
 
-        report("as exported", score(model, args.dataset, args.split, n, stride))
+        report("as exported", score_model(model, args.dataset, args.split, n, stride))
         bn = batch_norm_layers(model)
         for alpha in [float(a) for a in args.alphas.split(",")]:
             mix_statistics(bn, alpha)
-            report(f"BN statistics a={alpha:g}", score(model, args.dataset, args.split, n, stride))
+            report(f"BN statistics a={alpha:g}", score_model(model, args.dataset, args.split, n, stride))
         mix_statistics(bn, 1.0)
         if info.architecture == "deeplabv3plus" and stride == 16:
-            report("output stride 8", score(rebuilt_at_output_stride_8(model, export), args.dataset, args.split, n, 16))
-        report("colour: mean", score(model, args.dataset, args.split, n, stride, mean_moved))
-        report("colour: mean+std", score(model, args.dataset, args.split, n, stride, mean_std_moved))
+            report("output stride 8", score_model(rebuilt_at_output_stride_8(model, export), args.dataset, args.split, n, 16))
+        report("colour: mean", score_model(model, args.dataset, args.split, n, stride, mean_moved))
+        report("colour: mean+std", score_model(model, args.dataset, args.split, n, stride, mean_std_moved))
 
 
 if __name__ == "__main__":

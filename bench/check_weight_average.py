@@ -26,7 +26,7 @@ import re
 import sys
 
 import numpy as np
-from split_scoring import add_confusion, present_iou, split_pairs
+from split_scoring import batch_norm_layers, score_model, split_pairs
 
 SNAPSHOTS = "snapshots"
 
@@ -68,10 +68,7 @@ def recompute_bn(model, dataset: str, stride: int, batches: int, seed: int = 0) 
 
     images = [rgb for _, rgb, _ in split_pairs(dataset, "train")]
     order = np.random.default_rng(seed).permutation(len(images))
-    import keras
-
-    layers = [layer for layer in model._flatten_layers(include_self=False)
-              if isinstance(layer, keras.layers.BatchNormalization)]  # fmt: skip
+    layers = batch_norm_layers(model)
     saved = [layer.momentum for layer in layers]
     for t in range(batches):
         for layer in layers:
@@ -81,17 +78,6 @@ def recompute_bn(model, dataset: str, stride: int, batches: int, seed: int = 0) 
         model(batch, training=True)
     for layer, momentum in zip(layers, saved, strict=True):
         layer.momentum = momentum
-
-
-def score_model(model, dataset: str, split: str, n: int, stride: int) -> tuple[float, list[float]]:
-    from segops.inference.tiling import reflect_pad
-
-    confusion = np.zeros((n, n), np.int64)
-    for _, rgb, truth in split_pairs(dataset, split):
-        h, w = truth.shape
-        logits = model.predict(reflect_pad(rgb, stride)[None].astype(np.float32), verbose=0)[0]
-        add_confusion(confusion, truth, logits[:h, :w].argmax(-1))
-    return present_iou(confusion)
 
 
 def score(run: str, dataset: str, split: str, bn_batches: int) -> None:
@@ -110,11 +96,11 @@ def score(run: str, dataset: str, split: str, bn_batches: int) -> None:
         weights = [np.mean([snaps[e][i] for e in used], axis=0).astype(snaps[used[0]][i].dtype)
                    for i in range(len(snaps[used[0]]))]  # fmt: skip
         model.set_weights(weights)
-        miou, per_class = score_model(model, dataset, split, n, stride)
+        miou, per_class, _ = score_model(model, dataset, split, n, stride)
         line = f"{name:>24}: mIoU {miou:.4f} {per_class}"
         if len(used) > 1 and bn_batches:
             recompute_bn(model, dataset, stride, bn_batches)
-            miou_bn, per_class_bn = score_model(model, dataset, split, n, stride)
+            miou_bn, per_class_bn, _ = score_model(model, dataset, split, n, stride)
             line += f"\n{'':>24}  BN recomputed: {miou_bn:.4f} {per_class_bn}"
         print(line, flush=True)
 

@@ -1,11 +1,13 @@
 """Scoring helpers the bench/check_*.py scripts share: the (image, trainIds) pairs of a split of a
-Cityscapes-layout dataset, a confusion matrix accumulated from label maps, and the mIoU over the
-classes present in the ground truth (CamVid has 11 of Cityscapes' 19)."""
+Cityscapes-layout dataset, a confusion matrix accumulated from label maps, the mIoU over the
+classes present in the ground truth (CamVid has 11 of Cityscapes' 19), a Keras model scored on a
+split, and its batch-norm layers (what the weight-averaging and test-time checks change)."""
 
 from __future__ import annotations
 
 import glob
 import os
+import time
 from collections.abc import Iterator
 
 import cv2
@@ -36,3 +38,29 @@ def present_iou(confusion: np.ndarray) -> tuple[float, list[float]]:
 
     iou = iou_per_class(confusion)[confusion.sum(axis=1) > 0]
     return float(iou.mean()), np.round(iou, 2).tolist()
+
+
+def score_model(model, dataset: str, split: str, n: int, stride: int, transform=None) -> tuple[float, list[float], float]:
+    """(mIoU, per-class IoU, the model's CPU seconds) of a Keras ``model`` over ``split``, each
+    image reflect-padded to ``stride`` and, with ``transform``, mapped (float RGB) first. The model
+    is called eagerly, so a layer whose ``call`` a check replaced between calls is honoured."""
+    from segops.inference.tiling import reflect_pad
+
+    confusion = np.zeros((n, n), np.int64)
+    cpu = 0.0
+    for _, rgb, truth in split_pairs(dataset, split):
+        h, w = truth.shape
+        image = rgb.astype(np.float32) if transform is None else transform(rgb.astype(np.float32))
+        start = time.process_time()
+        logits = np.asarray(model(reflect_pad(image, stride)[None], training=False))[0]
+        cpu += time.process_time() - start
+        add_confusion(confusion, truth, logits[:h, :w].argmax(-1))
+    return *present_iou(confusion), cpu
+
+
+def batch_norm_layers(model) -> list:
+    """Every BatchNormalization layer of ``model``, nested encoders included."""
+    import keras
+
+    return [layer for layer in model._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.BatchNormalization)]  # fmt: skip
