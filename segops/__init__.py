@@ -10,7 +10,8 @@ prefer_onednn()  # before anything imports TensorFlow (segops.core.runtime says 
 
 if "apache_beam" in sys.modules:
     # a Beam worker unpickling segops code: its S3 sinks may write empty objects, which Beam's
-    # own writer cannot (segops.core.storage); the launcher installs this when it configures
-    from segops.core.storage import install_s3_empty_object_fix
+    # own writer cannot, and each file operation would build a boto3 client (segops.core.beam_s3);
+    # the launcher installs these when it configures storage
+    from segops.core import beam_s3
 
-    install_s3_empty_object_fix()
+    beam_s3.install()

@@ -230,8 +230,35 @@ def test_a_run_killed_with_sigkill_on_s3_then_rerun_holds_every_image_once(s3, s
 
 def test_a_beam_worker_that_imports_segops_can_write_empty_s3_objects():
     """A worker process imports apache_beam first, then unpickles segops code: importing segops
-    there patches Beam's S3 uploader (the launcher patches it when it configures storage)."""
+    there patches Beam's S3 uploader and client (the launcher patches them when it configures storage)."""
     code = ("import apache_beam, segops\n"
             "from apache_beam.io.aws import s3io\n"
-            "assert getattr(s3io.S3Uploader.finish, '_segops_empty_fix', False)\n")  # fmt: skip
+            "assert getattr(s3io.S3Uploader.finish, '_segops_empty_fix', False)\n"
+            "assert getattr(s3io.boto3_client.Client.__init__, '_segops_shared_client', False)\n")  # fmt: skip
     subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env(), timeout=120)
+
+
+def test_beams_s3_filesystem_builds_one_client_and_each_reader_keeps_its_own_position(s3):
+    """Beam makes an S3IO per file operation; segops.core.beam_s3 has them share one boto3
+    client per configuration (building one costs a few tenths of a second of CPU), while two
+    objects read in turn, chunk by chunk, through two open files still each read their own bytes."""
+    from apache_beam.io.aws import s3io
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from segops.core import storage
+
+    options = storage.configure(s3.beam_args)
+    contents = {f"s3://{BUCKET}/readers/{name}": bytes(range(256)) * 40 + name.encode() for name in ("a", "b")}
+    for uri, data in contents.items():
+        with FileSystems.create(uri) as f:
+            f.write(data)
+    clients = {id(s3io.S3IO(options=options).client.client) for _ in range(3)}
+    other = s3io.S3IO(options=PipelineOptions([*s3.beam_args[:-1], "--s3_region_name=eu-west-1"])).client.client
+    assert len(clients) == 1 and id(other) not in clients  # one per configuration
+    readers = {uri: s3io.S3IO(options=options).open(uri, read_buffer_size=1000) for uri in contents}
+    read: dict[str, bytes] = dict.fromkeys(contents, b"")
+    while any(len(read[uri]) < len(data) for uri, data in contents.items()):
+        for uri, reader in readers.items():
+            read[uri] += reader.read(777)
+    assert read == contents

@@ -13,8 +13,8 @@ variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN
 ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL``; ``STORAGE_EMULATOR_HOST`` for a GCS
 emulator), read by boto3, delta-rs and Arrow themselves.
 
-Beam 2.77's S3 writer cannot write an empty object (a multipart upload with no part is refused:
-``MalformedXML``); :func:`install_s3_empty_object_fix` makes it put an empty object instead.
+What segops changes in Beam's own S3 filesystem (empty objects, one boto3 client per
+configuration) is :mod:`segops.core.beam_s3`, installed here and on workers by ``segops/__init__``.
 
 Example:
     >>> from segops.core import storage
@@ -34,6 +34,8 @@ import re
 import tempfile
 from collections.abc import Iterable
 from typing import Any
+
+from segops.core import beam_s3
 
 S3_OPTION_NAMES = ("s3_access_key_id", "s3_secret_access_key", "s3_session_token", "s3_endpoint_url",
                    "s3_region_name", "s3_verify", "s3_disable_ssl")  # fmt: skip
@@ -66,7 +68,7 @@ def configure(beam_args: Iterable[str] = ()) -> Any:
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    install_s3_empty_object_fix()
+    beam_s3.install()
     options = PipelineOptions(list(beam_args))
     FileSystems.set_options(options)
     return options
@@ -351,33 +353,3 @@ def check_safe_commits(uri: str) -> None:
     finally:
         with contextlib.suppress(Exception):  # the probe may not exist; never mask the real outcome
             client.delete_object(Bucket=bucket, Key=key)
-
-
-# --------------------------------------------------------------------------------------------
-# Beam's S3 writer and empty objects
-
-
-def install_s3_empty_object_fix() -> None:
-    """Make Beam's S3 uploader write an empty object with a plain PUT: S3 refuses to complete a
-    multipart upload without a part (Beam 2.77 tries, and fails with MalformedXML), and segops
-    writes empty files (a dead-letter file with no bad input). Idempotent; no-op without boto3."""
-    try:
-        from apache_beam.io.aws import s3io
-    except ImportError:  # apache-beam without its aws extra: no s3:// at all
-        return
-    uploader = s3io.S3Uploader
-    if getattr(uploader.finish, "_segops_empty_fix", False):
-        return
-    original = uploader.finish
-
-    def finish(self: Any) -> None:
-        if self.parts or self.buffer or self.last_error is not None:
-            return original(self)
-        client = getattr(self._client, "client", None)  # Beam's boto3 wrapper keeps the boto3 client here
-        if client is None:
-            return original(self)
-        client.abort_multipart_upload(Bucket=self._bucket, Key=self._name, UploadId=self.upload_id)
-        client.put_object(Bucket=self._bucket, Key=self._name, Body=b"", ContentType=self._mime_type)
-
-    finish._segops_empty_fix = True  # type: ignore[attr-defined]
-    uploader.finish = finish
