@@ -10,6 +10,12 @@ import cv2
 import numpy as np
 import pytest
 
+# Before any test module imports TensorFlow: segops' process settings (oneDNN kernels on every
+# x86-64 CPU; TensorFlow enables them by default only on CPUs with VNNI/AVX-512, so on an AMD
+# EPYC without them a test module importing tensorflow first trained on Eigen at about half the
+# speed). segops.core.runtime says why.
+import segops  # noqa: F401
+
 
 @dataclass
 class Frame:
