@@ -256,6 +256,8 @@ def test_beams_s3_filesystem_builds_one_client_and_each_reader_keeps_its_own_pos
     clients = {id(s3io.S3IO(options=options).client.client) for _ in range(3)}
     other = s3io.S3IO(options=PipelineOptions([*s3.beam_args[:-1], "--s3_region_name=eu-west-1"])).client.client
     assert len(clients) == 1 and id(other) not in clients  # one per configuration
+    with environment({"AWS_DEFAULT_REGION": "eu-west-2"}):  # what boto3 reads for an unset option counts too
+        assert id(s3io.S3IO(options=options).client.client) not in clients
     readers = {uri: s3io.S3IO(options=options).open(uri, read_buffer_size=1000) for uri in contents}
     read: dict[str, bytes] = dict.fromkeys(contents, b"")
     while any(len(read[uri]) < len(data) for uri, data in contents.items()):

@@ -16,6 +16,7 @@ Beam's aws extra.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -38,13 +39,17 @@ def install() -> None:
 
 
 def client_settings(options: Any) -> tuple[Any, ...]:
-    """The settings a Beam S3 client is built from, from ``PipelineOptions`` or a dict (as Beam reads them)."""
+    """What a Beam S3 client is built from: its options (``PipelineOptions`` or a dict, read as
+    Beam reads them) and the ``AWS_*`` variables boto3 falls back to for anything unset (an
+    endpoint, keys, a region or profile set later in the process gets a client of its own)."""
     from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 
     if isinstance(options, PipelineOptions):
         s3 = options.view_as(S3Options)
-        return tuple(getattr(s3, name, None) for name in _CLIENT_SETTINGS)
-    return tuple(options.get(name) for name in _CLIENT_SETTINGS)
+        given = tuple(getattr(s3, name, None) for name in _CLIENT_SETTINGS)
+    else:
+        given = tuple(options.get(name) for name in _CLIENT_SETTINGS)
+    return given + tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
 
 
 def _install_client_reuse(client_class: Any) -> None:
