@@ -7,11 +7,11 @@ Beam's aws extra.
   input); the uploader then puts an empty object with a plain PUT.
 - **One boto3 client per configuration**: Beam's ``S3FileSystem`` makes a new ``S3IO``, hence a
   new boto3 session and client, for every operation (each ``exists``, ``open``, ``delete``...),
-  and building a client parses botocore's service model: 0.25-0.45 s of CPU each, 74 times in a
-  three-image ``segops infer`` (docs/benchmarks.md), so a run's storage cost grew with its file
-  operations rather than its bytes. A boto3 client is thread-safe (boto3's documentation), so the
-  wrapper now reuses the one client made for the same settings and keeps only its per-stream
-  state of its own.
+  and building a client parses botocore's service model: about 0.4 s of CPU each on a 2-vCPU
+  AMD EPYC VM, 74 times in a three-image ``segops infer``: a run's storage cost grew with its
+  file operations, not its bytes (a 12-image run took 4.6x the time it takes with one client:
+  docs/benchmarks.md). A boto3 client is thread-safe (boto3's documentation), so the wrapper now
+  reuses the one client made for the same settings and keeps only its per-stream state of its own.
 """
 
 from __future__ import annotations
