@@ -17,6 +17,7 @@ MODULES = (
     "segops.training.budget",  # plan_budget
     "segops.training.losses.spec",  # parse_loss
     "segops.inference.prior",  # prior_factors, PriorCorrected
+    "segops.core.runtime",  # late_onednn_message
 )
 
 
