@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def main() -> None:
         s3.create_bucket(bucket)
         s3.upload_tree(model, f"s3://{bucket}/model")
         s3.upload_tree(data, f"s3://{bucket}/data")
-        env = {**__import__("os").environ, **s3.env, "SEGOPS_CACHE_DIR": f"{tmp}/cache",
+        env = {**os.environ, **s3.env, "SEGOPS_CACHE_DIR": f"{tmp}/cache",
                "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}  # fmt: skip
         env.pop("AWS_ENDPOINT_URL")  # the endpoint reaches segops through Beam's options, as a user gives it
         runs: dict[bool, list[list[tuple[float, float]]]] = {True: [], False: []}
